@@ -1,0 +1,1 @@
+"""Personal cellxgene viewers on Kubernetes."""

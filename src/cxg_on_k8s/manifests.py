@@ -1,0 +1,635 @@
+"""Every Kubernetes object this project creates, built by pure functions of (input, settings).
+
+Nothing here talks to a cluster, so each builder is checked against literal expected dicts in
+tests, and ``cxg-k8s render`` prints exactly what the operator would create.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+from cxg_on_k8s import spec as api
+from cxg_on_k8s.settings import Settings
+
+Manifest = dict[str, Any]
+
+APP_LABEL = "cellxgene"
+VIEWER_PORT = 5005
+DATA_DIR = "/data"
+DATASET_FILE = f"{DATA_DIR}/dataset.h5ad"
+ANNOTATIONS_FILE = f"{DATA_DIR}/annotations.csv"
+GENE_SETS_FILE = f"{DATA_DIR}/gene_sets.csv"
+OAUTH2_PROXY_NAME = "oauth2-proxy"
+OAUTH2_PROXY_METRICS_PORT = 9091
+OPERATOR_NAME = "sui-operator"
+PORTAL_ACCOUNT = "omicsdm"
+NONROOT_UID = 1000
+
+NAME_PATTERN = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+
+
+def new_instance_name() -> str:
+    """``cellxgene-<uuid4>``, the proof of concept's naming: unique without coordination."""
+    return f"cellxgene-{uuid.uuid4()}"
+
+
+def labels(name: str) -> dict[str, str]:
+    """``app`` groups everything for ``kubectl delete all,ing,sui -l app=cellxgene``; ``instance``
+    alone selects one instance's pods (the PoC's shared ``app`` selector mixed all instances)."""
+    return {"app": APP_LABEL, "instance": name}
+
+
+def _metadata(name: str, namespace: str, instance: str, **extra: Any) -> dict[str, Any]:
+    return {"name": name, "namespace": namespace, "labels": labels(instance), **extra}
+
+
+def instance_path(name: str) -> str:
+    return f"/{name}/"
+
+
+def instance_url(name: str, settings: Settings) -> str:
+    return f"{settings.base_url}{instance_path(name)}"
+
+
+def user_data_url(spec: api.SingleUserInstanceSpec, settings: Settings) -> str:
+    """Where the owner's annotations live: the spec's prefix, else the PoC's layout."""
+    if spec.user_data:
+        return spec.user_data if spec.user_data.endswith("/") else spec.user_data + "/"
+    owner = re.sub(r"[^A-Za-z0-9@._-]", "_", spec.owner or "anonymous")
+    dataset = api.dataset_id(spec.dataset or "")
+    return f"s3://{settings.s3_bucket}/{settings.user_data_prefix}/{owner}/{dataset}/"
+
+
+def _aws_env(settings: Settings) -> list[dict[str, Any]]:
+    """Credentials from the PoC's secret; the region key is optional, an endpoint only for non-AWS."""
+
+    def key(var: str, optional: bool = False) -> dict[str, Any]:
+        ref: dict[str, Any] = {"name": settings.aws_secret, "key": var}
+        if optional:
+            ref["optional"] = True
+        return {"name": var, "valueFrom": {"secretKeyRef": ref}}
+
+    env = [
+        key("AWS_ACCESS_KEY_ID"),
+        key("AWS_SECRET_ACCESS_KEY"),
+        key("AWS_DEFAULT_REGION", optional=True),
+    ]
+    if settings.s3_endpoint_url:
+        env.append({"name": "AWS_ENDPOINT_URL", "value": settings.s3_endpoint_url})
+    return env
+
+
+def _container_security() -> dict[str, Any]:
+    return {
+        "runAsNonRoot": True,
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def resources(spec: api.SingleUserInstanceSpec, settings: Settings) -> dict[str, Any]:
+    """Requests equal limits (Guaranteed QoS): a viewer is never evicted first under pressure."""
+    asked = spec.resources or api.Resources()
+    amount = {"cpu": asked.cpu or settings.default_cpu, "memory": asked.memory or settings.default_memory}
+    return {"requests": dict(amount), "limits": dict(amount)}
+
+
+def _data_container(name: str, args: list[str], settings: Settings, **extra: Any) -> dict[str, Any]:
+    return {
+        "name": name,
+        "image": settings.userdata_image,
+        "imagePullPolicy": settings.image_pull_policy,
+        "command": ["python", "-m", "cxg_on_k8s.userdata"],
+        "args": args,
+        "env": _aws_env(settings),
+        "volumeMounts": [{"name": "data", "mountPath": DATA_DIR}, {"name": "tmp", "mountPath": "/tmp"}],
+        "resources": {
+            "requests": {"cpu": "50m", "memory": "128Mi"},
+            "limits": {"cpu": "500m", "memory": "512Mi"},
+        },
+        "securityContext": _container_security(),
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        **extra,
+    }
+
+
+def viewer_command(spec: api.SingleUserInstanceSpec) -> list[str]:
+    """The PoC's launch line, on the files the fetch step wrote."""
+    command = [
+        "cellxgene", "launch", "--verbose", "-p", str(VIEWER_PORT), "--host", "0.0.0.0",
+        DATASET_FILE, "--annotations-file", ANNOTATIONS_FILE, "--gene-sets-file", GENE_SETS_FILE,
+    ]  # fmt: skip
+    if spec.title:
+        command += ["--title", spec.title]
+    return command
+
+
+def deployment(name: str, namespace: str, spec: api.SingleUserInstanceSpec, settings: Settings) -> Manifest:
+    """One viewer pod: fetch (init), save (native sidecar, outlives the viewer), cellxgene."""
+    user_data = user_data_url(spec, settings)
+    image = settings.cellxgene_vip_image if spec.flavor == api.Flavor.CELLXGENE_VIP else settings.cellxgene_image
+    fetch = _data_container(
+        "fetch",
+        ["fetch", "--dataset", spec.dataset or "", "--user-data", user_data, "--dest", DATA_DIR],
+        settings,
+    )
+    # A native sidecar (restartPolicy Always) is stopped after the viewer, so its final save on
+    # SIGTERM sees the viewer's last write; it also saves every save_interval seconds.
+    save = _data_container(
+        "save",
+        ["sync", "--user-data", user_data, "--src", DATA_DIR, "--interval", str(settings.save_interval)],
+        settings,
+        restartPolicy="Always",
+    )
+    viewer = {
+        "name": "cellxgene",
+        "image": image,
+        "imagePullPolicy": settings.image_pull_policy,
+        "command": viewer_command(spec),
+        "ports": [{"name": "http", "containerPort": VIEWER_PORT}],
+        "readinessProbe": {
+            "httpGet": {"path": "/health", "port": "http"},
+            "periodSeconds": 5,
+            "failureThreshold": 3,
+        },
+        "resources": resources(spec, settings),
+        "volumeMounts": [{"name": "data", "mountPath": DATA_DIR}, {"name": "tmp", "mountPath": "/tmp"}],
+        "securityContext": _container_security(),
+    }
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": _metadata(name, namespace, name),
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": {"instance": name}},
+            # Recreate: two viewers saving to one prefix at once would race each other.
+            "strategy": {"type": "Recreate"},
+            "template": {
+                "metadata": {"labels": labels(name)},
+                "spec": {
+                    # A viewer never talks to the API server: no token to steal.
+                    "automountServiceAccountToken": False,
+                    "enableServiceLinks": False,
+                    "terminationGracePeriodSeconds": settings.termination_grace_period,
+                    "securityContext": {
+                        "runAsNonRoot": True,
+                        "runAsUser": NONROOT_UID,
+                        "runAsGroup": NONROOT_UID,
+                        "fsGroup": NONROOT_UID,
+                        "seccompProfile": {"type": "RuntimeDefault"},
+                    },
+                    "initContainers": [fetch, save],
+                    "containers": [viewer],
+                    "volumes": [{"name": "data", "emptyDir": {}}, {"name": "tmp", "emptyDir": {}}],
+                },
+            },
+        },
+    }
+
+
+def service(name: str, namespace: str) -> Manifest:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(name, namespace, name),
+        "spec": {
+            "type": "ClusterIP",
+            "selector": {"instance": name},
+            "ports": [{"name": "http", "port": 80, "targetPort": "http"}],
+        },
+    }
+
+
+def auth_url(spec: api.SingleUserInstanceSpec, settings: Settings) -> str:
+    """oauth2-proxy's /oauth2/auth, narrowed to this instance's audience.
+
+    oauth2-proxy ANDs its query constraints, so owner-or-group cannot be said in one URL: with
+    allowedGroups the group check replaces the e-mail check (the portal puts the owner in one of
+    the groups); without, only the owner's e-mail passes.
+    """
+    base = (
+        f"http://{OAUTH2_PROXY_NAME}.{settings.oauth2_proxy_namespace}.svc.cluster.local:"
+        f"{settings.oauth2_proxy_port}/oauth2/auth"
+    )
+    if spec.allowed_groups:
+        return f"{base}?allowed_groups={quote(','.join(spec.allowed_groups), safe=',/')}"
+    return f"{base}?allowed_emails={quote(spec.owner or '', safe='@')}"
+
+
+def ingress_annotations(spec: api.SingleUserInstanceSpec, settings: Settings) -> dict[str, str]:
+    """The PoC's annotations, with the owner carried into the auth check."""
+    return {
+        "nginx.ingress.kubernetes.io/use-regex": "true",
+        "nginx.ingress.kubernetes.io/rewrite-target": "/$2",
+        "nginx.ingress.kubernetes.io/auth-url": auth_url(spec, settings),
+        "nginx.ingress.kubernetes.io/auth-signin": (
+            f"{settings.base_url}/oauth2/sign_in?rd=$escaped_request_uri"
+        ),
+        "nginx.ingress.kubernetes.io/auth-response-headers": "Authorization",
+        "nginx.ingress.kubernetes.io/proxy-buffer-size": "64k",
+    }
+
+
+def ingress(name: str, namespace: str, spec: api.SingleUserInstanceSpec, settings: Settings) -> Manifest:
+    """Path ``/<name>(/|$)(.*)`` rewritten to ``/$2``; ``/<name>`` is redirected to ``/<name>/``
+    because cellxgene computes its API base from the page URL, which must end with a slash (the
+    controller must allow snippet annotations, as the PoC's did)."""
+    annotations = ingress_annotations(spec, settings)
+    annotations["nginx.ingress.kubernetes.io/configuration-snippet"] = (
+        f"rewrite ^/{name}$ /{name}/ redirect;"
+    )
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "Ingress",
+        "metadata": _metadata(name, namespace, name, annotations=annotations),
+        "spec": {
+            "ingressClassName": settings.ingress_class,
+            "rules": [
+                {
+                    "host": settings.host_name,
+                    "http": {
+                        "paths": [
+                            {
+                                "path": f"/{name}(/|$)(.*)",
+                                "pathType": "ImplementationSpecific",
+                                "backend": {"service": {"name": name, "port": {"name": "http"}}},
+                            }
+                        ]
+                    },
+                }
+            ],
+        },
+    }
+
+
+def network_policy(name: str, namespace: str, settings: Settings) -> Manifest:
+    """Only the ingress controller's namespace reaches the viewer, so nobody skips the sign-in."""
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": _metadata(name, namespace, name),
+        "spec": {
+            "podSelector": {"matchLabels": {"instance": name}},
+            "policyTypes": ["Ingress"],
+            "ingress": [
+                {
+                    "from": [
+                        {
+                            "namespaceSelector": {
+                                "matchLabels": {"kubernetes.io/metadata.name": settings.ingress_namespace}
+                            }
+                        }
+                    ],
+                    "ports": [{"protocol": "TCP", "port": VIEWER_PORT}],
+                }
+            ],
+        },
+    }
+
+
+def children(name: str, namespace: str, spec: api.SingleUserInstanceSpec, settings: Settings) -> list[Manifest]:
+    """What an instance owns, in creation order.
+
+    The embedded form passes the client's manifests through, relabelled and renamed so that the
+    PoC's defects (shared selector, missing instance label) cannot come back through it.
+    """
+    if spec.embedded:
+        return [
+            _embedded(doc, name, namespace)
+            for doc in (spec.deployment, spec.service, spec.ingress)
+            if doc is not None
+        ]
+    return [
+        deployment(name, namespace, spec, settings),
+        service(name, namespace),
+        ingress(name, namespace, spec, settings),
+        network_policy(name, namespace, settings),
+    ]
+
+
+def _embedded(doc: dict[str, Any], name: str, namespace: str) -> Manifest:
+    out = {**doc, "metadata": {**doc.get("metadata", {})}}
+    meta = out["metadata"]
+    meta["name"] = name
+    meta["namespace"] = namespace
+    meta["labels"] = {**meta.get("labels", {}), **labels(name)}
+    meta.pop("resourceVersion", None)
+    meta.pop("uid", None)
+    if out.get("kind") == "Deployment":
+        pod_spec = out.setdefault("spec", {})
+        pod_spec["selector"] = {"matchLabels": {"instance": name}}
+        template = pod_spec.setdefault("template", {}).setdefault("metadata", {})
+        template["labels"] = {**template.get("labels", {}), **labels(name)}
+    elif out.get("kind") == "Service":
+        out.setdefault("spec", {})["selector"] = {"instance": name}
+    return out
+
+
+def instance(
+    name: str,
+    namespace: str,
+    owner: str,
+    dataset: str,
+    **fields: Any,
+) -> Manifest:
+    """A portal-form SingleUserInstance, as the CLI and the portal create it."""
+    spec = api.SingleUserInstanceSpec(owner=owner, dataset=dataset, **fields)
+    return {
+        "apiVersion": api.API_VERSION,
+        "kind": api.KIND,
+        "metadata": {"name": name, "namespace": namespace, "labels": labels(name)},
+        "spec": spec.model_dump(by_alias=True, exclude_none=True, mode="json"),
+    }
+
+
+# --- oauth2-proxy -------------------------------------------------------------------------------
+
+
+def oauth2_proxy_args(settings: Settings) -> list[str]:
+    """oauth2-proxy's command line. Secrets come from env (secretKeyRef), never from args."""
+    args = [
+        "--provider=keycloak-oidc",
+        f"--oidc-issuer-url={settings.keycloak_endpoint.rstrip('/')}/realms/{settings.keycloak_realm}",
+        f"--http-address=0.0.0.0:{settings.oauth2_proxy_port}",
+        f"--metrics-address=0.0.0.0:{OAUTH2_PROXY_METRICS_PORT}",
+        f"--redirect-url={settings.base_url}/oauth2/callback",
+        "--code-challenge-method=S256",
+        "--email-domain=*",
+        "--upstream=static://202",
+        "--reverse-proxy=true",
+        "--skip-provider-button=true",
+        "--set-authorization-header=true",
+        # A cookie's Domain carries no port (RFC 6265): with host_name "localhost:8080" the
+        # cookie domain is "localhost"; the whitelist keeps the port, oauth2-proxy matches it.
+        f"--cookie-domain={urlsplit(settings.base_url).hostname}",
+        f"--whitelist-domain={settings.host_name}",
+        f"--cookie-secure={'true' if settings.url_scheme == 'https' else 'false'}",
+    ]
+    if settings.oidc_insecure_skip_verify:
+        args.append("--ssl-insecure-skip-verify=true")
+    return args
+
+
+def oauth2_proxy_env(settings: Settings) -> list[dict[str, Any]]:
+    def secret(var: str, name: str, key: str) -> dict[str, Any]:
+        return {"name": var, "valueFrom": {"secretKeyRef": {"name": name, "key": key}}}
+
+    return [
+        secret("OAUTH2_PROXY_CLIENT_ID", settings.oauth2_proxy_client_secret, "client-id"),
+        secret("OAUTH2_PROXY_CLIENT_SECRET", settings.oauth2_proxy_client_secret, "client-secret"),
+        secret("OAUTH2_PROXY_COOKIE_SECRET", settings.oauth2_proxy_cookie_secret, "cookie-secret"),
+    ]
+
+
+def _oauth2_proxy_labels() -> dict[str, str]:
+    return {"app": OAUTH2_PROXY_NAME}
+
+
+def oauth2_proxy(settings: Settings) -> list[Manifest]:
+    """Deployment, Service and the ``/oauth2`` Ingress of the shared sign-in proxy."""
+    ns = settings.oauth2_proxy_namespace
+    meta = {"name": OAUTH2_PROXY_NAME, "namespace": ns, "labels": _oauth2_proxy_labels()}
+    deploy = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": meta,
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": _oauth2_proxy_labels()},
+            "template": {
+                "metadata": {"labels": _oauth2_proxy_labels()},
+                "spec": {
+                    "automountServiceAccountToken": False,
+                    "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
+                    "containers": [
+                        {
+                            "name": OAUTH2_PROXY_NAME,
+                            "image": settings.oauth2_proxy_image,
+                            "args": oauth2_proxy_args(settings),
+                            "env": oauth2_proxy_env(settings),
+                            "ports": [
+                                {"name": "http", "containerPort": settings.oauth2_proxy_port},
+                                {"name": "metrics", "containerPort": OAUTH2_PROXY_METRICS_PORT},
+                            ],
+                            "readinessProbe": {"httpGet": {"path": "/ping", "port": "http"}},
+                            "livenessProbe": {"httpGet": {"path": "/ping", "port": "http"}},
+                            "resources": {
+                                "requests": {"cpu": "50m", "memory": "64Mi"},
+                                "limits": {"cpu": "500m", "memory": "256Mi"},
+                            },
+                            "securityContext": {
+                                **_container_security(),
+                                "runAsUser": 65532,
+                            },
+                        }
+                    ],
+                },
+            },
+        },
+    }
+    svc = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": meta,
+        "spec": {
+            "selector": _oauth2_proxy_labels(),
+            "ports": [
+                {"name": "http", "port": settings.oauth2_proxy_port, "targetPort": "http"},
+                {"name": "metrics", "port": OAUTH2_PROXY_METRICS_PORT, "targetPort": "metrics"},
+            ],
+        },
+    }
+    ing = {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "Ingress",
+        "metadata": {**meta, "annotations": {"nginx.ingress.kubernetes.io/proxy-buffer-size": "64k"}},
+        "spec": {
+            "ingressClassName": settings.ingress_class,
+            "rules": [
+                {
+                    "host": settings.host_name,
+                    "http": {
+                        "paths": [
+                            {
+                                "path": "/oauth2",
+                                "pathType": "Prefix",
+                                "backend": {
+                                    "service": {"name": OAUTH2_PROXY_NAME, "port": {"name": "http"}}
+                                },
+                            }
+                        ]
+                    },
+                }
+            ],
+        },
+    }
+    return [deploy, svc, ing]
+
+
+def oauth2_proxy_cookie_secret(settings: Settings, cookie_secret: str) -> Manifest:
+    """The Secret holding the cookie secret the deploy command generated once."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {
+            "name": settings.oauth2_proxy_cookie_secret,
+            "namespace": settings.oauth2_proxy_namespace,
+            "labels": _oauth2_proxy_labels(),
+        },
+        "type": "Opaque",
+        "stringData": {"cookie-secret": cookie_secret},
+    }
+
+
+def oauth2_proxy_client_secret_manifest(settings: Settings, client_id: str, client_secret: str) -> Manifest:
+    """The Secret oauth2-proxy reads its OIDC client from; keycloak-setup writes it."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {
+            "name": settings.oauth2_proxy_client_secret,
+            "namespace": settings.oauth2_proxy_namespace,
+            "labels": _oauth2_proxy_labels(),
+        },
+        "type": "Opaque",
+        "stringData": {"client-id": client_id, "client-secret": client_secret},
+    }
+
+
+# --- operator, RBAC -----------------------------------------------------------------------------
+
+
+def operator_rbac(settings: Settings) -> list[Manifest]:
+    """Least privilege: the operator touches instances and their children in one namespace, reads
+    EndpointSlices of the metrics Service, and writes Events. Nothing cluster-wide but the CRD read."""
+    ns = settings.namespace
+    meta = {"name": OPERATOR_NAME, "namespace": ns, "labels": {"app": OPERATOR_NAME}}
+    rules = [
+        {"apiGroups": [api.GROUP], "resources": [api.PLURAL], "verbs": ["get", "list", "watch", "patch", "delete"]},
+        {"apiGroups": [api.GROUP], "resources": [f"{api.PLURAL}/status"], "verbs": ["get", "patch"]},
+        {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": ["get", "list", "watch", "create", "patch"]},
+        {"apiGroups": [""], "resources": ["services"], "verbs": ["get", "list", "watch", "create", "patch"]},
+        {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
+        {"apiGroups": ["networking.k8s.io"], "resources": ["ingresses", "networkpolicies"], "verbs": ["get", "list", "watch", "create", "patch"]},
+        {"apiGroups": ["", "events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
+    ]  # fmt: skip
+    objects: list[Manifest] = [
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": meta},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": meta, "rules": rules},
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "RoleBinding",
+            "metadata": meta,
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": OPERATOR_NAME},
+            "subjects": [{"kind": "ServiceAccount", "name": OPERATOR_NAME, "namespace": ns}],
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRole",
+            "metadata": {"name": OPERATOR_NAME, "labels": {"app": OPERATOR_NAME}},
+            "rules": [
+                # kopf scans CRDs and namespaces at start-up to know what it may watch.
+                {"apiGroups": ["apiextensions.k8s.io"], "resources": ["customresourcedefinitions"], "verbs": ["get", "list", "watch"]},
+                {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get", "list", "watch"]},
+            ],
+        },  # fmt: skip
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRoleBinding",
+            "metadata": {"name": OPERATOR_NAME, "labels": {"app": OPERATOR_NAME}},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": OPERATOR_NAME},
+            "subjects": [{"kind": "ServiceAccount", "name": OPERATOR_NAME, "namespace": ns}],
+        },
+    ]
+    metrics_ns, _, _ = settings.metrics_service.partition("/")
+    if metrics_ns:
+        metrics_meta = {"name": f"{OPERATOR_NAME}-metrics", "namespace": metrics_ns, "labels": {"app": OPERATOR_NAME}}
+        objects += [
+            {
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": "Role",
+                "metadata": metrics_meta,
+                "rules": [{"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["get", "list"]}],
+            },
+            {
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": "RoleBinding",
+                "metadata": metrics_meta,
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": f"{OPERATOR_NAME}-metrics"},
+                "subjects": [{"kind": "ServiceAccount", "name": OPERATOR_NAME, "namespace": ns}],
+            },
+        ]  # fmt: skip
+    return objects
+
+
+def portal_rbac(settings: Settings) -> list[Manifest]:
+    """The portal's account may manage SingleUserInstances and nothing else."""
+    ns = settings.namespace
+    meta = {"name": PORTAL_ACCOUNT, "namespace": ns, "labels": {"app": APP_LABEL}}
+    return [
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": meta},
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "Role",
+            "metadata": meta,
+            "rules": [
+                {
+                    "apiGroups": [api.GROUP],
+                    "resources": [api.PLURAL],
+                    "verbs": ["get", "list", "watch", "create", "delete"],
+                }
+            ],
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "RoleBinding",
+            "metadata": meta,
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": PORTAL_ACCOUNT},
+            "subjects": [{"kind": "ServiceAccount", "name": PORTAL_ACCOUNT, "namespace": ns}],
+        },
+    ]
+
+
+def operator_deployment(settings: Settings, image: str) -> Manifest:
+    """The operator itself: one replica (kopf peering is off; a second would double-cull)."""
+    env = [
+        {"name": f"CXG_{name.upper()}", "value": str(value)}
+        for name, value in settings.model_dump().items()
+        if value != Settings.model_fields[name].default
+    ]
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": OPERATOR_NAME, "namespace": settings.namespace, "labels": {"app": OPERATOR_NAME}},
+        "spec": {
+            "replicas": 1,
+            "strategy": {"type": "Recreate"},
+            "selector": {"matchLabels": {"app": OPERATOR_NAME}},
+            "template": {
+                "metadata": {"labels": {"app": OPERATOR_NAME}},
+                "spec": {
+                    "serviceAccountName": OPERATOR_NAME,
+                    "securityContext": {"runAsNonRoot": True, "runAsUser": NONROOT_UID, "seccompProfile": {"type": "RuntimeDefault"}},
+                    "containers": [
+                        {
+                            "name": "operator",
+                            "image": image,
+                            "imagePullPolicy": settings.image_pull_policy,
+                            "args": ["operator"],
+                            "env": env,
+                            "ports": [{"name": "probe", "containerPort": 8080}],
+                            "livenessProbe": {"httpGet": {"path": "/healthz", "port": "probe"}, "periodSeconds": 20},
+                            "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"cpu": "1", "memory": "512Mi"}},
+                            "securityContext": _container_security(),
+                        }
+                    ],
+                },
+            },
+        },
+    }  # fmt: skip

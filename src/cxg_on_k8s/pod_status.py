@@ -1,0 +1,38 @@
+"""What a viewer pod's status means for its instance: a pure function, tested without a cluster."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from cxg_on_k8s.spec import Phase
+
+# Waiting reasons that do not heal by waiting: the spec or the cluster set-up must change.
+FATAL_WAITING = {
+    "CreateContainerConfigError": "a Secret or ConfigMap the pod needs is missing (is the AWS secret created?)",
+    "InvalidImageName": "the image name is invalid (check the image settings)",
+    "ErrImageNeverPull": "the image is not on the node (load it, or change imagePullPolicy)",
+}
+
+
+def pod_phase(pod: Mapping[str, Any]) -> tuple[Phase | None, str]:
+    """(Ready | Failed | None, message). None: nothing new to say (still starting)."""
+    status = pod.get("status") or {}
+    for container in status.get("initContainerStatuses") or []:
+        terminated = (container.get("state") or {}).get("terminated") or {}
+        if terminated and terminated.get("exitCode", 0) != 0:
+            detail = (terminated.get("message") or terminated.get("reason") or "").strip()
+            return Phase.FAILED, f"{container.get('name')} step failed (exit {terminated.get('exitCode')}): {detail}"
+        last = (container.get("lastState") or {}).get("terminated") or {}
+        if container.get("name") == "fetch" and last.get("exitCode", 0) != 0 and last:
+            detail = (last.get("message") or last.get("reason") or "").strip()
+            return Phase.FAILED, f"fetch step failed (exit {last.get('exitCode')}): {detail}"
+    for container in (status.get("initContainerStatuses") or []) + (status.get("containerStatuses") or []):
+        waiting = (container.get("state") or {}).get("waiting") or {}
+        reason = waiting.get("reason")
+        if reason in FATAL_WAITING:
+            return Phase.FAILED, f"container {container.get('name')}: {reason}: {FATAL_WAITING[reason]}. {waiting.get('message', '')}".strip()
+    for condition in status.get("conditions") or []:
+        if condition.get("type") == "Ready" and condition.get("status") == "True":
+            return Phase.READY, "the viewer is ready"
+    return None, ""

@@ -1,0 +1,222 @@
+"""The one home of configuration: every option, its default and why, read from the environment.
+
+Each option is read from ``CXG_<NAME>`` (upper case). The proof of concept's variable names keep
+working where it had one (``K8_SUI_OP_TICK``, ``K8_SUI_OP_TO_UNVIS``, ``HOST_NAME``,
+``KEYCLOAK_ENDPOINT``, ``KEYCLOAK_REALM``), so existing ``.env`` files need no edit. A value that
+does not parse is an error naming the variable, never a silent fallback to the default.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+ENV_PREFIX = "CXG_"
+
+# Variables of the proof of concept that still set an option, mapped to the option's name.
+LEGACY_ENV = {
+    "K8_SUI_OP_TICK": "tick",
+    "K8_SUI_OP_TO_UNVIS": "unvisited_timeout",
+    "HOST_NAME": "host_name",
+    "KEYCLOAK_ENDPOINT": "keycloak_endpoint",
+    "KEYCLOAK_REALM": "keycloak_realm",
+}
+
+IN_CLUSTER_METRICS_URL = "http://metrics.ingress-nginx.svc.cluster.local/metrics"
+LOCAL_METRICS_URL = "http://localhost:10254/metrics"
+
+
+class SettingsError(ValueError):
+    """A setting from the environment is malformed; the message names the variable and the fix."""
+
+
+class Settings(BaseModel):
+    """Operator, renderer and CLI configuration. Field descriptions are the documentation."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    # --- where instances live and how they are reached -------------------------------------
+    namespace: str = Field(
+        "cellxgene", description="Namespace of the SingleUserInstances and their children."
+    )
+    host_name: str = Field(
+        "localhost",
+        description="Public host name of the ingress; instance URLs are <scheme>://<host_name>/<name>/.",
+    )
+    url_scheme: str = Field(
+        "https",
+        pattern=r"^https?$",
+        description="Scheme of instance URLs and of the sign-in redirect (http only for local tests).",
+    )
+    ingress_class: str = Field("nginx", description="IngressClass of every instance Ingress.")
+    ingress_namespace: str = Field(
+        "ingress-nginx",
+        description="Namespace of the ingress controller: the only namespace the NetworkPolicy "
+        "lets reach a viewer, so nobody bypasses the sign-in.",
+    )
+
+    # --- culling ---------------------------------------------------------------------------
+    tick: float = Field(
+        60.0, gt=0, description="Seconds between culling passes (PoC: K8_SUI_OP_TICK)."
+    )
+    unvisited_timeout: int = Field(
+        300,
+        ge=0,
+        description="Default seconds an instance may stay unvisited before it is culled; 0 = "
+        "never (PoC: K8_SUI_OP_TO_UNVIS). spec.unvisitedTimeout overrides it.",
+    )
+    idle_timeout: int = Field(
+        3600,
+        ge=0,
+        description="Default seconds without user requests before an instance is culled; 0 = "
+        "never. spec.idleTimeout overrides it.",
+    )
+    default_lifespan: int = Field(
+        28800, ge=60, description="Lifespan in seconds of an instance whose spec gives none (8 h)."
+    )
+    max_lifespan: int = Field(
+        604800,
+        ge=60,
+        description="Largest spec.lifespan accepted (7 days); longer requests are refused in "
+        "status and an Event, not silently shortened.",
+    )
+    metrics_url: str = Field(
+        "",
+        description="ingress-nginx metrics URL. Empty: the in-cluster Service "
+        f"({IN_CLUSTER_METRICS_URL}) when running in a pod, else {LOCAL_METRICS_URL}.",
+    )
+    metrics_service: str = Field(
+        "ingress-nginx/metrics",
+        description="namespace/name of the Service in front of the controller's metrics; when "
+        "its EndpointSlices list endpoints, every one is scraped and the counters added up "
+        "(through the Service you see one replica at a time). Empty: scrape metrics_url only.",
+    )
+    metrics_timeout: float = Field(
+        5.0, gt=0, description="Seconds to wait for one metrics endpoint before the scrape fails."
+    )
+    delete_rate: float = Field(
+        20.0,
+        gt=0,
+        description="Most instance deletions per second, so a mass expiry does not flood the API server.",
+    )
+    termination_grace_period: int = Field(
+        120,
+        ge=10,
+        description="Seconds a viewer pod gets to save the user's data after it is told to stop.",
+    )
+
+    # --- the viewer pod --------------------------------------------------------------------
+    cellxgene_image: str = Field(
+        "cellxgene:1.3.0-slim", description="Image of the cellxgene flavor (docker/cellxgene)."
+    )
+    cellxgene_vip_image: str = Field(
+        "cellxgene-vip:latest", description="Image of the cellxgene-vip flavor (docker/cellxgene-vip)."
+    )
+    userdata_image: str = Field(
+        "cxg-on-k8s:0.1.0",
+        description="Image that fetches and saves user data (this package; docker/operator).",
+    )
+    image_pull_policy: str = Field(
+        "IfNotPresent", description="imagePullPolicy of every container (IfNotPresent suits minikube image load)."
+    )
+    default_cpu: str = Field("1", description="CPU request and limit when the spec gives none.")
+    default_memory: str = Field("4Gi", description="Memory request and limit when the spec gives none.")
+    max_cpu: str = Field("4", description="Largest CPU a spec may ask for.")
+    max_memory: str = Field("32Gi", description="Largest memory a spec may ask for.")
+
+    # --- user data -------------------------------------------------------------------------
+    s3_bucket: str = Field(
+        "cellxgene", description="Bucket of the default userData prefix s3://<bucket>/<prefix>/<owner>/<dataset id>/."
+    )
+    user_data_prefix: str = Field("cxg_on_k8", description="Key prefix of users' saved data (PoC: cxg_on_k8).")
+    s3_endpoint_url: str = Field(
+        "", description="S3 endpoint for a non-AWS store (MinIO, moto); empty = AWS."
+    )
+    aws_secret: str = Field(
+        "aws-cred-secret",
+        description="Secret with AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (and optional "
+        "AWS_DEFAULT_REGION) for the data containers.",
+    )
+    save_interval: int = Field(
+        120, ge=10, description="Seconds between periodic saves of the user's annotations and gene sets."
+    )
+
+    # --- sign-in -----------------------------------------------------------------------------
+    keycloak_endpoint: str = Field(
+        "http://localhost:8080", description="Keycloak base URL (PoC: KEYCLOAK_ENDPOINT)."
+    )
+    keycloak_realm: str = Field("cellxgene", description="Keycloak realm (PoC: KEYCLOAK_REALM).")
+    oidc_client_id: str = Field("cellxgene", description="OIDC client id oauth2-proxy signs in with.")
+    oauth2_proxy_namespace: str = Field(
+        "ingress-nginx", description="Namespace of oauth2-proxy (as in the PoC)."
+    )
+    oauth2_proxy_image: str = Field(
+        "quay.io/oauth2-proxy/oauth2-proxy:v7.15.6", description="oauth2-proxy image."
+    )
+    oauth2_proxy_port: int = Field(8091, description="oauth2-proxy's HTTP port (as in the PoC).")
+    oauth2_proxy_client_secret: str = Field(
+        "oauth2-proxy-client",
+        description="Secret (keys client-id, client-secret) that keycloak-setup writes.",
+    )
+    oauth2_proxy_cookie_secret: str = Field(
+        "oauth2-proxy-cookie",
+        description="Secret (key cookie-secret) generated once by the deploy command; never in code or args.",
+    )
+    oidc_insecure_skip_verify: bool = Field(
+        False,
+        description="Development only: skip TLS verification towards Keycloak. Off by default.",
+    )
+
+    def effective_metrics_url(self, environ: Mapping[str, str] | None = None) -> str:
+        """The PoC's two defaults: the Service inside a cluster, a port-forward outside."""
+        if self.metrics_url:
+            return self.metrics_url
+        env = os.environ if environ is None else environ
+        return IN_CLUSTER_METRICS_URL if env.get("KUBERNETES_SERVICE_HOST") else LOCAL_METRICS_URL
+
+    @property
+    def base_url(self) -> str:
+        return f"{self.url_scheme}://{self.host_name}"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Build settings from CXG_* (and the PoC's) variables; explicit overrides win."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        source: dict[str, str] = {}
+        for legacy, name in LEGACY_ENV.items():
+            if legacy in env:
+                values[name], source[name] = env[legacy], legacy
+        for name in cls.model_fields:
+            var = ENV_PREFIX + name.upper()
+            if var in env:
+                values[name], source[name] = env[var], var
+        values.update(overrides)
+        try:
+            return cls(**values)
+        except ValidationError as exc:
+            problems = []
+            for err in exc.errors():
+                name = str(err["loc"][0]) if err["loc"] else "?"
+                var = source.get(name, ENV_PREFIX + name.upper())
+                problems.append(f"{var}={values.get(name)!r}: {err['msg']}")
+            raise SettingsError(
+                "invalid settings: " + "; ".join(problems) + ". Fix or unset the variable."
+            ) from None
+
+
+def settings_table() -> str:
+    """The README's settings table, generated so that docs and code cannot drift."""
+    legacy = {name: var for var, name in LEGACY_ENV.items()}
+    rows = ["| variable | default | meaning |", "| --- | --- | --- |"]
+    for name, field in Settings.model_fields.items():
+        var = f"`{ENV_PREFIX}{name.upper()}`"
+        if name in legacy:
+            var += f" (or `{legacy[name]}`)"
+        default = field.default
+        shown = f"`{default}`" if default not in ("", None) else "(empty)"
+        rows.append(f"| {var} | {shown} | {field.description} |")
+    return "\n".join(rows)

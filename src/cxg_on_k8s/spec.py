@@ -1,0 +1,311 @@
+"""The SingleUserInstance API: its spec and status model, and the CRD generated from it.
+
+The pydantic model is the single source of truth. ``crd()`` turns its JSON schema into the
+structural OpenAPI schema the API server wants, with the CEL rules that reject bad input before
+the operator ever sees it; ``manifests/crd_single-user-instance.yaml`` is its committed output and
+a test fails when the two drift.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import Enum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+GROUP = "cnag.eu"
+VERSION = "v1"
+API_VERSION = f"{GROUP}/{VERSION}"
+KIND = "SingleUserInstance"
+PLURAL = "singleuserinstances"
+SINGULAR = "singleuserinstance"
+SHORT_NAMES = ["sui", "suis"]
+CRD_NAME = f"{PLURAL}.{GROUP}"
+
+DATASET_PATTERN = r"^(s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]/.+|https://[^\s/]+/.+)$"
+USER_DATA_PATTERN = r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]/.*$"
+QUANTITY_PATTERN = r"^[0-9]+(\.[0-9]+)?(m|Ki|Mi|Gi|Ti|k|M|G|T)?$"
+
+FORM_RULE = (
+    "(has(self.owner) && has(self.dataset)) != "
+    "(has(self.deployment) && has(self.service) && has(self.ingress))"
+)
+FORM_MESSAGE = (
+    "spec needs exactly one form: the portal form (spec.owner and spec.dataset) or the embedded "
+    "form (spec.deployment, spec.service and spec.ingress), not both and not neither"
+)
+
+
+class Phase(str, Enum):
+    """Where an instance is in its life; the operator moves it forward, never back."""
+
+    PENDING = "Pending"
+    STARTING = "Starting"
+    READY = "Ready"
+    FAILED = "Failed"
+    TERMINATING = "Terminating"
+
+
+class Flavor(str, Enum):
+    CELLXGENE = "cellxgene"
+    CELLXGENE_VIP = "cellxgene-vip"
+
+
+class Resources(BaseModel):
+    """CPU and memory of the viewer; requests equal limits so an instance's share is predictable."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    cpu: str | None = Field(None, pattern=QUANTITY_PATTERN, description="CPU, e.g. 500m or 2.")
+    memory: str | None = Field(None, pattern=QUANTITY_PATTERN, description="Memory, e.g. 4Gi.")
+
+
+class SingleUserInstanceSpec(BaseModel):
+    """What a portal asks for. Portal form: owner + dataset. Embedded form: three manifests."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    owner: str | None = Field(
+        None,
+        min_length=1,
+        max_length=254,
+        description="The user's identity as the OIDC provider gives it (e-mail); only they get in.",
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {"rule": "self == oldSelf", "message": "spec.owner is immutable; create a new instance"}
+            ]
+        },
+    )
+    dataset: str | None = Field(
+        None,
+        pattern=DATASET_PATTERN,
+        max_length=1024,
+        description="The .h5ad (or .cxg) to open: s3://bucket/key or https://host/path.",
+    )
+    user_data: str | None = Field(
+        None,
+        alias="userData",
+        pattern=USER_DATA_PATTERN,
+        max_length=1024,
+        description="S3 prefix holding the user's annotations.csv and gene_sets.csv. Default: "
+        "s3://<bucket>/cxg_on_k8/<owner>/<dataset id>/ from settings.",
+    )
+    flavor: Flavor = Field(Flavor.CELLXGENE, description="Viewer: cellxgene or cellxgene-vip.")
+    title: str | None = Field(None, max_length=200, description="Title shown by the viewer.")
+    lifespan: int | None = Field(
+        None,
+        ge=60,
+        description="Seconds the instance may live at most (at least 60; at most the operator's "
+        "max_lifespan). Default from settings.",
+    )
+    idle_timeout: int | None = Field(
+        None,
+        alias="idleTimeout",
+        ge=0,
+        description="Seconds without user requests before the instance is removed; 0 = never.",
+    )
+    unvisited_timeout: int | None = Field(
+        None,
+        alias="unvisitedTimeout",
+        ge=0,
+        description="Seconds the instance may stay unvisited before it is removed; 0 = never.",
+    )
+    resources: Resources | None = Field(None, description="CPU and memory, capped by settings.")
+    allowed_groups: list[str] | None = Field(
+        None,
+        alias="allowedGroups",
+        max_length=20,
+        description="OIDC groups whose members may open the instance besides its owner.",
+    )
+    deployment: dict[str, Any] | None = Field(
+        None, description="Embedded form: the Deployment manifest the client rendered."
+    )
+    service: dict[str, Any] | None = Field(
+        None, description="Embedded form: the Service manifest the client rendered."
+    )
+    ingress: dict[str, Any] | None = Field(
+        None, description="Embedded form: the Ingress manifest the client rendered."
+    )
+
+    @property
+    def embedded(self) -> bool:
+        return self.deployment is not None
+
+
+class Condition(BaseModel):
+    """A Kubernetes-style condition (type Ready, Culled, ...)."""
+
+    type: str
+    status: Literal["True", "False", "Unknown"]
+    reason: str | None = None
+    message: str | None = None
+    last_transition_time: str | None = Field(None, alias="lastTransitionTime")
+
+
+class SingleUserInstanceStatus(BaseModel):
+    """What the operator reports. Times are RFC 3339 UTC strings."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    phase: Phase | None = Field(None, description="Pending, Starting, Ready, Failed or Terminating.")
+    url: str | None = Field(None, description="Where the owner opens the viewer.")
+    ready_at: str | None = Field(None, alias="readyAt", description="When the viewer first became Ready.")
+    expires_at: str | None = Field(None, alias="expiresAt", description="When the lifespan ends.")
+    last_activity: str | None = Field(
+        None, alias="lastActivity", description="Last time the owner's requests reached the viewer."
+    )
+    cull_reason: str | None = Field(
+        None, alias="cullReason", description="lifespan-exceeded, never-visited or idle."
+    )
+    message: str | None = Field(None, description="Human-readable detail, e.g. why it failed.")
+    conditions: list[Condition] | None = Field(None, description="Ready and Culled conditions.")
+    observed_generation: int | None = Field(
+        None, alias="observedGeneration", description="The spec generation this status describes."
+    )
+
+
+def _structural(node: Any, defs: dict[str, Any]) -> Any:
+    """Rewrite pydantic's JSON schema into a Kubernetes structural schema.
+
+    Structural schemas forbid $ref, anyOf-for-nullability, titles and null defaults; free-form
+    objects (the embedded manifests) must say x-kubernetes-preserve-unknown-fields instead.
+    """
+    if isinstance(node, list):
+        return [_structural(item, defs) for item in node]
+    if not isinstance(node, dict):
+        return node
+    if "$ref" in node:
+        target = dict(defs[node["$ref"].rsplit("/", 1)[-1]])
+        target.update({k: v for k, v in node.items() if k != "$ref"})
+        return _structural(target, defs)
+    if "anyOf" in node:
+        options = [o for o in node["anyOf"] if o.get("type") != "null"]
+        merged = dict(_structural(options[0], defs)) if len(options) == 1 else {"anyOf": options}
+        merged.update({k: _structural(v, defs) for k, v in node.items() if k != "anyOf"})
+        node = merged
+    out: dict[str, Any] = {}
+    for key, value in node.items():
+        if key in ("title", "$defs") or (key == "default" and value is None):
+            continue
+        if key == "properties":
+            out[key] = {name: _structural(sub, defs) for name, sub in value.items()}
+        elif key == "additionalProperties" and value is True or (
+            key == "additionalProperties" and value == {}
+        ):
+            out["x-kubernetes-preserve-unknown-fields"] = True
+        elif key == "additionalProperties" and value is False:
+            continue
+        elif key == "enum" and "type" not in node:
+            out[key] = value
+            out["type"] = "string"
+        elif key == "maxItems" or key == "minItems":
+            out[key] = value
+        else:
+            out[key] = _structural(value, defs)
+    if out.get("x-kubernetes-preserve-unknown-fields"):
+        out["type"] = "object"
+    return out
+
+
+def _schema_of(model: type[BaseModel]) -> dict[str, Any]:
+    schema = model.model_json_schema(by_alias=True)
+    return _structural(schema, schema.get("$defs", {}))
+
+
+def openapi_schema() -> dict[str, Any]:
+    """The CRD's openAPIV3Schema for v1."""
+    spec = _schema_of(SingleUserInstanceSpec)
+    spec["x-kubernetes-validations"] = [{"rule": FORM_RULE, "message": FORM_MESSAGE}]
+    status = _schema_of(SingleUserInstanceStatus)
+    return {
+        "type": "object",
+        "description": "A private cellxgene viewer for one user, removed when done.",
+        "required": ["spec"],
+        "properties": {
+            "apiVersion": {"type": "string"},
+            "kind": {"type": "string"},
+            "metadata": {"type": "object"},
+            "spec": spec,
+            "status": status,
+        },
+    }
+
+
+def crd() -> dict[str, Any]:
+    """The CustomResourceDefinition manifest, generated from the model above."""
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": CRD_NAME, "labels": {"app": "cellxgene"}},
+        "spec": {
+            "group": GROUP,
+            "scope": "Namespaced",
+            "names": {
+                "kind": KIND,
+                "plural": PLURAL,
+                "singular": SINGULAR,
+                "shortNames": SHORT_NAMES,
+                "categories": ["cellxgene"],
+            },
+            "versions": [
+                {
+                    "name": VERSION,
+                    "served": True,
+                    "storage": True,
+                    "subresources": {"status": {}},
+                    "schema": {"openAPIV3Schema": openapi_schema()},
+                    "additionalPrinterColumns": [
+                        {"name": "Owner", "type": "string", "jsonPath": ".spec.owner"},
+                        {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+                        {"name": "URL", "type": "string", "jsonPath": ".status.url"},
+                        {"name": "Expires", "type": "date", "jsonPath": ".status.expiresAt"},
+                        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+                    ],
+                }
+            ],
+        },
+    }
+
+
+def dataset_id(dataset: str) -> str:
+    """A stable, key-safe name for a dataset URL: its file name without the .h5ad/.cxg suffix."""
+    last = dataset.rstrip("/").rsplit("/", 1)[-1]
+    stem = re.sub(r"\.(h5ad|cxg)$", "", last)
+    return re.sub(r"[^A-Za-z0-9._-]", "_", stem) or "dataset"
+
+
+_SUFFIX = {
+    "m": 1e-3, "": 1.0, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12,
+    "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40,
+}  # fmt: skip
+
+
+def quantity(text: str) -> float:
+    """A Kubernetes quantity (the subset QUANTITY_PATTERN admits) as a number."""
+    match = re.fullmatch(r"([0-9]+(?:\.[0-9]+)?)([a-zA-Z]*)", text)
+    if not match or match.group(2) not in _SUFFIX:
+        raise ValueError(f"{text!r} is not a quantity such as 500m, 2, 512Mi or 4Gi")
+    return float(match.group(1)) * _SUFFIX[match.group(2)]
+
+
+def problems(spec: SingleUserInstanceSpec, settings: Any) -> list[str]:
+    """What the API server's schema cannot know: limits that are operator settings.
+
+    Each problem names the field, the limit and the fix; an empty list means acceptable.
+    """
+    found: list[str] = []
+    if spec.lifespan is not None and spec.lifespan > settings.max_lifespan:
+        found.append(
+            f"spec.lifespan {spec.lifespan} s exceeds the maximum {settings.max_lifespan} s "
+            "(setting CXG_MAX_LIFESPAN); ask for less"
+        )
+    if spec.resources:
+        for field, limit in (("cpu", settings.max_cpu), ("memory", settings.max_memory)):
+            asked = getattr(spec.resources, field)
+            if asked and quantity(asked) > quantity(limit):
+                found.append(
+                    f"spec.resources.{field} {asked} exceeds the maximum {limit} "
+                    f"(setting CXG_MAX_{field.upper()}); ask for less"
+                )
+    return found

@@ -1,0 +1,463 @@
+"""The sign-in chain as real processes on 127.0.0.1: Keycloak -> oauth2-proxy -> nginx -> cellxgene.
+
+Loaded with ``pytest_plugins = ["tests.fixtures_signin"]``. Every server is the real program:
+Keycloak 26.7.3 from Maven Central in dev mode (in-memory database, fresh per session), the
+oauth2-proxy binary built from its Go module and started with exactly the arguments and
+environment the Deployment renders, Debian's nginx configured from the rendered Ingresses by
+``tests/nginx_conf.py``, and cellxgene 1.3.0 launched with the pod's command line on a generated
+.h5ad. The realm is prepared by the product's own ``setup_keycloak``.
+
+Each server logs to a file; when a test that uses them fails, the last lines of every log are
+attached to its report. ``scripts/install-signin-deps.sh`` installs what these fixtures need.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from keycloak import KeycloakAdmin
+
+from cxg_on_k8s import manifests
+from cxg_on_k8s import spec as api
+from cxg_on_k8s.keycloak_setup import SetupReport, setup_keycloak
+from cxg_on_k8s.settings import Settings
+from tests import nginx_conf
+
+REPO = Path(__file__).resolve().parent.parent
+CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "cxg-on-k8s"
+KEYCLOAK_VERSION = "26.7.3"
+KEYCLOAK_HOME = Path(
+    os.environ.get("CXG_KEYCLOAK_HOME") or CACHE / f"keycloak-{KEYCLOAK_VERSION}" / f"keycloak-{KEYCLOAK_VERSION}"
+)
+JAVA_HOME = Path(os.environ.get("CXG_JAVA_HOME") or "/usr/lib/jvm/temurin-25-jdk-amd64")
+OAUTH2_PROXY = Path(os.environ.get("CXG_BIN_DIR") or CACHE / "bin") / "oauth2-proxy-v7.15.6"
+NGINX = Path("/usr/sbin/nginx")
+INSTALL_HINT = "run scripts/install-signin-deps.sh"
+GROUP = "lab-a"
+ADMIN_USER = "admin"
+
+# Fixtures whose tests get the servers' logs attached when they fail.
+SIGNIN_FIXTURES = {"keycloak", "signin_realm", "signin_client", "oauth2_proxy", "signin_cellxgene", "signin_edge"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def progress(config: pytest.Config, message: str) -> None:
+    """A line on the terminal even while output is captured: starting Keycloak takes a while."""
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_line(f"[signin] {message}")
+
+
+def require(path: Path, what: str) -> Path:
+    if not path.exists():
+        pytest.fail(f"{what} not found at {path}: {INSTALL_HINT}", pytrace=False)
+    return path
+
+
+def http_status(url: str) -> int | None:
+    """The status ``url`` answers with, or None while nothing listens."""
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except OSError:
+        return None
+
+
+@dataclass
+class Server:
+    """A process we started in its own session (so its children stop with it) and its log."""
+
+    name: str
+    url: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+    extra_logs: list[Path] = field(default_factory=list)  # files the program writes itself
+
+    def tail(self, lines: int = 60) -> str:
+        parts = []
+        for path in [self.log_path, *self.extra_logs]:
+            text = path.read_text(errors="replace") if path.exists() else "(not written)"
+            parts.append(f"--- {path.name}\n" + "\n".join(text.splitlines()[-lines:]))
+        return "\n".join(parts)
+
+    def wait_until_answers(self, path: str, config: pytest.Config, timeout: float, ok: Callable[[int], bool]) -> float:
+        """Poll ``url + path`` until ``ok(status)``; fail with the log if the process dies or times out."""
+        start = time.monotonic()
+        next_note = start + 10
+        while True:
+            status = http_status(self.url + path)
+            if status is not None and ok(status):
+                return time.monotonic() - start
+            if self.process.poll() is not None:
+                pytest.fail(f"{self.name} exited with {self.process.returncode}:\n{self.tail()}", pytrace=False)
+            now = time.monotonic()
+            if now - start > timeout:
+                pytest.fail(f"{self.name} did not answer {self.url + path} in {timeout:.0f} s:\n{self.tail()}", pytrace=False)
+            if now > next_note:
+                progress(config, f"waiting for {self.name} at {self.url + path} ({now - start:.0f} s)")
+                next_note = now + 10
+            time.sleep(0.25)
+
+    def stop(self) -> None:
+        """SIGTERM to the process group we created, SIGKILL if it lingers."""
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+
+
+RUNNING: list[Server] = []
+
+
+def start(name: str, url: str, command: list[str], log_path: Path, **popen: Any) -> Server:
+    with log_path.open("wb") as log_file:
+        process = subprocess.Popen(
+            command, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True, **popen
+        )
+    server = Server(name, url, process, log_path)
+    RUNNING.append(server)
+    return server
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[Any]:
+    """Attach the tail of every sign-in server's log to a failing test that used them."""
+    report = yield
+    if report.failed and SIGNIN_FIXTURES & set(getattr(item, "fixturenames", ())):
+        for server in RUNNING:
+            report.sections.append((f"{server.name} log ({server.log_path.parent})", server.tail()))
+    return report
+
+
+# --- Keycloak ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Keycloak:
+    url: str
+    admin_user: str
+    admin_password: str
+    server: Server
+    started_in: float
+
+    def admin(self, realm: str = "master") -> KeycloakAdmin:
+        return KeycloakAdmin(
+            server_url=self.url,
+            username=self.admin_user,
+            password=self.admin_password,
+            realm_name=realm,
+            user_realm_name="master",
+        )
+
+
+@pytest.fixture(scope="session")
+def keycloak(tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.Config) -> Iterator[Keycloak]:
+    """Keycloak in dev mode on 127.0.0.1 with an in-memory database and a data dir of its own.
+
+    kc.sh takes its home from its own location, so the session gets a home of its own: bin/
+    copied, lib/ conf/ themes/ providers/ linked to the unpacked distribution, data/ fresh.
+    """
+    dist = require(KEYCLOAK_HOME / "bin" / "kc.sh", f"Keycloak {KEYCLOAK_VERSION}").parent.parent
+    require(JAVA_HOME / "bin" / "java", "a JDK 21+ (Temurin 25)")
+    home = tmp_path_factory.mktemp("keycloak")
+    shutil.copytree(dist / "bin", home / "bin")
+    for entry in ("lib", "conf", "themes", "providers", "version.txt"):
+        (home / entry).symlink_to(dist / entry)
+    port, management_port = free_port(), free_port()
+    password = secrets.token_urlsafe(16)
+    env = {
+        **os.environ,
+        "JAVA_HOME": str(JAVA_HOME),
+        "KC_BOOTSTRAP_ADMIN_USERNAME": ADMIN_USER,
+        "KC_BOOTSTRAP_ADMIN_PASSWORD": password,
+    }
+    command = [
+        str(home / "bin" / "kc.sh"), "start-dev",
+        "--http-host", "127.0.0.1", "--http-port", str(port),
+        "--http-management-host", "127.0.0.1", "--http-management-port", str(management_port),
+        "--db", "dev-mem",
+    ]  # fmt: skip
+    progress(pytestconfig, f"starting Keycloak {KEYCLOAK_VERSION} on 127.0.0.1:{port}")
+    server = start("keycloak", f"http://127.0.0.1:{port}", command, home / "keycloak.log", env=env, cwd=home)
+    try:
+        took = server.wait_until_answers("/realms/master", pytestconfig, timeout=300, ok=lambda s: s == 200)
+        progress(pytestconfig, f"Keycloak answered after {took:.1f} s")
+        yield Keycloak(server.url, ADMIN_USER, password, server, took)
+    finally:
+        server.stop()
+
+
+@dataclass(frozen=True)
+class User:
+    username: str
+    email: str
+    password: str
+
+
+@dataclass(frozen=True)
+class Realm:
+    name: str
+    owner: User
+    other: User
+    member: User  # in GROUP; the owner and the other user are not
+
+
+@pytest.fixture(scope="session")
+def signin_settings(keycloak: Keycloak) -> Settings:
+    """Settings as an http deployment on 127.0.0.1 would have them; ports are picked now."""
+    return Settings(
+        url_scheme="http",
+        host_name=f"127.0.0.1:{free_port()}",
+        keycloak_endpoint=keycloak.url,
+        keycloak_realm="cellxgene",
+        oauth2_proxy_port=free_port(),
+    )
+
+
+@pytest.fixture(scope="session")
+def signin_realm(keycloak: Keycloak, signin_settings: Settings) -> Realm:
+    """The realm with three users who have verified e-mails, names and passwords (so Keycloak
+    asks for nothing else at first login), one of them in group ``lab-a``."""
+    name = signin_settings.keycloak_realm
+    keycloak.admin().create_realm({"realm": name, "enabled": True})
+    admin = keycloak.admin(name)
+    group_id = admin.create_group({"name": GROUP})
+    users = {}
+    for username in ("owner", "other", "member"):
+        user = User(username, f"{username}@example.org", secrets.token_urlsafe(12))
+        user_id = admin.create_user(
+            {
+                "username": username,
+                "email": user.email,
+                "emailVerified": True,
+                "firstName": username.capitalize(),
+                "lastName": "Tester",
+                "enabled": True,
+                "credentials": [{"type": "password", "value": user.password, "temporary": False}],
+            }
+        )
+        if username == "member":
+            admin.group_user_add(user_id, group_id)
+        users[username] = user
+    return Realm(name, users["owner"], users["other"], users["member"])
+
+
+@pytest.fixture(scope="session")
+def signin_client(keycloak: Keycloak, signin_realm: Realm, signin_settings: Settings) -> SetupReport:
+    """The oauth2-proxy client, made by the product's setup (first run: everything created)."""
+    report = setup_keycloak(
+        keycloak.url, signin_realm.name, keycloak.admin_user, keycloak.admin_password, signin_settings, groups_mapper=True
+    )
+    assert not report.unchanged and not report.updated, report.summary()
+    return report
+
+
+# --- oauth2-proxy --------------------------------------------------------------------------------
+
+
+def resolve_env(env: list[dict[str, Any]], secrets_: list[dict[str, Any]]) -> dict[str, str]:
+    """Fill the container's env from the rendered Secrets, as the kubelet does for secretKeyRef."""
+    data = {(s["metadata"]["name"], key): value for s in secrets_ for key, value in s["stringData"].items()}
+    out = {}
+    for var in env:
+        if "value" in var:
+            out[var["name"]] = var["value"]
+            continue
+        ref = var["valueFrom"]["secretKeyRef"]
+        assert (ref["name"], ref["key"]) in data, f"env {var['name']}: no Secret {ref['name']} with key {ref['key']}"
+        out[var["name"]] = data[ref["name"], ref["key"]]
+    return out
+
+
+def local_args(args: list[str], http_address: str, metrics_address: str) -> list[str]:
+    """The rendered args with the listen addresses moved from 0.0.0.0 (pod) to loopback ports."""
+    flags = {"--http-address": http_address, "--metrics-address": metrics_address}
+    out = []
+    for arg in args:
+        flag = arg.split("=", 1)[0]
+        if flag in flags:
+            out.append(f"{flag}={flags.pop(flag)}")
+        else:
+            out.append(arg)
+    assert not flags, f"oauth2_proxy_args no longer renders {sorted(flags)}: update tests/fixtures_signin.py"
+    return out
+
+
+@dataclass(frozen=True)
+class OAuth2Proxy:
+    url: str
+    metrics_url: str
+    args: list[str]
+    server: Server
+
+
+@pytest.fixture(scope="session")
+def oauth2_proxy(
+    signin_settings: Settings, signin_client: SetupReport, tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.Config
+) -> Iterator[OAuth2Proxy]:
+    binary = require(OAUTH2_PROXY, "oauth2-proxy v7.15.6 (devcluster/build.sh oauth2-proxy)")
+    workdir = tmp_path_factory.mktemp("oauth2-proxy")
+    port, metrics_port = signin_settings.oauth2_proxy_port, free_port()
+    args = local_args(
+        manifests.oauth2_proxy_args(signin_settings), f"127.0.0.1:{port}", f"127.0.0.1:{metrics_port}"
+    )
+    env = resolve_env(
+        manifests.oauth2_proxy_env(signin_settings),
+        [
+            manifests.oauth2_proxy_client_secret_manifest(
+                signin_settings, signin_client.client_id, signin_client.client_secret
+            ),
+            # 32 random bytes, URL-safe base64: what the deploy command generates.
+            manifests.oauth2_proxy_cookie_secret(signin_settings, secrets.token_urlsafe(32)),
+        ],
+    )
+    clean_env = {k: v for k, v in os.environ.items() if not k.startswith("OAUTH2_PROXY_")}
+    server = start("oauth2-proxy", f"http://127.0.0.1:{port}", [str(binary), *args], workdir / "oauth2-proxy.log", env={**clean_env, **env})
+    try:
+        server.wait_until_answers("/ping", pytestconfig, timeout=60, ok=lambda s: s == 200)
+        yield OAuth2Proxy(server.url, f"http://127.0.0.1:{metrics_port}/metrics", args, server)
+    finally:
+        server.stop()
+
+
+# --- cellxgene -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Viewer:
+    url: str
+    dataset: Path
+    server: Server
+
+
+@pytest.fixture(scope="session")
+def signin_cellxgene(tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.Config) -> Iterator[Viewer]:
+    """cellxgene 1.3.0 started with the pod's command line (manifests.viewer_command), its port,
+    host and /data paths moved to loopback and a tmp dir, on a generated .h5ad."""
+    progress(pytestconfig, "preparing the cellxgene venv (scripts/cellxgene-venv.sh; minutes the first time)")
+    made = subprocess.run(
+        ["bash", str(REPO / "scripts" / "cellxgene-venv.sh")], capture_output=True, text=True, timeout=1800
+    )
+    assert made.returncode == 0, f"scripts/cellxgene-venv.sh failed:\n{made.stderr}"
+    venv = Path(made.stdout.strip().splitlines()[-1])
+    data = tmp_path_factory.mktemp("cellxgene-data")
+    dataset = data / Path(manifests.DATASET_FILE).name
+    subprocess.run(
+        [str(venv / "bin" / "python"), str(REPO / "scripts" / "make_h5ad.py"), str(dataset), "--cells", "500", "--genes", "60"],
+        check=True,
+        timeout=600,
+    )
+    port = free_port()
+    spec = api.SingleUserInstanceSpec(owner="owner@example.org", dataset="s3://cellxgene/datasets/pbmc.h5ad", title="Sign-in test")
+    command = []
+    for token in manifests.viewer_command(spec):
+        if token == "cellxgene":
+            token = str(venv / "bin" / "cellxgene")
+        elif token == str(manifests.VIEWER_PORT):
+            token = str(port)
+        elif token == "0.0.0.0":
+            token = "127.0.0.1"
+        elif token.startswith(manifests.DATA_DIR + "/"):
+            token = str(data / token[len(manifests.DATA_DIR) + 1 :])
+        command.append(token)
+    server = start("cellxgene", f"http://127.0.0.1:{port}", command, data / "cellxgene.log", cwd=data)
+    try:
+        server.wait_until_answers("/health", pytestconfig, timeout=180, ok=lambda s: s == 200)
+        yield Viewer(server.url, dataset, server)
+    finally:
+        server.stop()
+
+
+# --- nginx as ingress-nginx ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Instance:
+    name: str
+    spec: api.SingleUserInstanceSpec
+    url: str
+
+
+@dataclass(frozen=True)
+class Edge:
+    """The public side: nginx in front of everything, and the two instances it routes."""
+
+    base_url: str
+    settings: Settings
+    realm: Realm
+    keycloak_url: str
+    owner_only: Instance  # no allowedGroups: only realm.owner gets in
+    group: Instance  # allowedGroups [lab-a]: realm.member gets in
+    conf_path: Path
+    server: Server
+    oauth2_proxy: OAuth2Proxy = field(repr=False)
+
+
+@pytest.fixture(scope="session")
+def signin_edge(
+    signin_settings: Settings,
+    signin_realm: Realm,
+    keycloak: Keycloak,
+    oauth2_proxy: OAuth2Proxy,
+    signin_cellxgene: Viewer,
+    tmp_path_factory: pytest.TempPathFactory,
+    pytestconfig: pytest.Config,
+) -> Iterator[Edge]:
+    """nginx configured by tests/nginx_conf.py from the Ingresses the operator would create."""
+    require(NGINX, "nginx (Debian nginx-light)")
+    settings = signin_settings
+    dataset = "s3://cellxgene/datasets/pbmc.h5ad"
+    owner_only, group = (
+        Instance(name, api.SingleUserInstanceSpec(owner=signin_realm.owner.email, dataset=dataset, **extra), manifests.instance_url(name, settings))
+        for name, extra in ((manifests.new_instance_name(), {}), (manifests.new_instance_name(), {"allowedGroups": [GROUP]}))
+    )
+    instances = [owner_only, group]
+    oauth2_ingress = next(m for m in manifests.oauth2_proxy(settings) if m["kind"] == "Ingress")
+    ingresses = [manifests.ingress(i.name, settings.namespace, i.spec, settings) for i in instances] + [oauth2_ingress]
+    backends = {(settings.namespace, i.name, "http"): signin_cellxgene.url.split("//", 1)[1] for i in instances}
+    backends[(settings.oauth2_proxy_namespace, manifests.OAUTH2_PROXY_NAME, "http")] = oauth2_proxy.url.split("//", 1)[1]
+    in_cluster = f"{manifests.OAUTH2_PROXY_NAME}.{settings.oauth2_proxy_namespace}.svc.cluster.local:{settings.oauth2_proxy_port}"
+    workdir = tmp_path_factory.mktemp("nginx")
+    for sub in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
+        (workdir / "temp" / sub).mkdir(parents=True)
+    listen = settings.host_name
+    conf = nginx_conf.render(
+        ingresses, listen=listen, backends=backends, auth_hosts={in_cluster: oauth2_proxy.url.split("//", 1)[1]}, workdir=workdir
+    )
+    conf_path = workdir / "nginx.conf"
+    conf_path.write_text(conf)
+    base = [str(NGINX), "-p", str(workdir), "-c", str(conf_path), "-e", str(workdir / "error.log")]
+    checked = subprocess.run([*base, "-t"], capture_output=True, text=True, timeout=30)
+    assert checked.returncode == 0, f"nginx -t rejected {conf_path}:\n{checked.stderr}\n{conf}"
+    server = start("nginx", settings.base_url, [*base, "-g", "daemon off;"], workdir / "nginx.log")
+    server.extra_logs += [workdir / "error.log", workdir / "access.log"]
+    try:
+        server.wait_until_answers("/", pytestconfig, timeout=30, ok=lambda s: s == 404)
+        yield Edge(
+            settings.base_url, settings, signin_realm, keycloak.url, owner_only, group, conf_path, server, oauth2_proxy
+        )
+    finally:
+        server.stop()

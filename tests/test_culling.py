@@ -1,0 +1,207 @@
+"""The culling decision, with the clock passed in: each case reads as a user's situation."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from cxg_on_k8s.culling import CullReason, Decision, InstanceTimes, decide, expires_at, format_age
+
+NOW = datetime(2024, 5, 17, 12, 0, 0, tzinfo=timezone.utc)
+MINUTE, HOUR, DAY = 60, 3600, 86400
+
+
+def instance(
+    age: float,
+    *,
+    lifespan: int = 7 * DAY,
+    idle_timeout: int = HOUR,
+    unvisited_timeout: int = 5 * MINUTE,
+    idle: float | None = None,
+) -> InstanceTimes:
+    """An instance created ``age`` seconds before NOW, last used ``idle`` seconds before NOW."""
+    return InstanceTimes(
+        name="cellxgene-test",
+        created=NOW - timedelta(seconds=age),
+        lifespan=lifespan,
+        idle_timeout=idle_timeout,
+        unvisited_timeout=unvisited_timeout,
+        last_activity=None if idle is None else NOW - timedelta(seconds=idle),
+    )
+
+
+CASES = [
+    # (case, instance, activity reliable, expected reason or None for keep)
+    ("fresh and unvisited", instance(60), True, None),
+    ("day-long lifespan exceeded by 10 s (PoC bug kept it)",
+     instance(DAY + 10, lifespan=DAY, idle=5), True, CullReason.LIFESPAN_EXCEEDED),
+    ("lifespan exactly reached is kept", instance(DAY, lifespan=DAY, idle=5), True, None),
+    ("lifespan exceeded by 1 s", instance(DAY + 1, lifespan=DAY, idle=5), True,
+     CullReason.LIFESPAN_EXCEEDED),
+    ("lifespan applies when activity is unknown", instance(8 * DAY, idle=0), False,
+     CullReason.LIFESPAN_EXCEEDED),
+    ("lifespan is checked before idle", instance(8 * DAY, idle=2 * DAY), True,
+     CullReason.LIFESPAN_EXCEEDED),
+    ("never visited past the timeout", instance(5 * MINUTE + 1), True, CullReason.NEVER_VISITED),
+    ("never visited, exactly at the timeout", instance(5 * MINUTE), True, None),
+    ("never visited for days (PoC: .seconds saw 10 s)", instance(2 * DAY + 10), True,
+     CullReason.NEVER_VISITED),
+    ("never visited, unvisited timeout off", instance(3 * DAY, unvisited_timeout=0), True, None),
+    ("never visited but activity unknown", instance(HOUR), False, None),
+    ("idle past the timeout", instance(2 * DAY, idle=HOUR + 1), True, CullReason.IDLE),
+    ("idle exactly at the timeout", instance(2 * DAY, idle=HOUR), True, None),
+    ("idle for a day (PoC: .seconds saw 10 s)", instance(3 * DAY, idle=DAY + 10), True,
+     CullReason.IDLE),
+    ("idle timeout off", instance(3 * DAY, idle=2 * DAY, idle_timeout=0), True, None),
+    ("idle but activity unknown", instance(2 * DAY, idle=DAY), False, None),
+    ("recently used", instance(2 * DAY, idle=30), True, None),
+    ("visited once: unvisited timeout no longer matters",
+     instance(DAY, idle=10 * MINUTE, unvisited_timeout=MINUTE), True, None),
+    ("created in the future (clock skew)", instance(-30), True, None),
+    ("last activity in the future (clock skew)", instance(2 * DAY, idle=-120), True, None),
+]
+
+
+@pytest.mark.parametrize(
+    ("times", "reliable", "reason"), [c[1:] for c in CASES], ids=[c[0] for c in CASES]
+)
+def test_decision_table(times: InstanceTimes, reliable: bool, reason: CullReason | None) -> None:
+    decision = decide(times, reliable, NOW)
+    assert decision.reason == reason, decision.message
+    assert decision.delete is (reason is not None)
+
+
+def test_the_poc_bug_case_is_culled_and_says_why() -> None:
+    times = instance(DAY + 10, lifespan=DAY, idle=5)
+    assert (NOW - times.created).seconds == 10  # what the proof of concept compared
+    assert decide(times, True, NOW) == Decision(
+        True,
+        CullReason.LIFESPAN_EXCEEDED,
+        "lifespan exceeded: age 1d00h00m10s > lifespan 1d00h00m00s",
+    )
+
+
+def test_idle_message_states_both_ages() -> None:
+    decision = decide(instance(DAY, idle=HOUR + 2 * MINUTE + 5), True, NOW)
+    assert decision.message == "idle for 1h02m05s > idle timeout 1h00m00s"
+
+
+def test_never_visited_message_states_both_ages() -> None:
+    decision = decide(instance(5 * MINUTE + 1), True, NOW)
+    assert decision.message == "never visited: age 5m01s > unvisited timeout 5m00s"
+
+
+def test_keep_message_states_the_ages() -> None:
+    decision = decide(instance(2 * DAY + 3 * HOUR + 4 * MINUTE + 5, idle=90), True, NOW)
+    assert decision.message == (
+        "kept: age 2d03h04m05s of lifespan 7d00h00m00s; idle 1m30s of idle timeout 1h00m00s"
+    )
+
+
+def test_keep_message_says_activity_was_unknown() -> None:
+    message = decide(instance(DAY, idle=DAY), False, NOW).message
+    assert message.startswith("kept: age 1d00h00m00s of lifespan 7d00h00m00s; activity unknown")
+
+
+def test_keep_message_says_a_rule_is_off() -> None:
+    assert "unvisited timeout off" in decide(instance(DAY, unvisited_timeout=0), True, NOW).message
+    assert "idle timeout off" in decide(instance(DAY, idle=DAY, idle_timeout=0), True, NOW).message
+
+
+def test_skew_is_reported_and_counted_as_zero() -> None:
+    decision = decide(instance(-90), True, NOW)
+    assert decision.message == (
+        "kept: age 0s of lifespan 7d00h00m00s; never visited yet, 0s of unvisited timeout 5m00s; "
+        "created is 1m30s in the future (clock skew), age taken as 0"
+    )
+    decision = decide(instance(DAY, idle=-5), True, NOW)
+    assert "last activity is 5s in the future (clock skew), age taken as 0" in decision.message
+    assert "idle 0s of idle timeout" in decision.message
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [
+        (0, "0s"),
+        (59.9, "59s"),
+        (60, "1m00s"),
+        (3599, "59m59s"),
+        (3600, "1h00m00s"),
+        (3725, "1h02m05s"),
+        (86400, "1d00h00m00s"),
+        (7 * 86400 + 3 * 3600 + 5, "7d03h00m05s"),
+        (-90, "-1m30s"),
+    ],
+)
+def test_format_age(seconds: float, text: str) -> None:
+    assert format_age(seconds) == text
+
+
+def test_expires_at_adds_the_whole_lifespan() -> None:
+    times = instance(0, lifespan=2 * DAY + 1)
+    assert expires_at(times) == NOW + timedelta(days=2, seconds=1)
+
+
+def test_naive_datetimes_are_refused_with_the_fix() -> None:
+    with pytest.raises(ValueError, match="cellxgene-test: created must be a timezone-aware"):
+        InstanceTimes("cellxgene-test", datetime(2024, 1, 1), DAY, HOUR, 300, None)
+    with pytest.raises(ValueError, match="now must be a timezone-aware"):
+        decide(instance(10), True, datetime(2024, 1, 1))
+
+
+def test_nonsense_durations_are_refused() -> None:
+    with pytest.raises(ValueError, match="cellxgene-test: lifespan must be > 0"):
+        instance(10, lifespan=0)
+    with pytest.raises(ValueError, match="cellxgene-test: idle_timeout must be >= 0"):
+        instance(10, idle_timeout=-1)
+
+
+# --- properties -----------------------------------------------------------------------------
+
+seconds = st.integers(min_value=-2 * DAY, max_value=60 * DAY)
+timeouts = st.integers(min_value=0, max_value=30 * DAY)
+instances = st.builds(
+    lambda age, lifespan, idle_timeout, unvisited_timeout, idle: instance(
+        age,
+        lifespan=lifespan,
+        idle_timeout=idle_timeout,
+        unvisited_timeout=unvisited_timeout,
+        idle=idle,
+    ),
+    seconds,
+    st.integers(min_value=60, max_value=30 * DAY),
+    timeouts,
+    timeouts,
+    st.none() | seconds,
+)
+
+
+@given(instances)
+def test_unknown_activity_never_culls_as_idle_or_unvisited(times: InstanceTimes) -> None:
+    assert decide(times, False, NOW).reason in (None, CullReason.LIFESPAN_EXCEEDED)
+
+
+@given(instances, st.booleans(), st.integers(min_value=0, max_value=365 * DAY))
+def test_once_past_its_lifespan_an_instance_stays_past_it(
+    times: InstanceTimes, reliable: bool, later: int
+) -> None:
+    if decide(times, reliable, NOW).reason is CullReason.LIFESPAN_EXCEEDED:
+        assert decide(times, reliable, NOW + timedelta(seconds=later)).reason is (
+            CullReason.LIFESPAN_EXCEEDED
+        )
+
+
+@given(instances, st.booleans())
+def test_deletion_agrees_with_reason_and_is_explained(times: InstanceTimes, reliable: bool) -> None:
+    decision = decide(times, reliable, NOW)
+    assert decision.delete is (decision.reason is not None)
+    assert decision.message.startswith("kept: ") is not decision.delete
+
+
+@given(instances, st.booleans())
+def test_clock_skew_alone_never_culls(times: InstanceTimes, reliable: bool) -> None:
+    if times.created > NOW and (times.last_activity is None or times.last_activity > NOW):
+        assert not decide(times, reliable, NOW).delete

@@ -1,0 +1,260 @@
+"""Issue 5: sign-in end to end, Keycloak -> oauth2-proxy -> ingress -> cellxgene; only the owner gets in.
+
+The servers are real (tests/fixtures_signin.py). Most tests act as a browser would with a
+``requests.Session``: it keeps cookies and follows redirects, and it submits Keycloak's real login
+form. One test drives headless Chromium through the same path and checks cellxgene renders.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+import subprocess
+from html.parser import HTMLParser
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+import pytest
+import requests
+
+from cxg_on_k8s.keycloak_setup import KeycloakSetupError, setup_keycloak
+from tests.fixtures_signin import REPO, Edge, Keycloak, User, free_port
+
+pytest_plugins = ["tests.fixtures_signin"]
+
+ARTIFACTS = REPO / "test-artifacts"
+BROWSER_DIR = Path(__file__).resolve().parent / "browser"
+CELLXGENE_PAGE = "window.CELLXGENE"
+OAUTH2_PROXY_COOKIE = "_oauth2_proxy"
+
+
+class LoginForm(HTMLParser):
+    """Finds the action of Keycloak's login form (``<form id="kc-form-login" action=...>``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.action: str | None = None
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        fields = dict(attrs)
+        if tag == "form" and fields.get("id") == "kc-form-login":
+            self.action = html.unescape(fields.get("action") or "")
+
+
+def login_form_action(page: requests.Response) -> str | None:
+    parser = LoginForm()
+    parser.feed(page.text)
+    return parser.action
+
+
+class Browser:
+    """A cookie jar that follows redirects: what a browser does, minus JavaScript."""
+
+    def __init__(self, edge: Edge) -> None:
+        self.edge = edge
+        self.session = requests.Session()
+
+    def get(self, url: str, **kwargs: object) -> requests.Response:
+        return self.session.get(url, timeout=30, **kwargs)  # type: ignore[arg-type]
+
+    def on_login_page(self, page: requests.Response) -> bool:
+        realm_auth = f"{self.edge.keycloak_url}/realms/{self.edge.realm.name}/"
+        return page.url.startswith(realm_auth) and login_form_action(page) is not None
+
+    def sign_in(self, url: str, user: User, password: str | None = None) -> requests.Response:
+        """Open ``url``, land on Keycloak's login page, submit the form; return where it ends."""
+        page = self.get(url)
+        assert self.on_login_page(page), f"expected Keycloak's login page, got {page.status_code} {page.url}"
+        action = login_form_action(page)
+        assert action is not None
+        return self.session.post(
+            action,
+            data={"username": user.username, "password": password or user.password, "credentialId": ""},
+            timeout=30,
+        )
+
+
+def redirect_chain(response: requests.Response) -> str:
+    return " -> ".join(f"{r.status_code} {r.url}" for r in [*response.history, response])
+
+
+def assert_cellxgene_page(page: requests.Response, url: str) -> None:
+    assert page.status_code == 200, redirect_chain(page)
+    assert page.url == url, redirect_chain(page)
+    assert CELLXGENE_PAGE in page.text, page.text[:500]
+
+
+def test_anonymous_visitor_ends_on_keycloak_login_page(signin_edge: Edge) -> None:
+    browser = Browser(signin_edge)
+    first = browser.get(signin_edge.owner_only.url, allow_redirects=False)
+    # ingress-nginx's contract: 401 from the auth URL becomes a redirect to the sign-in URL,
+    # carrying the escaped request URI so the user comes back to the same place.
+    assert first.status_code == 302
+    assert first.headers["Location"] == (
+        f"{signin_edge.base_url}/oauth2/sign_in?rd=%2F{signin_edge.owner_only.name}%2F"
+    )
+    page = browser.get(signin_edge.owner_only.url)
+    assert browser.on_login_page(page), redirect_chain(page)
+    assert OAUTH2_PROXY_COOKIE not in browser.session.cookies
+
+
+def test_owner_signs_in_and_uses_cellxgene_under_the_prefix(signin_edge: Edge) -> None:
+    instance = signin_edge.owner_only
+    browser = Browser(signin_edge)
+    page = browser.sign_in(instance.url, signin_edge.realm.owner)
+    assert_cellxgene_page(page, instance.url)
+    # The page computes the API base from its own URL; through the prefix it must reach cellxgene.
+    config = browser.get(f"{instance.url}api/v0.2/config")
+    assert config.status_code == 200, config.text[:300]
+    assert config.headers["Content-Type"].startswith("application/json")
+    assert config.json()["config"]["displayNames"]["dataset"]
+    script = re.search(r'src="(static/main-[^"]+\.js)"', page.text)
+    assert script, "cellxgene's page names no main script"
+    asset = browser.get(instance.url + script.group(1))
+    assert asset.status_code == 200 and len(asset.content) > 100_000
+    # /<name> without the slash is sent to /<name>/ (cellxgene needs it), still signed in.
+    bare = browser.get(instance.url.rstrip("/"), allow_redirects=False)
+    assert bare.status_code == 302 and bare.headers["Location"] == instance.url
+    assert_cellxgene_page(browser.get(instance.url.rstrip("/")), instance.url)
+
+
+def test_another_signed_in_user_is_refused_with_403(signin_edge: Edge) -> None:
+    browser = Browser(signin_edge)
+    page = browser.sign_in(signin_edge.owner_only.url, signin_edge.realm.other)
+    assert page.status_code == 403, redirect_chain(page)
+    assert CELLXGENE_PAGE not in page.text
+    # Signed in, but still not the owner: the API is refused too, not only the page.
+    api = browser.get(f"{signin_edge.owner_only.url}api/v0.2/config", allow_redirects=False)
+    assert api.status_code == 403
+
+
+def test_without_the_session_cookie_the_owner_must_sign_in_again(signin_edge: Edge) -> None:
+    instance = signin_edge.owner_only
+    browser = Browser(signin_edge)
+    assert_cellxgene_page(browser.sign_in(instance.url, signin_edge.realm.owner), instance.url)
+    assert OAUTH2_PROXY_COOKIE in browser.session.cookies
+    browser.session.cookies.clear(domain=urlsplit(signin_edge.base_url).hostname, path="/", name=OAUTH2_PROXY_COOKIE)
+    again = browser.get(f"{instance.url}api/v0.2/config", allow_redirects=False)
+    assert again.status_code == 302
+    location = again.headers["Location"]
+    assert location.startswith(f"{signin_edge.base_url}/oauth2/sign_in?rd=")
+    assert unquote(location.split("rd=", 1)[1]) == f"/{instance.name}/api/v0.2/config"
+    # With Keycloak's cookies gone as well, the way back leads to the password form.
+    browser.session.cookies.clear()
+    assert browser.on_login_page(browser.get(instance.url))
+
+
+def test_wrong_password_gets_no_access(signin_edge: Edge) -> None:
+    browser = Browser(signin_edge)
+    page = browser.sign_in(signin_edge.owner_only.url, signin_edge.realm.owner, password="not-the-password")
+    assert browser.on_login_page(page), redirect_chain(page)
+    assert "Invalid username or password" in page.text
+    assert OAUTH2_PROXY_COOKIE not in browser.session.cookies
+    refused = browser.get(signin_edge.owner_only.url, allow_redirects=False)
+    assert refused.status_code == 302 and "/oauth2/sign_in" in refused.headers["Location"]
+
+
+def test_group_member_gets_into_an_instance_shared_with_the_group(signin_edge: Edge) -> None:
+    group, owner_only = signin_edge.group, signin_edge.owner_only
+    member = Browser(signin_edge)
+    assert_cellxgene_page(member.sign_in(group.url, signin_edge.realm.member), group.url)
+    assert member.get(f"{group.url}api/v0.2/config").status_code == 200
+    # The group opens only the instance that names it.
+    assert member.get(owner_only.url, allow_redirects=False).status_code == 403
+    # Someone outside the group is refused. (With allowedGroups the group check replaces the
+    # e-mail check: see manifests.auth_url.)
+    other = Browser(signin_edge)
+    assert other.sign_in(group.url, signin_edge.realm.other).status_code == 403
+
+
+def test_setup_keycloak_twice_changes_nothing_the_second_time(signin_edge: Edge, keycloak: Keycloak) -> None:
+    first_secret = setup_keycloak(
+        keycloak.url, signin_edge.realm.name, keycloak.admin_user, keycloak.admin_password, signin_edge.settings, groups_mapper=True
+    )
+    assert not first_secret.changed, first_secret.summary()
+    assert "nothing to change" in first_secret.summary()
+    assert len(first_secret.unchanged) == 5
+    # The secret oauth2-proxy runs with is the one a second run hands back.
+    again = setup_keycloak(
+        keycloak.url, signin_edge.realm.name, keycloak.admin_user, keycloak.admin_password, signin_edge.settings, groups_mapper=True
+    )
+    assert again.client_secret == first_secret.client_secret
+
+
+def test_setup_keycloak_repairs_a_client_that_drifted(signin_edge: Edge, keycloak: Keycloak) -> None:
+    admin = keycloak.admin(signin_edge.realm.name)
+    uuid = admin.get_client_id(signin_edge.settings.oidc_client_id)
+    client = admin.get_client(uuid)
+    admin.update_client(
+        uuid,
+        {**client, "redirectUris": ["http://elsewhere.example/*"], "attributes": {**client["attributes"], "pkce.code.challenge.method": ""}},
+    )
+    report = setup_keycloak(
+        keycloak.url, signin_edge.realm.name, keycloak.admin_user, keycloak.admin_password, signin_edge.settings, groups_mapper=True
+    )
+    assert report.updated == (
+        f"client {signin_edge.settings.oidc_client_id!r} (redirectUris, attributes.pkce.code.challenge.method)",
+    )
+    repaired = admin.get_client(uuid)
+    assert repaired["redirectUris"] == [f"{signin_edge.base_url}/oauth2/callback"]
+    assert repaired["attributes"]["pkce.code.challenge.method"] == "S256"
+    # and sign-in works again with the repaired client
+    browser = Browser(signin_edge)
+    assert_cellxgene_page(browser.sign_in(signin_edge.owner_only.url, signin_edge.realm.owner), signin_edge.owner_only.url)
+
+
+@pytest.mark.parametrize(
+    ("case", "expected"),
+    [
+        ("wrong admin password", r"rejected the admin login of 'admin' in realm 'master'.*check the admin user name and password"),
+        ("unreachable server", r"cannot reach Keycloak at http://127\.0\.0\.1:\d+ .*check the server URL"),
+        ("missing realm", r"has no realm 'no-such-realm': create it first"),
+    ],
+)
+def test_setup_keycloak_errors_name_the_server_realm_and_fix(
+    case: str, expected: str, signin_edge: Edge, keycloak: Keycloak
+) -> None:
+    server, realm, password = keycloak.url, signin_edge.realm.name, keycloak.admin_password
+    if case == "wrong admin password":
+        password = "wrong-" + password
+    elif case == "unreachable server":
+        server = f"http://127.0.0.1:{free_port()}"
+    else:
+        realm = "no-such-realm"
+    with pytest.raises(KeycloakSetupError, match=expected) as error:
+        setup_keycloak(server, realm, keycloak.admin_user, password, signin_edge.settings, groups_mapper=True)
+    assert server in str(error.value)
+
+
+def test_real_browser_signs_in_and_cellxgene_renders_the_dataset(signin_edge: Edge) -> None:
+    """Headless Chromium through Keycloak's page to cellxgene's drawn embedding, no failed request."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    screenshot = ARTIFACTS / "signin.png"
+    screenshot.unlink(missing_ok=True)
+    options = {
+        "url": signin_edge.owner_only.url,
+        "username": signin_edge.realm.owner.username,
+        "password": signin_edge.realm.owner.password,
+        "screenshot": str(screenshot),
+        "chromium": "/usr/bin/chromium",
+        "timeoutMs": 90_000,
+    }
+    assert (BROWSER_DIR / "node_modules" / "playwright-core").is_dir(), "run scripts/install-signin-deps.sh (npm ci)"
+    run = subprocess.run(
+        ["node", str(BROWSER_DIR / "signin.mjs"), json.dumps(options)],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        cwd=BROWSER_DIR,
+    )
+    assert run.returncode == 0, f"signin.mjs failed:\n{run.stderr}"
+    result = json.loads(run.stdout.strip().splitlines()[-1])
+    assert result["ok"], json.dumps(result, indent=2)
+    assert [s["name"] for s in result["steps"]] == ["keycloak login page", "back at the instance", "dataset rendered"]
+    assert result["finalUrl"] == signin_edge.owner_only.url
+    assert "category-cell_type" in result["categories"]
+    assert result["failedRequests"] == [], result["failedRequests"]
+    assert result["httpErrors"] == [], result["httpErrors"]
+    assert result["pageErrors"] == [], result["pageErrors"]
+    assert screenshot.stat().st_size > 10_000

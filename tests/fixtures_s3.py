@@ -106,12 +106,11 @@ class MotoS3:
         return env
 
 
-@pytest.fixture(scope="session")
-def moto_s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoS3]:
-    """Start moto_server on a free port, create an IAM user, then make moto enforce credentials."""
+@contextlib.contextmanager
+def moto_server(log_path: Path) -> Iterator[str]:
+    """moto's S3 server as its own process on a free port; yields the endpoint URL once it answers."""
     port = free_port()
     endpoint = f"http://127.0.0.1:{port}"
-    log_path = tmp_path_factory.mktemp("moto") / "moto.log"
     with log_path.open("wb") as log_file:
         process = subprocess.Popen(
             [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
@@ -120,6 +119,21 @@ def moto_s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoS3]:
         )
     try:
         wait_until(lambda: http_answers(f"{endpoint}/moto-api/"), timeout=60, what="moto_server")
+        yield endpoint
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@pytest.fixture(scope="session")
+def moto_s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoS3]:
+    """moto_server with an IAM user whose keys, from then on, are the only ones accepted."""
+    log_path = tmp_path_factory.mktemp("moto") / "moto.log"
+    with moto_server(log_path) as endpoint:
         iam = boto3.client(
             "iam",
             endpoint_url=endpoint,
@@ -144,13 +158,6 @@ def moto_s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoS3]:
         )
         urllib.request.urlopen(request, timeout=10).close()
         yield MotoS3(endpoint, key["AccessKeyId"], key["SecretAccessKey"], log_path)
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 @pytest.fixture
@@ -240,8 +247,7 @@ def relay(moto_s3: MotoS3) -> Iterator[Relay]:
 # --- cellxgene ------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="session")
-def cellxgene_venv() -> Path:
+def ensure_cellxgene_venv() -> Path:
     """cellxgene 1.3.0's own venv, created once per machine by scripts/cellxgene-venv.sh."""
     result = subprocess.run(
         ["bash", str(REPO / "scripts" / "cellxgene-venv.sh")],
@@ -251,6 +257,11 @@ def cellxgene_venv() -> Path:
     )
     assert result.returncode == 0, f"scripts/cellxgene-venv.sh failed:\n{result.stderr}"
     return Path(result.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="session")
+def cellxgene_venv() -> Path:
+    return ensure_cellxgene_venv()
 
 
 def make_h5ad(venv: Path, out: Path, *, cells: int, genes: int) -> Path:
@@ -284,15 +295,18 @@ class Cellxgene:
 
 
 @contextlib.contextmanager
-def run_cellxgene(venv: Path, data: Path, *, timeout: float = 180) -> Iterator[Cellxgene]:
-    """Launch cellxgene on ``data/dataset.h5ad`` with the pod's flags; stop it (SIGTERM) after."""
+def run_cellxgene(
+    venv: Path, data: Path, *extra: str, timeout: float = 180
+) -> Iterator[Cellxgene]:
+    """Launch cellxgene on ``data/dataset.h5ad`` with the pod's flags (and ``extra`` ones, e.g.
+    --backed); yield once it answers /health; stop it with SIGTERM, as the kubelet does."""
     port = free_port()
     log_path = data.parent / f"cellxgene-{port}.log"
     command = [
         str(venv / "bin" / "cellxgene"), "launch", "--verbose", "-p", str(port),
         "--host", "127.0.0.1", str(data / "dataset.h5ad"),
         "--annotations-file", str(data / "annotations.csv"),
-        "--gene-sets-file", str(data / "gene_sets.csv"),
+        "--gene-sets-file", str(data / "gene_sets.csv"), *extra,
     ]  # fmt: skip
     with log_path.open("wb") as log_file:
         process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, cwd=data)

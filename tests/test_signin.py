@@ -18,8 +18,10 @@ from urllib.parse import unquote, urlsplit
 import pytest
 import requests
 
-from cxg_on_k8s.keycloak_setup import KeycloakSetupError, setup_keycloak
-from tests.fixtures_signin import REPO, Edge, Keycloak, User, free_port
+pytest.register_assert_rewrite("tests.fixtures_signin")  # before the import below, so its asserts explain
+
+from cxg_on_k8s.keycloak_setup import KeycloakSetupError, setup_keycloak  # noqa: E402
+from tests.fixtures_signin import REPO, Edge, Keycloak, User, free_port  # noqa: E402
 
 pytest_plugins = ["tests.fixtures_signin"]
 

@@ -126,7 +126,12 @@ class K8ApiHandler:
         return self.networking.create_namespaced_ingress(self._ns(body), body)
 
     def create_custom_resource(self, body: dict[str, Any]) -> dict[str, Any]:
-        return self.custom.create_namespaced_custom_object(api.GROUP, api.VERSION, self._ns(body), api.PLURAL, body)
+        """Create a SingleUserInstance; the API server's schema and CEL errors come back readable."""
+        try:
+            return self.custom.create_namespaced_custom_object(api.GROUP, api.VERSION, self._ns(body), api.PLURAL, body)
+        except ApiException as exc:
+            what = f"creating SingleUserInstance {self._ns(body)}/{body.get('metadata', {}).get('name')}"
+            raise describe_api_exception(exc, what) from None
 
     def read_deployment(self, name: str) -> Any:
         return self.apps.read_namespaced_deployment(name, self.namespace)

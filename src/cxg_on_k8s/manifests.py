@@ -621,7 +621,7 @@ def operator_deployment(settings: Settings, image: str) -> Manifest:
                             "name": "operator",
                             "image": image,
                             "imagePullPolicy": settings.image_pull_policy,
-                            "args": ["operator"],
+                            "args": ["operator", "--liveness", "http://0.0.0.0:8080/healthz"],
                             "env": env,
                             "ports": [{"name": "probe", "containerPort": 8080}],
                             "livenessProbe": {"httpGet": {"path": "/healthz", "port": "probe"}, "periodSeconds": 20},

@@ -113,7 +113,7 @@ class Settings(BaseModel):
         "cellxgene:1.3.0-slim", description="Image of the cellxgene flavor (docker/cellxgene)."
     )
     cellxgene_vip_image: str = Field(
-        "cellxgene-vip:latest", description="Image of the cellxgene-vip flavor (docker/cellxgene-vip)."
+        "cellxgene-vip:1.3.0-c022834", description="Image of the cellxgene-vip flavor (docker/cellxgene-vip)."
     )
     userdata_image: str = Field(
         "cxg-on-k8s:0.1.0",

@@ -850,7 +850,7 @@ def _run(args: argparse.Namespace, termination_log: Path | None) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m cxg_on_k8s.userdata`` (and the typer CLI); returns the exit code."""
     logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s userdata: %(message)s", stream=sys.stderr
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
     parser = build_parser()
     try:

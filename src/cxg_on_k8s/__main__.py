@@ -1,0 +1,5 @@
+"""``python -m cxg_on_k8s`` is ``cxg-k8s``."""
+
+from cxg_on_k8s.cli import main
+
+main()

@@ -1,0 +1,448 @@
+"""``cxg-k8s``: launch, watch, list and clean up viewers; install and run the operator.
+
+Exit codes (documented in the README and in ``--help``):
+0 success · 1 the operation failed (API error, instance Failed) · 2 bad usage or input ·
+3 timed out waiting · 4 not found.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import sys
+import time
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+import yaml
+from pydantic import ValidationError
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from cxg_on_k8s import manifests
+from cxg_on_k8s import spec as api
+from cxg_on_k8s.api import ApiError, K8ApiHandler, load_client
+from cxg_on_k8s.settings import Settings, SettingsError
+from cxg_on_k8s.yaml_convert import py_to_yaml, yaml_to_py
+
+EXIT_FAILED, EXIT_USAGE, EXIT_TIMEOUT, EXIT_NOT_FOUND = 1, 2, 3, 4
+
+app = typer.Typer(
+    help="Personal cellxgene viewers on Kubernetes. Exit codes: 0 ok, 1 failed, 2 bad input, "
+    "3 timed out, 4 not found.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console(stderr=True)
+out = Console()
+
+
+class Output(str, Enum):
+    table = "table"
+    yaml = "yaml"
+    json = "json"
+
+
+Kubeconfig = Annotated[str | None, typer.Option(help="kubeconfig file (default: $KUBECONFIG, ~/.kube/config, the PoC's .env variables, in-cluster).")]
+Context = Annotated[str | None, typer.Option(help="kubeconfig context.")]
+Namespace = Annotated[str | None, typer.Option("--namespace", "-n", help="namespace of the instances (default: setting CXG_NAMESPACE).")]
+
+
+def fail(message: str, code: int = EXIT_FAILED) -> typer.Exit:
+    console.print(f"[red]error:[/red] {message}")
+    return typer.Exit(code)
+
+
+def settings_or_exit(**overrides: Any) -> Settings:
+    try:
+        return Settings.from_env(**{k: v for k, v in overrides.items() if v is not None})
+    except SettingsError as exc:
+        raise fail(str(exc), EXIT_USAGE) from None
+
+
+def connect(kubeconfig: str | None, context: str | None, settings: Settings) -> K8ApiHandler:
+    try:
+        return K8ApiHandler(client=load_client(kubeconfig, context), namespace=settings.namespace)
+    except Exception as exc:  # config loading raises many types; all mean "cannot connect"
+        raise fail(
+            f"cannot load cluster credentials ({exc}); pass --kubeconfig, set KUBECONFIG, or the PoC's "
+            "K8_IP/K8_PORT/ACCOUNT_TOKEN/CLUSTER_ROOT_CERTIFICATE",
+            EXIT_USAGE,
+        ) from None
+
+
+def emit(data: Any, output: Output) -> None:
+    if output == Output.json:
+        out.print_json(json.dumps(data, default=str))
+    else:
+        out.print(yaml.safe_dump(data, sort_keys=False), end="", markup=False, highlight=False)
+
+
+def age(timestamp: str | None) -> str:
+    if not timestamp:
+        return ""
+    from cxg_on_k8s.culler import parse_time
+    from cxg_on_k8s.culling import format_age
+
+    moment = parse_time(timestamp)
+    return format_age(max(0.0, time.time() - moment.timestamp())) if moment else ""
+
+
+@app.command()
+def render(
+    owner: Annotated[str, typer.Option(help="the user's OIDC identity (e-mail).")],
+    dataset: Annotated[str, typer.Option(help="s3://bucket/key.h5ad or https://...")],
+    name: Annotated[str | None, typer.Option(help="instance name (default cellxgene-<uuid4>).")] = None,
+    namespace: Namespace = None,
+    lifespan: Annotated[int | None, typer.Option(help="seconds.")] = None,
+) -> None:
+    """Print the instance and the children the operator would create; nothing is applied."""
+    settings = settings_or_exit(namespace=namespace)
+    name = name or manifests.new_instance_name()
+    try:
+        body = manifests.instance(name, settings.namespace, owner, dataset, **({"lifespan": lifespan} if lifespan else {}))
+    except ValidationError as exc:
+        raise fail(f"SingleUserInstance {name}: {_validation_text(exc)}", EXIT_USAGE) from None
+    model = api.SingleUserInstanceSpec.model_validate(body["spec"])
+    docs = [body, *manifests.children(name, settings.namespace, model, settings)]
+    out.print(yaml.safe_dump_all(docs, sort_keys=False), end="", markup=False, highlight=False)
+
+
+def _validation_text(exc: ValidationError) -> str:
+    return "; ".join(f"spec.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+
+
+@app.command()
+def deploy(
+    owner: Annotated[str | None, typer.Option(help="the user's OIDC identity (e-mail); portal form.")] = None,
+    dataset: Annotated[str | None, typer.Option(help="s3://bucket/key.h5ad or https://...; portal form.")] = None,
+    template: Annotated[Path | None, typer.Option(help="YAML of an embedded-form spec (lifespan, deployment, service, ingress).")] = None,
+    name: Annotated[str | None, typer.Option(help="instance name (default cellxgene-<uuid4>).")] = None,
+    lifespan: Annotated[int | None, typer.Option(help="seconds (default: setting).")] = None,
+    title: Annotated[str | None, typer.Option(help="title shown by cellxgene.")] = None,
+    wait: Annotated[bool, typer.Option(help="wait with live progress until Ready.")] = True,
+    timeout: Annotated[float, typer.Option(help="seconds to wait for Ready.")] = 300,
+    with_oauth2_proxy: Annotated[bool, typer.Option(help="create oauth2-proxy first if absent.")] = True,
+    output: Annotated[Output, typer.Option("--output", "-o", help="table, yaml or json.")] = Output.table,
+    namespace: Namespace = None,
+    kubeconfig: Kubeconfig = None,
+    context: Context = None,
+) -> None:
+    """Create a viewer for OWNER on DATASET, wait until it is Ready and print its URL."""
+    settings = settings_or_exit(namespace=namespace)
+    name = name or manifests.new_instance_name()
+    try:
+        if template:
+            spec = yaml.safe_load(template.read_text())
+            api.SingleUserInstanceSpec.model_validate(spec)
+            body = {"apiVersion": api.API_VERSION, "kind": api.KIND,
+                    "metadata": {"name": name, "namespace": settings.namespace, "labels": manifests.labels(name)},
+                    "spec": spec}  # fmt: skip
+        elif owner and dataset:
+            fields = {k: v for k, v in {"lifespan": lifespan, "title": title}.items() if v is not None}
+            body = manifests.instance(name, settings.namespace, owner, dataset, **fields)
+        else:
+            raise fail("give --owner and --dataset (portal form) or --template (embedded form)", EXIT_USAGE)
+    except ValidationError as exc:
+        raise fail(f"SingleUserInstance {name}: {_validation_text(exc)}", EXIT_USAGE) from None
+    except OSError as exc:
+        raise fail(f"cannot read --template {template}: {exc}", EXIT_USAGE) from None
+    handler = connect(kubeconfig, context, settings)
+    try:
+        if with_oauth2_proxy:
+            ensure_oauth2_proxy(handler, settings)
+        handler.create_custom_resource(body)
+    except ApiError as exc:
+        raise fail(str(exc), EXIT_USAGE if exc.status == 422 else EXIT_FAILED) from None
+    console.print(f"created SingleUserInstance {settings.namespace}/{name}")
+    final = watch_until_ready(handler, name, timeout) if wait else handler.get_instance(name)
+    status = final.get("status", {})
+    if output == Output.table:
+        out.print(status.get("url") or manifests.instance_url(name, settings), markup=False, highlight=False)
+    else:
+        emit(final, output)
+    if wait and status.get("phase") != api.Phase.READY.value:
+        raise typer.Exit(EXIT_FAILED)
+
+
+def ensure_oauth2_proxy(handler: K8ApiHandler, settings: Settings) -> None:
+    """Create oauth2-proxy (and its cookie secret, generated once) when absent, as the PoC did."""
+    cookie = manifests.oauth2_proxy_cookie_secret(settings, secrets.token_urlsafe(32)[:32])
+    created = [handler.create_if_absent(obj) for obj in [cookie, *manifests.oauth2_proxy(settings)]]
+    if any(created):
+        console.print(f"created oauth2-proxy in namespace {settings.oauth2_proxy_namespace}")
+
+
+def watch_until_ready(handler: K8ApiHandler, name: str, timeout: float) -> dict[str, Any]:
+    """Live view of phase and Events until Ready, Failed or the timeout."""
+    deadline = time.monotonic() + timeout
+    body: dict[str, Any] = {}
+    with Live(console=console, refresh_per_second=4, transient=False) as live:
+        while True:
+            try:
+                body = handler.get_instance(name)
+            except ApiError as exc:
+                if exc.status == 404:
+                    raise fail(f"SingleUserInstance {handler.namespace}/{name} disappeared while waiting", EXIT_NOT_FOUND) from None
+                raise fail(str(exc)) from None
+            status = body.get("status", {})
+            phase = status.get("phase") or api.Phase.PENDING.value
+            table = Table(title=f"{name}: {phase}", show_edge=False)
+            table.add_column("event")
+            table.add_column("message")
+            for event in handler.list_events(name)[-8:]:
+                table.add_row(event.reason or "", event.message or "")
+            remaining = deadline - time.monotonic()
+            table.caption = f"{status.get('message', 'waiting for the operator')} — {max(0, remaining):.0f} s left"
+            live.update(table)
+            if phase in (api.Phase.READY.value, api.Phase.FAILED.value):
+                return body
+            if remaining <= 0:
+                raise fail(f"SingleUserInstance {handler.namespace}/{name} not Ready after {timeout:.0f} s (phase {phase}); "
+                           f"see `cxg-k8s describe {name}`", EXIT_TIMEOUT)  # fmt: skip
+            time.sleep(1)
+
+
+@app.command("list")
+def list_instances(
+    output: Annotated[Output, typer.Option("--output", "-o")] = Output.table,
+    namespace: Namespace = None,
+    kubeconfig: Kubeconfig = None,
+    context: Context = None,
+) -> None:
+    """Name, owner, phase, URL, age and expiry of every instance."""
+    settings = settings_or_exit(namespace=namespace)
+    try:
+        items = connect(kubeconfig, context, settings).list_instances()
+    except ApiError as exc:
+        raise fail(str(exc)) from None
+    if output != Output.table:
+        emit(items, output)
+        return
+    table = Table("NAME", "OWNER", "PHASE", "URL", "AGE", "EXPIRES")
+    for item in items:
+        status = item.get("status", {})
+        table.add_row(item["metadata"]["name"], item["spec"].get("owner", "(embedded)"), status.get("phase", ""),
+                      status.get("url", ""), age(item["metadata"].get("creationTimestamp")), status.get("expiresAt", ""))  # fmt: skip
+    out.print(table)
+
+
+@app.command()
+def describe(
+    name: str,
+    namespace: Namespace = None,
+    kubeconfig: Kubeconfig = None,
+    context: Context = None,
+) -> None:
+    """The instance, its status and its Events."""
+    settings = settings_or_exit(namespace=namespace)
+    handler = connect(kubeconfig, context, settings)
+    try:
+        body = handler.get_instance(name)
+    except ApiError as exc:
+        raise fail(str(exc), EXIT_NOT_FOUND if exc.status == 404 else EXIT_FAILED) from None
+    emit({"metadata": {"name": name, "namespace": settings.namespace}, "spec": body.get("spec"), "status": body.get("status")}, Output.yaml)
+    for event in handler.list_events(name):
+        out.print(f"{event.type:8} {event.reason:16} {event.message}", markup=False, highlight=False)
+
+
+@app.command()
+def delete(
+    name: str,
+    namespace: Namespace = None,
+    kubeconfig: Kubeconfig = None,
+    context: Context = None,
+) -> None:
+    """Delete one instance; its pod saves the user's data before it stops."""
+    settings = settings_or_exit(namespace=namespace)
+    try:
+        found = connect(kubeconfig, context, settings).delete_instance(name)
+    except ApiError as exc:
+        raise fail(str(exc)) from None
+    if not found:
+        raise fail(f"SingleUserInstance {settings.namespace}/{name} not found; `cxg-k8s list` shows what exists", EXIT_NOT_FOUND)
+    console.print(f"deleted SingleUserInstance {settings.namespace}/{name}")
+
+
+@app.command()
+def cleanup(
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="do not ask for confirmation.")] = False,
+    namespace: Namespace = None,
+    kubeconfig: Kubeconfig = None,
+    context: Context = None,
+) -> None:
+    """Delete every instance (and by ownership every child) labelled app=cellxgene."""
+    settings = settings_or_exit(namespace=namespace)
+    handler = connect(kubeconfig, context, settings)
+    items = [i["metadata"]["name"] for i in handler.list_instances() if i["metadata"].get("labels", {}).get("app") == manifests.APP_LABEL]
+    if not items:
+        console.print("nothing to clean up")
+        return
+    if not yes and not typer.confirm(f"delete {len(items)} instance(s) in namespace {settings.namespace}?"):
+        raise typer.Exit(EXIT_FAILED)
+    for name in items:
+        handler.delete_instance(name)
+    console.print(f"deleted {len(items)} instance(s)")
+
+
+def install_objects(settings: Settings, image: str) -> list[dict[str, Any]]:
+    """What `install` applies, in order: namespace, CRD, RBAC, operator."""
+    namespace = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": settings.namespace}}
+    return [namespace, api.crd(), *manifests.operator_rbac(settings), *manifests.portal_rbac(settings),
+            manifests.operator_deployment(settings, image)]  # fmt: skip
+
+
+@app.command()
+def install(
+    image: Annotated[str, typer.Option(help="operator image.")] = "cxg-on-k8s:0.1.0",
+    crd_only: Annotated[bool, typer.Option(help="install only the CRD (to run the operator locally).")] = False,
+    kubeconfig: Kubeconfig = None,
+    context: Context = None,
+) -> None:
+    """Install (or update) the CRD, the RBAC and the operator Deployment (server-side apply)."""
+    from kubernetes.dynamic import DynamicClient
+    from kubernetes.dynamic.exceptions import DynamicApiError
+
+    settings = settings_or_exit()
+    objects = [api.crd()] if crd_only else install_objects(settings, image)
+    dynamic = DynamicClient(load_client(kubeconfig, context))
+    for obj in objects:
+        resource = dynamic.resources.get(api_version=obj["apiVersion"], kind=obj["kind"])
+        meta = obj["metadata"]
+        try:
+            resource.server_side_apply(body=obj, name=meta["name"], namespace=meta.get("namespace"),
+                                       field_manager="cxg-k8s", force_conflicts=True)  # fmt: skip
+        except DynamicApiError as exc:
+            raise fail(f"applying {obj['kind']} {meta['name']}: {exc.summary()}") from None
+        console.print(f"applied {obj['kind']} {meta.get('namespace', '') + '/' if meta.get('namespace') else ''}{meta['name']}")
+    if crd_only:
+        wait_crd_established(dynamic)
+
+
+def wait_crd_established(dynamic: Any, timeout: float = 30) -> None:
+    crds = dynamic.resources.get(api_version="apiextensions.k8s.io/v1", kind="CustomResourceDefinition")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        conditions = crds.get(name=api.CRD_NAME).to_dict().get("status", {}).get("conditions", [])
+        if any(c["type"] == "Established" and c["status"] == "True" for c in conditions):
+            return
+        time.sleep(0.2)
+    raise fail(f"CRD {api.CRD_NAME} not Established after {timeout:.0f} s", EXIT_TIMEOUT)
+
+
+@app.command()
+def uninstall(
+    yes: Annotated[bool, typer.Option("--yes", "-y")] = False,
+    kubeconfig: Kubeconfig = None,
+    context: Context = None,
+) -> None:
+    """Remove the operator, its RBAC and the CRD (which deletes every instance)."""
+    from kubernetes.dynamic import DynamicClient
+    from kubernetes.dynamic.exceptions import NotFoundError
+
+    settings = settings_or_exit()
+    if not yes and not typer.confirm("this deletes the CRD and with it every SingleUserInstance; continue?"):
+        raise typer.Exit(EXIT_FAILED)
+    dynamic = DynamicClient(load_client(kubeconfig, context))
+    for obj in reversed(install_objects(settings, "unused")[1:]):
+        resource = dynamic.resources.get(api_version=obj["apiVersion"], kind=obj["kind"])
+        try:
+            resource.delete(name=obj["metadata"]["name"], namespace=obj["metadata"].get("namespace"))
+            console.print(f"deleted {obj['kind']} {obj['metadata']['name']}")
+        except NotFoundError:
+            pass
+
+
+@app.command()
+def operator(
+    verbose: Annotated[bool, typer.Option(help="debug logging.")] = False,
+    liveness: Annotated[str | None, typer.Option(help="liveness endpoint, e.g. http://0.0.0.0:8080/healthz.")] = None,
+) -> None:
+    """Run the operator in the foreground (in a pod, or locally against your kubeconfig)."""
+    import asyncio
+    import logging
+
+    import kopf
+
+    import cxg_on_k8s.operator  # noqa: F401  (registers the handlers)
+
+    settings = settings_or_exit()
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO)
+    asyncio.run(kopf.operator(namespaces=[settings.namespace], standalone=True, liveness_endpoint=liveness))
+
+
+@app.command("keycloak-setup")
+def keycloak_setup(
+    admin_user: Annotated[str, typer.Option(envvar="KEYCLOAK_ADMIN", help="Keycloak admin user.")] = "admin",
+    admin_password: Annotated[str, typer.Option(envvar="KEYCLOAK_ADMIN_PASSWORD", prompt=True, hide_input=True, help="Keycloak admin password.")] = "",
+    groups_mapper: Annotated[bool, typer.Option(help="add a groups claim (for allowedGroups).")] = True,
+    write_secret: Annotated[bool, typer.Option(help="store the client id and secret in the oauth2-proxy Secret.")] = True,
+    kubeconfig: Kubeconfig = None,
+    context: Context = None,
+) -> None:
+    """Create or update the OIDC client oauth2-proxy signs in with (idempotent)."""
+    from cxg_on_k8s.keycloak_setup import KeycloakSetupError, setup_keycloak
+
+    settings = settings_or_exit()
+    try:
+        report = setup_keycloak(settings.keycloak_endpoint, settings.keycloak_realm, admin_user, admin_password,
+                                settings, groups_mapper=groups_mapper)  # fmt: skip
+    except KeycloakSetupError as exc:
+        raise fail(str(exc)) from None
+    for line in report.lines():
+        console.print(line)
+    console.print(f"client id: {report.client_id}")
+    if write_secret:
+        handler = connect(kubeconfig, context, settings)
+        secret = manifests.oauth2_proxy_client_secret_manifest(settings, report.client_id, report.client_secret)
+        _apply_secret(handler, secret)
+        console.print(f"client secret stored in Secret {settings.oauth2_proxy_namespace}/{settings.oauth2_proxy_client_secret}")
+
+
+def _apply_secret(handler: K8ApiHandler, secret: dict[str, Any]) -> None:
+    meta = secret["metadata"]
+    if not handler.create_if_absent(secret):
+        handler.core.patch_namespaced_secret(meta["name"], meta["namespace"], secret)
+
+
+@app.command("yaml-to-py")
+def yaml_to_py_command(file: Path) -> None:
+    """Print a YAML manifest as a Python dict (the PoC's yaml_to_py.py)."""
+    try:
+        out.print(yaml_to_py(file.read_text()), markup=False, highlight=False)
+    except (OSError, yaml.YAMLError) as exc:
+        raise fail(f"cannot convert {file}: {exc}", EXIT_USAGE) from None
+
+
+@app.command("py-to-yaml")
+def py_to_yaml_command(file: Path) -> None:
+    """Print a Python dict literal (a file) as YAML."""
+    try:
+        out.print(py_to_yaml(file.read_text()), end="", markup=False, highlight=False)
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise fail(f"cannot convert {file}: {exc}", EXIT_USAGE) from None
+
+
+@app.command()
+def crd() -> None:
+    """Print the CRD generated from the spec model."""
+    out.print(yaml.safe_dump(api.crd(), sort_keys=False), end="", markup=False, highlight=False)
+
+
+@app.command()
+def userdata(args: Annotated[list[str], typer.Argument(help="fetch|sync and their options; see `python -m cxg_on_k8s.userdata --help`.")]) -> None:
+    """Fetch or save a user's data (what the viewer pod's data containers run)."""
+    from cxg_on_k8s.userdata import main as userdata_main
+
+    raise typer.Exit(userdata_main(args))
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)

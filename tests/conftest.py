@@ -1,0 +1,152 @@
+"""Shared fixtures: the real local control plane, a namespace per test, the operator as a process.
+
+When a test fails, the operator's log and the namespace's Events are attached to its report, so
+a failure reads like a story rather than a bare assertion.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from cxg_on_k8s import spec as api
+from cxg_on_k8s.api import K8ApiHandler, load_client
+from cxg_on_k8s.devcluster import DevCluster, free_port
+
+REPO = Path(__file__).resolve().parents[1]
+ARTIFACTS = REPO / "test-artifacts"
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevCluster]:
+    """One real control plane for the whole session, with the CRD installed."""
+    with DevCluster(workdir=tmp_path_factory.mktemp("devcluster")) as running:
+        running.kubectl("apply", "--server-side", "-f", "-", input=yaml.safe_dump(api.crd()))
+        running.kubectl("wait", "--for=condition=Established", f"crd/{api.CRD_NAME}", "--timeout=60s")
+        yield running
+
+
+@pytest.fixture
+def namespace(cluster: DevCluster, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh namespace per test, deleted afterwards (without waiting)."""
+    name = f"t-{uuid.uuid4().hex[:10]}"
+    cluster.kubectl("create", "namespace", name)
+    yield name
+    if request.node.stash.get(FAILED, False):
+        events = cluster.kubectl("get", "events", "-n", name, "--sort-by=.lastTimestamp", check=False).stdout
+        request.node.add_report_section("teardown", f"events in {name}", events)
+    cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+@pytest.fixture
+def k8s(cluster: DevCluster, namespace: str) -> K8ApiHandler:
+    return K8ApiHandler(client=load_client(str(cluster.kubeconfig)), namespace=namespace)
+
+
+FAILED = pytest.StashKey[bool]()
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    report = yield
+    if report.when == "call" and report.failed:
+        item.stash[FAILED] = True
+    return report
+
+
+@dataclass
+class OperatorProcess:
+    """``cxg-k8s operator`` running as its own process, as in a pod."""
+
+    popen: subprocess.Popen[bytes]
+    log: Path
+    env: dict[str, str] = field(default_factory=dict)
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.popen.poll() is None:
+            self.popen.send_signal(sig)
+            try:
+                self.popen.wait(20)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(10)
+
+
+@pytest.fixture
+def start_operator(
+    cluster: DevCluster, namespace: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[Callable[..., OperatorProcess]]:
+    """Start the operator for this test's namespace; settings as CXG_* keyword overrides."""
+    started: list[OperatorProcess] = []
+
+    def start(**settings: Any) -> OperatorProcess:
+        port = free_port()
+        env = {
+            **os.environ,
+            "KUBECONFIG": str(cluster.kubeconfig),
+            "CXG_NAMESPACE": namespace,
+            "CXG_URL_SCHEME": "http",
+            "CXG_HOST_NAME": "cxg.localtest",
+            "CXG_METRICS_SERVICE": "",
+            "CXG_METRICS_URL": "http://127.0.0.1:9/metrics",
+        }
+        env.update({f"CXG_{k.upper()}": str(v) for k, v in settings.items()})
+        log = tmp_path / f"operator-{len(started)}.log"
+        handle = log.open("wb")
+        popen = subprocess.Popen(
+            [sys.executable, "-m", "cxg_on_k8s", "operator", "--liveness", f"http://127.0.0.1:{port}/healthz"],
+            env=env, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+        handle.close()
+        proc = OperatorProcess(popen, log, env)
+        started.append(proc)
+        wait_for(lambda: _healthy(port) or _died(proc), 60, "the operator's liveness endpoint")
+        if popen.poll() is not None:
+            raise AssertionError(f"operator exited with {popen.returncode}:\n{proc.text()[-3000:]}")
+        return proc
+
+    yield start
+    for proc in started:
+        proc.stop()
+    if request.node.stash.get(FAILED, False):
+        for i, proc in enumerate(started):
+            request.node.add_report_section("teardown", f"operator log {i}", proc.text()[-20000:])
+
+
+def _healthy(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as resp:
+            return resp.status == 200
+    except OSError:
+        return False
+
+
+def _died(proc: OperatorProcess) -> bool:
+    return proc.popen.poll() is not None
+
+
+def wait_for(condition: Callable[[], Any], timeout: float, what: str, interval: float = 0.2) -> Any:
+    """Poll until truthy; the error says what was awaited and for how long."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(interval)

@@ -13,7 +13,7 @@ served by moto's S3 server on this machine:
 each without and with ``--backed``. moto is local, so fetch times are the floor a real S3 adds
 network to. Usage::
 
-    .venv/bin/python bench/startup.py [--cells 3000,100000] [--genes 500]
+    .venv/bin/python bench/startup.py [--cells 3000,100000] [--genes 2000]
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tests.fixtures_s3 import (  # noqa: E402  (after the path is set)
+from tests.fixtures_s3 import (  # after the path is set
     MotoS3,
     ensure_cellxgene_venv,
     make_h5ad,
@@ -103,7 +103,7 @@ def measure(venv: Path, data: Path, backed: bool) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cells", default="3000,100000", help="Comma-separated cell counts.")
-    parser.add_argument("--genes", type=int, default=500, help="Genes per dataset (default 500).")
+    parser.add_argument("--genes", type=int, default=2000, help="Genes per dataset (default 2000).")
     args = parser.parse_args()
     cells = [int(c) for c in args.cells.split(",")]
 
@@ -114,7 +114,9 @@ def main() -> None:
             store = MotoS3(endpoint, "bench", "bench", tmp / "moto.log")
             s3 = store.client()
             s3.create_bucket(Bucket=BUCKET)
-            print(f"cellxgene 1.3.0 from {venv}; S3 = moto at {endpoint}; {args.genes} genes, dense float32")
+            print(
+                f"cellxgene 1.3.0 from {venv}; S3 = moto at {endpoint}; {args.genes} genes, dense float32"
+            )
             print(f"{'cells':>8} {'h5ad MB':>8} {'fetch s':>8} {'(dl s)':>7} {'backed':>6} "
                   f"{'answer s':>9} {'1st view s':>10} {'peak RSS MiB':>12}")  # fmt: skip
             for n in cells:

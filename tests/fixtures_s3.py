@@ -251,6 +251,7 @@ def ensure_cellxgene_venv() -> Path:
     """cellxgene 1.3.0's own venv, created once per machine by scripts/cellxgene-venv.sh."""
     result = subprocess.run(
         ["bash", str(REPO / "scripts" / "cellxgene-venv.sh")],
+        check=False,
         capture_output=True,
         text=True,
         timeout=900,
@@ -266,8 +267,15 @@ def cellxgene_venv() -> Path:
 
 def make_h5ad(venv: Path, out: Path, *, cells: int, genes: int) -> Path:
     subprocess.run(
-        [str(venv / "bin" / "python"), str(REPO / "scripts" / "make_h5ad.py"), str(out),
-         "--cells", str(cells), "--genes", str(genes)],
+        [
+            str(venv / "bin" / "python"),
+            str(REPO / "scripts" / "make_h5ad.py"),
+            str(out),
+            "--cells",
+            str(cells),
+            "--genes",
+            str(genes),
+        ],
         check=True,
         timeout=600,
     )
@@ -295,9 +303,7 @@ class Cellxgene:
 
 
 @contextlib.contextmanager
-def run_cellxgene(
-    venv: Path, data: Path, *extra: str, timeout: float = 180
-) -> Iterator[Cellxgene]:
+def run_cellxgene(venv: Path, data: Path, *extra: str, timeout: float = 180) -> Iterator[Cellxgene]:
     """Launch cellxgene on ``data/dataset.h5ad`` with the pod's flags (and ``extra`` ones, e.g.
     --backed); yield once it answers /health; stop it with SIGTERM, as the kubelet does."""
     port = free_port()

@@ -8,9 +8,11 @@ form. One test drives headless Chromium through the same path and checks cellxge
 from __future__ import annotations
 
 import html
+import http.cookiejar
 import json
 import re
 import subprocess
+import urllib.request
 from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -29,6 +31,7 @@ ARTIFACTS = REPO / "test-artifacts"
 BROWSER_DIR = Path(__file__).resolve().parent / "browser"
 CELLXGENE_PAGE = "window.CELLXGENE"
 OAUTH2_PROXY_COOKIE = "_oauth2_proxy"
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
 
 class LoginForm(HTMLParser):
@@ -50,12 +53,22 @@ def login_form_action(page: requests.Response) -> str | None:
     return parser.action
 
 
+class LoopbackIsSecure(http.cookiejar.DefaultCookiePolicy):
+    """Browsers treat http://127.0.0.1 as a secure context and send it ``Secure`` cookies; Keycloak
+    marks its login cookies Secure there. Python's default policy would drop them over http."""
+
+    def return_ok_secure(self, cookie: http.cookiejar.Cookie, request: urllib.request.Request) -> bool:
+        host = urlsplit(request.get_full_url()).hostname
+        return host in LOOPBACK or super().return_ok_secure(cookie, request)
+
+
 class Browser:
     """A cookie jar that follows redirects: what a browser does, minus JavaScript."""
 
     def __init__(self, edge: Edge) -> None:
         self.edge = edge
         self.session = requests.Session()
+        self.session.cookies.set_policy(LoopbackIsSecure())
 
     def get(self, url: str, **kwargs: object) -> requests.Response:
         return self.session.get(url, timeout=30, **kwargs)  # type: ignore[arg-type]

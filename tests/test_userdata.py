@@ -15,7 +15,6 @@ import subprocess
 import sys
 import threading
 import urllib.request
-import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import partial
@@ -38,9 +37,11 @@ from cxg_on_k8s.userdata import (
     read_stable,
 )
 
-pytest.register_assert_rewrite("tests.fixtures_s3")  # before its import: its asserts explain failures
+pytest.register_assert_rewrite(
+    "tests.fixtures_s3"
+)  # before its import: its asserts explain failures
 
-from tests.fixtures_s3 import MotoS3, Relay, free_port, run_cellxgene, wait_until  # noqa: E402
+from tests.fixtures_s3 import MotoS3, Relay, free_port, run_cellxgene, wait_until
 
 pytest_plugins = ["tests.fixtures_s3"]
 
@@ -67,9 +68,12 @@ def hdf5_header(size: int, *, version: int = 0, user_block: int = 0) -> bytes:
     return head + b"\0" * (size - len(head))
 
 
-def run_userdata(*args: str, env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def run_userdata(
+    *args: str, env: dict[str, str], timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "cxg_on_k8s.userdata", *args],
+        check=False,
         env=env,
         capture_output=True,
         text=True,
@@ -136,7 +140,9 @@ def s3(moto_s3: MotoS3) -> Any:
 
 
 def test_s3_urls_split_into_bucket_and_key() -> None:
-    assert parse_s3_url("s3://data-bucket/a/b.h5ad", what="--dataset") == S3Url("data-bucket", "a/b.h5ad")
+    assert parse_s3_url("s3://data-bucket/a/b.h5ad", what="--dataset") == S3Url(
+        "data-bucket", "a/b.h5ad"
+    )
     assert parse_s3_url("s3://data-bucket/u/d", what="--user-data", prefix=True).key == "u/d/"
     assert parse_s3_url("s3://data-bucket/u/d/", what="--user-data", prefix=True).key == "u/d/"
     assert parse_s3_url("s3://data-bucket", what="--user-data", prefix=True).key == ""
@@ -155,7 +161,11 @@ def test_bad_s3_urls_name_the_option_and_the_fix(url: str, prefix: bool, says: s
     with pytest.raises(UserDataError) as err:
         parse_s3_url(url, what="--dataset", prefix=prefix)
     assert err.value.code is ExitCode.USAGE
-    assert says in err.value.message and "--dataset" in err.value.message and "Fix:" in err.value.message
+    assert (
+        says in err.value.message
+        and "--dataset" in err.value.message
+        and "Fix:" in err.value.message
+    )
 
 
 @given(
@@ -168,9 +178,7 @@ def test_s3_urls_round_trip(bucket: str, key: str) -> None:
     assert str(parse_s3_url(url, what="x", prefix=True)) == url + "/"
 
 
-@pytest.mark.parametrize(
-    ("version", "user_block"), [(0, 0), (0, 512), (2, 0), (3, 2048)]
-)
+@pytest.mark.parametrize(("version", "user_block"), [(0, 0), (0, 512), (2, 0), (3, 2048)])
 def test_complete_hdf5_files_pass_with_or_without_user_block(
     tmp_path: Path, version: int, user_block: int
 ) -> None:
@@ -188,7 +196,9 @@ def test_complete_hdf5_files_pass_with_or_without_user_block(
         (hdf5_header(4096, version=2, user_block=512)[:4000], "truncated .h5ad"),
     ],
 )
-def test_corrupt_datasets_are_refused_with_the_reason(tmp_path: Path, content: bytes, says: str) -> None:
+def test_corrupt_datasets_are_refused_with_the_reason(
+    tmp_path: Path, content: bytes, says: str
+) -> None:
     path = tmp_path / "d.h5ad"
     path.write_bytes(content)
     with pytest.raises(UserDataError) as err:
@@ -205,7 +215,10 @@ def test_a_file_is_read_only_once_two_reads_agree(tmp_path: Path) -> None:
     def cellxgene_still_writing(_seconds: float) -> None:
         path.write_bytes(next(writes, path.read_bytes()))
 
-    assert read_stable(path, settle=0.0, sleep=cellxgene_still_writing) == b"cell_id,state\ncell_0,tumour\n"
+    assert (
+        read_stable(path, settle=0.0, sleep=cellxgene_still_writing)
+        == b"cell_id,state\ncell_0,tumour\n"
+    )
 
 
 def test_a_file_that_never_settles_or_is_absent_is_not_read(tmp_path: Path) -> None:
@@ -246,7 +259,9 @@ def test_a_dataset_over_https_is_fetched_too(moto_s3: MotoS3, bucket: str, tmp_p
     served = tmp_path / "www"
     served.mkdir()
     (served / "pbmc.h5ad").write_bytes(hdf5_header(50_000))
-    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(SimpleHTTPRequestHandler, directory=str(served)))
+    server = ThreadingHTTPServer(
+        ("127.0.0.1", 0), partial(SimpleHTTPRequestHandler, directory=str(served))
+    )
     threading.Thread(target=server.serve_forever, daemon=True).start()
     base = f"http://127.0.0.1:{server.server_address[1]}"
     try:
@@ -323,7 +338,9 @@ def test_wrong_credentials_are_reported_as_such(
     assert not (tmp_path / "data" / "dataset.h5ad").exists()
 
 
-def test_unreachable_store_is_retried_then_reported(moto_s3: MotoS3, bucket: str, tmp_path: Path) -> None:
+def test_unreachable_store_is_retried_then_reported(
+    moto_s3: MotoS3, bucket: str, tmp_path: Path
+) -> None:
     closed = f"http://127.0.0.1:{free_port()}"
     term = tmp_path / "term"
     result = run_userdata(
@@ -350,7 +367,9 @@ def test_corrupt_dataset_is_refused_and_not_left_behind(
     )  # fmt: skip
 
     assert result.returncode == ExitCode.CORRUPT == 6
-    assert term.read_text().startswith(f"dataset s3://{bucket}/d.h5ad: not an .h5ad (no HDF5 signature")
+    assert term.read_text().startswith(
+        f"dataset s3://{bucket}/d.h5ad: not an .h5ad (no HDF5 signature"
+    )
     assert not list((tmp_path / "data").glob("*dataset*"))
 
 
@@ -361,7 +380,10 @@ def test_bad_arguments_exit_2_without_touching_anything(moto_s3: MotoS3, tmp_pat
         "--dest", str(tmp_path / "data"), "--termination-log", str(term), env=moto_s3.env(),
     )  # fmt: skip
     assert result.returncode == ExitCode.USAGE == 2
-    assert term.read_text() == "--user-data 'gs://bucket/u/': not an S3 URL. Fix: write it as s3://<bucket>/<key>.\n"
+    assert (
+        term.read_text()
+        == "--user-data 'gs://bucket/u/': not an S3 URL. Fix: write it as s3://<bucket>/<key>.\n"
+    )
     assert not (tmp_path / "data").exists()
     assert run_userdata("fetch", env=moto_s3.env()).returncode == 2
 
@@ -399,14 +421,21 @@ def test_sync_saves_changes_with_history_and_once_more_on_sigterm(
         prefix, src, moto_s3.env(), "--interval", "3600", log_path=tmp_path / "sync.log"
     ) as sync:
         # the first pass runs at once: what was there is saved
-        wait_until(lambda: s3_text(s3, bucket, key + "annotations.csv"), timeout=30, what="first save")
+        wait_until(
+            lambda: s3_text(s3, bucket, key + "annotations.csv"), timeout=30, what="first save"
+        )
         (src / "annotations.csv").write_text("cell_id,state\ncell_0,b\n")
-        (src / "gene_sets.csv").write_text("gene_set_name,gene_set_description,gene_symbol\nS,,g1\n")
+        (src / "gene_sets.csv").write_text(
+            "gene_set_name,gene_set_description,gene_symbol\nS,,g1\n"
+        )
         # the interval is an hour: only the save on SIGTERM can store these
         assert sync.stop() == 0, sync.log()
 
     assert s3_text(s3, bucket, key + "annotations.csv") == "cell_id,state\ncell_0,b\n"
-    assert s3_text(s3, bucket, key + "gene_sets.csv") == "gene_set_name,gene_set_description,gene_symbol\nS,,g1\n"
+    assert (
+        s3_text(s3, bucket, key + "gene_sets.csv")
+        == "gene_set_name,gene_set_description,gene_symbol\nS,,g1\n"
+    )
     history = history_keys(s3, bucket, key)
     assert len(history) == 3 and all(HISTORY_KEY.search(k) for k in history)
     assert [s3_text(s3, bucket, k) for k in history if k.endswith("annotations.csv")] == [
@@ -427,7 +456,12 @@ def test_sync_uploads_nothing_when_nothing_changed_and_never_an_empty_file(
     (dest / "gene_sets.csv").write_bytes(b"")  # what a write cut short leaves behind
 
     with running_sync(
-        f"s3://{bucket}/u/", dest, moto_s3.env(), "--interval", "0.2", log_path=tmp_path / "sync.log"
+        f"s3://{bucket}/u/",
+        dest,
+        moto_s3.env(),
+        "--interval",
+        "0.2",
+        log_path=tmp_path / "sync.log",
     ) as sync:
         wait_until(lambda: sync.log().count("is empty") >= 3, timeout=30, what="three passes")
         assert sync.stop() == 0
@@ -458,7 +492,9 @@ def test_store_outage_is_retried_reported_and_never_touches_the_last_good_copy(
 
         relay.cut()
         annotations.write_text("v2\n")
-        wait_until(lambda: "annotations.csv not saved" in sync.log(), timeout=60, what="a failed save")
+        wait_until(
+            lambda: "annotations.csv not saved" in sync.log(), timeout=60, what="a failed save"
+        )
         assert "(attempt 1 of 3)" in sync.log() and "(attempt 2 of 3)" in sync.log()
         assert saved() == "v1\n"
         assert f"cannot reach the S3 endpoint {relay.endpoint}" in term.read_text()
@@ -554,7 +590,16 @@ def test_annotations_made_in_cellxgene_survive_the_pod(
     prefix = f"s3://{bucket}/{key}"
     first = tmp_path / "pod-1" / "data"
 
-    fetched = run_userdata("fetch", "--dataset", dataset, "--user-data", prefix, "--dest", str(first), env=moto_s3.env())
+    fetched = run_userdata(
+        "fetch",
+        "--dataset",
+        dataset,
+        "--user-data",
+        prefix,
+        "--dest",
+        str(first),
+        env=moto_s3.env(),
+    )
     assert fetched.returncode == 0, fetched.stderr
     assert "first visit" in fetched.stderr
     assert (first / "dataset.h5ad").read_bytes() == small_h5ad.read_bytes()
@@ -568,13 +613,17 @@ def test_annotations_made_in_cellxgene_survive_the_pod(
             put_annotations(cellxgene_venv, viewer.url, {"cell_state": states})
             put_gene_sets(viewer.url, [TUMOUR_SET], tid=1)
             wait_until(
-                lambda: "tumour" in (s3_text(s3, bucket, key + "annotations.csv") or "")
-                and "tumour markers" in (s3_text(s3, bucket, key + "gene_sets.csv") or ""),
+                lambda: (
+                    "tumour" in (s3_text(s3, bucket, key + "annotations.csv") or "")
+                    and "tumour markers" in (s3_text(s3, bucket, key + "gene_sets.csv") or "")
+                ),
                 timeout=60,
                 what="the periodic save of the viewer's annotations and gene sets",
             )
             # a last change just before the pod stops
-            put_annotations(cellxgene_venv, viewer.url, {"cell_state": states, "reviewed": ["yes"] * 300})
+            put_annotations(
+                cellxgene_venv, viewer.url, {"cell_state": states, "reviewed": ["yes"] * 300}
+            )
         # as with a native sidecar: cellxgene has exited, now sync gets SIGTERM and saves
         assert sync.stop() == 0, sync.log()
 
@@ -585,9 +634,21 @@ def test_annotations_made_in_cellxgene_survive_the_pod(
     assert all(HISTORY_KEY.search(k) for k in history)
 
     second = tmp_path / "pod-2" / "data"
-    refetched = run_userdata("fetch", "--dataset", dataset, "--user-data", prefix, "--dest", str(second), env=moto_s3.env())
+    refetched = run_userdata(
+        "fetch",
+        "--dataset",
+        dataset,
+        "--user-data",
+        prefix,
+        "--dest",
+        str(second),
+        env=moto_s3.env(),
+    )
     assert refetched.returncode == 0, refetched.stderr
-    assert "restored annotations.csv" in refetched.stderr and "restored gene_sets.csv" in refetched.stderr
+    assert (
+        "restored annotations.csv" in refetched.stderr
+        and "restored gene_sets.csv" in refetched.stderr
+    )
     with run_cellxgene(cellxgene_venv, second) as viewer:
         assert user_columns(viewer.url) == {"cell_state": ["normal", "tumour"], "reviewed": ["yes"]}
         assert get_json(f"{viewer.url}/api/v0.2/genesets")["genesets"] == [TUMOUR_SET]
@@ -605,4 +666,7 @@ def test_truncated_real_h5ad_is_refused(
         "--dest", str(tmp_path / "data"), "--termination-log", str(term), env=moto_s3.env(),
     )  # fmt: skip
     assert result.returncode == ExitCode.CORRUPT
-    assert f"truncated .h5ad ({len(whole) // 2} bytes, its HDF5 superblock says {len(whole)})" in term.read_text()
+    assert (
+        f"truncated .h5ad ({len(whole) // 2} bytes, its HDF5 superblock says {len(whole)})"
+        in term.read_text()
+    )

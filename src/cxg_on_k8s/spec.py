@@ -259,7 +259,7 @@ def crd() -> dict[str, Any]:
                         {"name": "Owner", "type": "string", "jsonPath": ".spec.owner"},
                         {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
                         {"name": "URL", "type": "string", "jsonPath": ".status.url"},
-                        {"name": "Expires", "type": "date", "jsonPath": ".status.expiresAt"},
+                        {"name": "Expires", "type": "string", "jsonPath": ".status.expiresAt"},
                         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
                     ],
                 }

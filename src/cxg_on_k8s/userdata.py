@@ -42,6 +42,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import IntEnum
+from functools import partial
 from pathlib import Path
 from types import FrameType
 from typing import Any, TypeAlias, TypeVar
@@ -82,7 +83,13 @@ _DENIED_CODES = {
     "InvalidToken",
     "TokenRefreshRequired",
 }
-_TRANSIENT_CODES = {"SlowDown", "InternalError", "ServiceUnavailable", "RequestTimeout", "Throttling"}
+_TRANSIENT_CODES = {
+    "SlowDown",
+    "InternalError",
+    "ServiceUnavailable",
+    "RequestTimeout",
+    "Throttling",
+}
 
 _CREDENTIALS_FIX = (
     "check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (the pod's AWS secret) and that they "
@@ -421,7 +428,8 @@ def _download_http(url: str, tmp: Path) -> None:
             ) from exc
         raise UserDataError(
             ExitCode.UNREACHABLE,
-            f"dataset {url}: the server answered HTTP {exc.code}. Fix: retry later or check the server.",
+            f"dataset {url}: the server answered HTTP {exc.code}. Fix: retry later or check "
+            "the server.",
         ) from exc
     except (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError) as exc:
         reason = getattr(exc, "reason", exc)
@@ -469,7 +477,7 @@ def fetch_dataset(
     finally:
         tmp.unlink(missing_ok=True)
     log.info(
-        "fetched dataset %s to %s (%d bytes in %.1f s)",
+        "fetched dataset %s to %s (%d bytes in %.2f s)",
         source,
         final,
         final.stat().st_size,
@@ -481,7 +489,8 @@ def fetch_dataset(
 def _get_user_file(client: S3Client, url: S3Url) -> bytes | None:
     """The object's bytes, or None if there is none (the user's first visit)."""
     try:
-        return client.get_object(Bucket=url.bucket, Key=url.key)["Body"].read()
+        data: bytes = client.get_object(Bucket=url.bucket, Key=url.key)["Body"].read()
+        return data
     except botocore.exceptions.ClientError as exc:
         if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
             return None
@@ -495,7 +504,13 @@ def _get_user_file(client: S3Client, url: S3Url) -> bytes | None:
 
 
 def fetch_user_files(
-    client: S3Client, user_data: S3Url, dest: Path, result: FetchResult, *, retries: int, backoff: float
+    client: S3Client,
+    user_data: S3Url,
+    dest: Path,
+    result: FetchResult,
+    *,
+    retries: int,
+    backoff: float,
 ) -> None:
     """Restore the user's saved files; keep a local file that has changes not yet saved.
 
@@ -506,12 +521,14 @@ def fetch_user_files(
     for name in USER_FILES:
         local = dest / name
         if local.exists() and sha256(local.read_bytes()) != state.get(name):
-            log.warning("keeping the local %s: it has changes not saved yet; sync will save them", local)
+            log.warning(
+                "keeping the local %s: it has changes not saved yet; sync will save them", local
+            )
             result.kept_local.append(name)
             continue
         url = user_data.join(name)
         data = _retrying(
-            lambda: _get_user_file(client, url),
+            partial(_get_user_file, client, url),
             describe=f"download of {url}",
             retries=retries,
             backoff=backoff,
@@ -665,7 +682,9 @@ class Syncer:
             history = self.prefix.join(f"{HISTORY_DIR}{stamp}/{name}")
             current = self.prefix.join(name)
 
-            def attempt(history: S3Url = history, current: S3Url = current, data: bytes = data) -> None:
+            def attempt(
+                history: S3Url = history, current: S3Url = current, data: bytes = data
+            ) -> None:
                 self._put(history, data)
                 self._put(current, data)
 
@@ -753,7 +772,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser = argparse.ArgumentParser(
         prog="python -m cxg_on_k8s.userdata",
-        description="Fetch a cellxgene dataset and the user's annotations from S3, and save them back.",
+        description="Fetch a cellxgene dataset and the user's annotations from S3, and save "
+        "them back.",
         epilog="Exit codes: 0 ok, 1 unexpected, 2 bad arguments, 3 object not found, "
         "4 access denied, 5 store unreachable, 6 corrupt dataset, 7 final save failed. "
         "S3 settings come from AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_DEFAULT_REGION "
@@ -783,7 +803,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sync_cmd.add_argument("--user-data", required=True, help="s3://bucket/prefix/ to save to.")
     sync_cmd.add_argument(
-        "--src", type=Path, default=Path("/data"), help="Directory cellxgene writes to (default /data)."
+        "--src",
+        type=Path,
+        default=Path("/data"),
+        help="Directory cellxgene writes to (default /data).",
     )
     sync_cmd.add_argument(
         "--interval",
@@ -828,7 +851,9 @@ def _run(args: argparse.Namespace, termination_log: Path | None) -> int:
         settle=args.settle,
         termination_log=termination_log,
     )
-    log.info("saving %s/{%s} to %s every %.0f s", args.src, ",".join(USER_FILES), prefix, args.interval)
+    log.info(
+        "saving %s/{%s} to %s every %.0f s", args.src, ",".join(USER_FILES), prefix, args.interval
+    )
     saved = syncer.run(args.interval, stop)
     s = syncer.stats
     log.info(
@@ -848,9 +873,11 @@ def _run(args: argparse.Namespace, termination_log: Path | None) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``python -m cxg_on_k8s.userdata`` (and the typer CLI); returns the exit code."""
+    """Entry point of ``python -m cxg_on_k8s.userdata`` and the typer CLI; returns the exit code."""
     logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
     )
     parser = build_parser()
     try:

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Installs everything the demo and the tests need, idempotently; a second run takes seconds.
+#   scripts/setup.sh          the demo's needs: Python venv (.venv) and the Go-built control plane
+#   scripts/setup.sh --all    plus what the full test suite needs: Debian packages (nginx,
+#                             chromium), the cellxgene venv, Keycloak, oauth2-proxy, helm,
+#                             hadolint and the browser test's npm packages
+# Caches: ~/.cache/cxg-on-k8s (binaries keyed by version, venvs, Keycloak), Go's and pip's caches.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+all=false
+[ "${1:-}" = "--all" ] && all=true
+step() { printf '\n== %s\n' "$*" >&2; }
+
+if $all; then
+  missing=()
+  for pkg in nginx-light chromium chromium-driver; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+  done
+  if [ ${#missing[@]} -gt 0 ]; then
+    step "installing Debian packages: ${missing[*]}"
+    SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO=sudo
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+  fi
+fi
+
+stamp=.venv/.installed
+want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+if [ ! -x .venv/bin/python ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  step "creating the Python venv .venv (about 2 minutes the first time)"
+  python3 -m venv .venv
+  .venv/bin/pip install -q --disable-pip-version-check -e '.[test]' 2>&1 | grep -v "is ignored" || true
+  .venv/bin/python -c "import cxg_on_k8s.cli, kopf, kubernetes, moto" # fails loudly if pip did
+  echo "$want" > "$stamp"
+fi
+
+step "building the control plane from Go modules (15-25 min the first time, seconds after)"
+if $all; then devcluster/build.sh; else devcluster/build.sh kubernetes etcd kwok; fi
+
+if $all; then
+  step "cellxgene 1.3.0 venv (a few minutes the first time)"
+  scripts/cellxgene-venv.sh >/dev/null
+  step "Keycloak, oauth2-proxy, browser test packages"
+  scripts/install-signin-deps.sh
+fi

@@ -94,16 +94,19 @@ def start_operator(
     """Start the operator for this test's namespace; settings as CXG_* keyword overrides."""
     started: list[OperatorProcess] = []
 
-    def start(**settings: Any) -> OperatorProcess:
+    def start(kubeconfig: str | os.PathLike[str] | None = None, **settings: Any) -> OperatorProcess:
+        """``kubeconfig``: run with other credentials than the admin's (e.g. the operator's own
+        service account, to prove its RBAC suffices)."""
         port = free_port()
         env = {
             **os.environ,
-            "KUBECONFIG": str(cluster.kubeconfig),
+            "KUBECONFIG": str(kubeconfig or cluster.kubeconfig),
             "CXG_NAMESPACE": namespace,
             "CXG_URL_SCHEME": "http",
             "CXG_HOST_NAME": "cxg.localtest",
             "CXG_METRICS_SERVICE": "",
             "CXG_METRICS_URL": "http://127.0.0.1:9/metrics",
+            "CXG_OPERATOR_METRICS_PORT": "0",
         }
         env.update({f"CXG_{k.upper()}": str(v) for k, v in settings.items()})
         log = tmp_path / f"operator-{len(started)}.log"

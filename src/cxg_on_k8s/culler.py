@@ -24,7 +24,7 @@ from cxg_on_k8s.activity import (
     MetricsSource,
     endpointslice_urls,
 )
-from cxg_on_k8s.api import ApiError, K8ApiHandler, rfc3339, utcnow
+from cxg_on_k8s.api import K8ApiHandler, rfc3339, utcnow
 from cxg_on_k8s.culling import Decision, InstanceTimes, decide
 from cxg_on_k8s.settings import Settings
 
@@ -55,6 +55,7 @@ def instance_times(body: dict[str, Any], settings: Settings) -> InstanceTimes:
         idle_timeout=pick("idleTimeout", settings.idle_timeout),
         unvisited_timeout=pick("unvisitedTimeout", settings.unvisited_timeout),
         last_activity=parse_time(body.get("status", {}).get("lastActivity")),
+        ready_at=parse_time(body.get("status", {}).get("readyAt")),
     )
 
 
@@ -104,7 +105,13 @@ class Culler:
         self.instances = instances
         self.source = source or MetricsSource(metrics_urls_provider(settings, handler), settings.metrics_timeout)
         self.tracker = ActivityTracker()
-        self.first_scrape = True
+        # Instances that were in the cache at the last good scrape: only their counters have a
+        # baseline taken by this process. For the others, counts seen now may predate a restart.
+        self._baselined: set[tuple[str, str]] = set()
+        # Instances told "ActivityUnknown" during the current outage (new ones are told too).
+        self._warned: set[tuple[str, str]] = set()
+        # Instances this process deleted (key -> uid), skipped until their DELETED event comes.
+        self._culled: dict[tuple[str, str], str | None] = {}
         self.metrics_failing = False
         self.last_pass: str | None = None
         self._task: asyncio.Task[None] | None = None
@@ -135,21 +142,26 @@ class Culler:
         """(reliable, active ingresses). A failure is 'unknown', never 'nobody came'."""
         try:
             snapshot = await asyncio.to_thread(self.source.scrape)
-        except MetricsError as exc:
+        except Exception as exc:  # MetricsError, or any other source's failure: both are "unknown"
+            if not isinstance(exc, MetricsError):
+                log.exception("activity source %r failed unexpectedly", self.source)
             log.warning("activity unknown this tick, no idle or never-visited culls: %s", exc)
-            if not self.metrics_failing:
-                self.metrics_failing = True
-                await self._warn_all("ActivityUnknown", f"activity scrape failed, idle culling paused: {exc}")
+            self.metrics_failing = True
+            await self._warn_unwarned("ActivityUnknown", f"activity scrape failed, idle culling paused: {exc}")
             return False, set()
         if self.metrics_failing:
             log.info("activity scrape works again")
         self.metrics_failing = False
-        active = self.tracker.update(snapshot)
-        if self.first_scrape:
-            # The first snapshot after a start has no baseline: counts that exist say someone
-            # came at some time, which is news only for instances never seen visited.
-            self.first_scrape = False
-            active = {key for key in active if not self._status(key).get("lastActivity")}
+        self._warned.clear()
+        # Baselines only for instances the cache knows: counts of one that the watch has not
+        # delivered yet (just after a start) must still read as news once it arrives.
+        cached = set(self.instances)
+        active = self.tracker.update({key: c for key, c in snapshot.items() if key in cached})
+        # Counts without a baseline of this process (first scrape after a start) say someone came
+        # at some time, which is news only for instances never seen visited: a restart must not
+        # advance lastActivity.
+        active = {key for key in active if key in self._baselined or not self._status(key).get("lastActivity")}
+        self._baselined = cached
         return True, active
 
     def _status(self, key: tuple[str, str]) -> dict[str, Any]:
@@ -161,9 +173,14 @@ class Culler:
         now = now or utcnow()
         deleted: list[tuple[str, Decision]] = []
         jobs = []
-        for key, body in list(self.instances.items()):
-            status = body.get("status", {})
-            if status.get("phase") in (api.Phase.TERMINATING.value, api.Phase.FAILED.value) and status.get("cullReason"):
+        instances = list(self.instances.items())
+        self._culled = {key: uid for key, uid in self._culled.items() if key in self.instances}
+        for key, body in instances:
+            status = body.setdefault("status", {})
+            meta = body.get("metadata", {})
+            # Already going: deleted by someone, or by this process and the watch lags. An
+            # instance whose cull failed halfway (even in an earlier process) is decided again.
+            if meta.get("deletionTimestamp") or (key in self._culled and self._culled[key] == meta.get("uid")):
                 continue
             if key in active:
                 status["lastActivity"] = rfc3339(now)
@@ -197,21 +214,31 @@ class Culler:
         async with self._api_slots:
             try:
                 await asyncio.to_thread(self._event, body, "Normal", "Culled", f"{reason}: {decision.message}")
+            except Exception as exc:  # best effort: status.cullReason already says why
+                log.warning("could not post the Culled event of %s/%s: %s", key[0], key[1], exc)
+            try:
                 await asyncio.to_thread(self.api.delete_instance, key[1], key[0])
-                log.info("deleted %s/%s: %s", key[0], key[1], decision.message)
-            except (ApiError, OSError) as exc:
+            except Exception as exc:  # ApiError, a connection error, ...: decided again next tick
                 log.warning("could not cull %s/%s (retrying next tick): %s", key[0], key[1], exc)
-                body.get("status", {}).pop("cullReason", None)
+                return
+            self._culled[key] = body.get("metadata", {}).get("uid")
+            log.info("deleted %s/%s: %s", key[0], key[1], decision.message)
 
     def _event(self, body: dict[str, Any], event_type: str, reason: str, message: str) -> None:
         self.api.post_event({**body, "apiVersion": api.API_VERSION, "kind": api.KIND}, event_type, reason, message)
 
-    async def _warn_all(self, reason: str, message: str) -> None:
-        async def warn(body: dict[str, Any]) -> None:
+    async def _warn_unwarned(self, reason: str, message: str) -> None:
+        """One Warning per instance per outage, also to instances created during it (or known
+        only after a start with the metrics already down)."""
+
+        async def warn(key: tuple[str, str], body: dict[str, Any]) -> None:
             async with self._api_slots:
                 try:
                     await asyncio.to_thread(self._event, body, "Warning", reason, message)
                 except Exception as exc:  # an Event is best effort; the log line already says it
                     log.debug("could not post %s event: %s", reason, exc)
+                    return
+            self._warned.add(key)
 
-        await asyncio.gather(*(warn(body) for body in list(self.instances.values())))
+        pending = [(key, body) for key, body in list(self.instances.items()) if key not in self._warned]
+        await asyncio.gather(*(warn(key, body) for key, body in pending))

@@ -1,7 +1,8 @@
 """Whether an instance should go: a pure function of the instance's times, the activity, the clock.
 
 Nothing here reads a clock or talks to Kubernetes, so every branch is tested by passing ``now``
-in. The operator gathers the times (creation, spec or default timeouts, ``status.lastActivity``),
+in. The operator gathers the times (creation, ``status.readyAt``, spec or default timeouts,
+``status.lastActivity``),
 calls :func:`decide` once per instance per tick, logs ``Decision.message`` either way (so a user
 who asks "why is my viewer still there / gone?" finds the ages in the log) and deletes when told.
 
@@ -30,7 +31,10 @@ class InstanceTimes:
 
     Durations are seconds; a timeout of 0 turns that rule off (the lifespan cannot be turned off:
     it is the upper bound that frees resources even when activity tracking is broken).
-    ``last_activity`` is None while the owner has never been seen. All datetimes are tz-aware.
+    ``last_activity`` is None while the owner has never been seen. ``ready_at`` is when the viewer
+    first became Ready (``status.readyAt``), None while it is still starting: the unvisited clock
+    starts there, not at creation, because fetching a large dataset may take longer than the
+    unvisited timeout and nobody can visit a viewer that is not up. All datetimes are tz-aware.
     """
 
     name: str
@@ -39,11 +43,14 @@ class InstanceTimes:
     idle_timeout: int
     unvisited_timeout: int
     last_activity: datetime | None
+    ready_at: datetime | None = None
 
     def __post_init__(self) -> None:
         _require_aware(self.created, f"{self.name}: created")
-        if self.last_activity is not None:
-            _require_aware(self.last_activity, f"{self.name}: last_activity")
+        for field in ("last_activity", "ready_at"):
+            value = getattr(self, field)
+            if value is not None:
+                _require_aware(value, f"{self.name}: {field}")
         if self.lifespan <= 0:
             raise ValueError(
                 f"{self.name}: lifespan must be > 0 seconds, got {self.lifespan}; "
@@ -95,7 +102,8 @@ def decide(instance: InstanceTimes, activity_reliable: bool, now: datetime) -> D
     """Delete or keep ``instance`` at ``now``; the first rule that fires wins.
 
     1. lifespan: age > lifespan. Always applies, even when activity is unknown.
-    2. never-visited: no activity recorded and age > unvisited_timeout.
+    2. never-visited: no activity recorded and now - ready_at > unvisited_timeout. While the
+       viewer is not Ready yet (``ready_at`` None) this rule does not apply; the lifespan does.
     3. idle: now - last_activity > idle_timeout.
 
     ``activity_reliable`` is False when this tick's activity scrape failed. Rules 2 and 3 then
@@ -124,18 +132,22 @@ def decide(instance: InstanceTimes, activity_reliable: bool, now: datetime) -> D
     if instance.last_activity is None:
         if not instance.unvisited_timeout:
             kept.append("never visited, unvisited timeout off")
-        elif age > instance.unvisited_timeout:
+            return _keep(kept, notes)
+        if instance.ready_at is None:
+            kept.append("not ready yet, unvisited clock not started")
+            return _keep(kept, notes)
+        unvisited = _age(now, instance.ready_at, "ready", notes)
+        if unvisited > instance.unvisited_timeout:
             return Decision(
                 True,
                 CullReason.NEVER_VISITED,
-                f"never visited: age {format_age(age)} > unvisited timeout "
+                f"never visited: ready for {format_age(unvisited)} > unvisited timeout "
                 f"{format_age(instance.unvisited_timeout)}" + _suffix(notes),
             )
-        else:
-            kept.append(
-                f"never visited yet, {format_age(age)} of unvisited timeout "
-                f"{format_age(instance.unvisited_timeout)}"
-            )
+        kept.append(
+            f"never visited yet, ready for {format_age(unvisited)} of unvisited timeout "
+            f"{format_age(instance.unvisited_timeout)}"
+        )
         return _keep(kept, notes)
 
     idle = _age(now, instance.last_activity, "last activity", notes)

@@ -6,6 +6,7 @@ tests, and ``cxg-k8s render`` prints exactly what the operator would create.
 
 from __future__ import annotations
 
+import copy
 import re
 import uuid
 from typing import Any
@@ -300,8 +301,9 @@ def children(name: str, namespace: str, spec: api.SingleUserInstanceSpec, settin
     PoC's defects (shared selector, missing instance label) cannot come back through it.
     """
     if spec.embedded:
+        service_name = (spec.service or {}).get("metadata", {}).get("name")
         return [
-            _embedded(doc, name, namespace)
+            _embedded(doc, name, namespace, service_name)
             for doc in (spec.deployment, spec.service, spec.ingress)
             if doc is not None
         ]
@@ -313,9 +315,10 @@ def children(name: str, namespace: str, spec: api.SingleUserInstanceSpec, settin
     ]
 
 
-def _embedded(doc: dict[str, Any], name: str, namespace: str) -> Manifest:
-    out = {**doc, "metadata": {**doc.get("metadata", {})}}
-    meta = out["metadata"]
+def _embedded(doc: dict[str, Any], name: str, namespace: str, service_name: str | None = None) -> Manifest:
+    # A deep copy: the client's spec (kopf's body) must not change under the operator's feet.
+    out = copy.deepcopy(doc)
+    meta = out.setdefault("metadata", {})
     meta["name"] = name
     meta["namespace"] = namespace
     meta["labels"] = {**meta.get("labels", {}), **labels(name)}
@@ -328,6 +331,16 @@ def _embedded(doc: dict[str, Any], name: str, namespace: str) -> Manifest:
         template["labels"] = {**template.get("labels", {}), **labels(name)}
     elif out.get("kind") == "Service":
         out.setdefault("spec", {})["selector"] = {"instance": name}
+    elif out.get("kind") == "Ingress":
+        # The Service was renamed to the instance: backends that named it must follow.
+        ing_spec = out.get("spec", {})
+        backends = [ing_spec.get("defaultBackend")] + [
+            path.get("backend") for rule in ing_spec.get("rules", []) for path in (rule.get("http") or {}).get("paths", [])
+        ]
+        for backend in backends:
+            service = (backend or {}).get("service")
+            if service and service.get("name") in (service_name, None):
+                service["name"] = name
     return out
 
 

@@ -16,6 +16,7 @@ import logging
 from typing import Any
 
 import kopf
+import prometheus_client
 
 from cxg_on_k8s import manifests
 from cxg_on_k8s import spec as api
@@ -48,6 +49,15 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: lo
     # Handler errors are Events on the instance; chatty progress stays in the log.
     settings.posting.level = logging.WARNING
     config = Settings.from_env()
+    if config.operator_metrics_port:
+        # The culler's own health (scrape failures) for Prometheus; a taken port is an error.
+        try:
+            prometheus_client.start_http_server(config.operator_metrics_port)
+        except OSError as exc:
+            raise kopf.PermanentError(
+                f"cannot serve operator metrics on port {config.operator_metrics_port}: {exc}; "
+                "free the port or set CXG_OPERATOR_METRICS_PORT (0 = off)"
+            ) from exc
     handler = K8ApiHandler(client=load_client(), namespace=config.namespace)
     memo.config = config
     memo.api = handler

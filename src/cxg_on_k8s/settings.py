@@ -65,8 +65,9 @@ class Settings(BaseModel):
     unvisited_timeout: int = Field(
         300,
         ge=0,
-        description="Default seconds an instance may stay unvisited before it is culled; 0 = "
-        "never (PoC: K8_SUI_OP_TO_UNVIS). spec.unvisitedTimeout overrides it.",
+        description="Default seconds an instance may stay unvisited once Ready (the clock starts "
+        "at status.readyAt, not at creation) before it is culled; 0 = never (PoC: "
+        "K8_SUI_OP_TO_UNVIS). spec.unvisitedTimeout overrides it.",
     )
     idle_timeout: int = Field(
         3600,
@@ -101,6 +102,13 @@ class Settings(BaseModel):
         20.0,
         gt=0,
         description="Most instance deletions per second, so a mass expiry does not flood the API server.",
+    )
+    operator_metrics_port: int = Field(
+        9090,
+        ge=0,
+        le=65535,
+        description="Port of the operator's Prometheus /metrics (e.g. "
+        "cxg_metrics_scrape_failures_total); 0 = off.",
     )
     termination_grace_period: int = Field(
         120,
@@ -218,5 +226,7 @@ def settings_table() -> str:
             var += f" (or `{legacy[name]}`)"
         default = field.default
         shown = f"`{default}`" if default not in ("", None) else "(empty)"
-        rows.append(f"| {var} | {shown} | {field.description} |")
+        # <scheme> and <owner> would be taken for HTML tags by a Markdown renderer and vanish.
+        meaning = (field.description or "").replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")
+        rows.append(f"| {var} | {shown} | {meaning} |")
     return "\n".join(rows)

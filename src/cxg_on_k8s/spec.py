@@ -309,3 +309,37 @@ def problems(spec: SingleUserInstanceSpec, settings: Any) -> list[str]:
                     f"(setting CXG_MAX_{field.upper()}); ask for less"
                 )
     return found
+
+
+def markdown_cell(text: str) -> str:
+    """Text safe inside a Markdown table cell: no column breaks, and ``<owner>`` stays visible
+    (a renderer would take it for an HTML tag and drop it)."""
+    return text.replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def spec_reference_table() -> str:
+    """The README's SingleUserInstance reference: one row per spec field (nested ones too), from
+    the model, so that the documentation and the CRD cannot drift."""
+    rows = ["| field | type | default | meaning |", "| --- | --- | --- | --- |"]
+
+    def add(model: type[BaseModel], properties: dict[str, Any], prefix: str) -> None:
+        for name, field in model.model_fields.items():
+            key = field.alias or name
+            schema = properties[key]
+            kind = schema.get("type", "")
+            if kind == "array":
+                kind = f"array of {schema.get('items', {}).get('type', 'object')}"
+            if "enum" in schema:
+                kind += " (" + ", ".join(f"`{v}`" for v in schema["enum"]) + ")"
+            default = field.default.value if isinstance(field.default, Enum) else field.default
+            shown = f"`{default}`" if default is not None else "—"
+            rows.append(f"| `{prefix}{key}` | {kind} | {shown} | {markdown_cell(field.description or '')} |")
+            nested = field.annotation if isinstance(field.annotation, type) else None
+            for arg in getattr(field.annotation, "__args__", ()):
+                if isinstance(arg, type) and issubclass(arg, BaseModel):
+                    nested = arg
+            if nested is not None and issubclass(nested, BaseModel) and "properties" in schema:
+                add(nested, schema["properties"], f"{prefix}{key}.")
+
+    add(SingleUserInstanceSpec, openapi_schema()["properties"]["spec"]["properties"], "spec.")
+    return "\n".join(rows)

@@ -65,6 +65,11 @@ STATE_FILE = ".userdata-state.json"
 TERMINATION_LOG = "/dev/termination-log"
 # Kubernetes keeps at most this much of a termination message.
 TERMINATION_LOG_MAX = 4096
+# Bounded retries: 1+2+4+8 s of back-off at most, well inside the pod's termination grace period.
+DEFAULT_RETRIES = 4
+DEFAULT_BACKOFF = 1.0
+# cellxgene writes a few KB at a time; half a second between two agreeing reads is ample.
+DEFAULT_SETTLE = 0.5
 
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 # HDF5 allows a user block before the superblock, of 512 bytes or a larger power of two.
@@ -375,7 +380,11 @@ def load_state(directory: Path) -> dict[str, str]:
     except FileNotFoundError:
         return {}
     except ValueError:
-        log.warning("%s is not valid JSON; every present user file counts as unsaved", STATE_FILE)
+        state = None
+    if not isinstance(state, dict):
+        log.warning(
+            "%s is not a JSON object; every present user file counts as unsaved", STATE_FILE
+        )
         return {}
     return {k: v for k, v in state.items() if k in USER_FILES and isinstance(v, str)}
 
@@ -426,10 +435,16 @@ def _download_http(url: str, tmp: Path) -> None:
                 ExitCode.ACCESS_DENIED,
                 f"dataset {url}: access denied (HTTP {exc.code}). {fix_access}",
             ) from exc
+        if exc.code >= 500 or exc.code == 429:
+            raise UserDataError(
+                ExitCode.UNREACHABLE,
+                f"dataset {url}: the server failed (HTTP {exc.code}). Fix: retry later or check "
+                "the server.",
+            ) from exc
         raise UserDataError(
-            ExitCode.UNREACHABLE,
-            f"dataset {url}: the server answered HTTP {exc.code}. Fix: retry later or check "
-            "the server.",
+            ExitCode.UNEXPECTED,
+            f"dataset {url}: the server refused the download (HTTP {exc.code}). Fix: check "
+            "that the URL is a plain file download.",
         ) from exc
     except (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError) as exc:
         reason = getattr(exc, "reason", exc)
@@ -441,32 +456,32 @@ def _download_http(url: str, tmp: Path) -> None:
 
 
 def fetch_dataset(
-    client: S3Client, dataset: str, dest: Path, *, retries: int = 3, backoff: float = 1.0
+    client: S3Client,
+    dataset: str,
+    dest: Path,
+    *,
+    retries: int = DEFAULT_RETRIES,
+    backoff: float = DEFAULT_BACKOFF,
 ) -> Path:
     """Download the dataset to ``dest/dataset.h5ad``: to a temporary name, checked, then renamed.
 
     cellxgene therefore only ever sees a complete, valid file; a failed or corrupt download
     leaves nothing under the final name.
     """
+    final = dest / DATASET_FILE
+    tmp = dest / f".{DATASET_FILE}.part"
+    download: Callable[[], None]
     if dataset.startswith(("https://", "http://")):
         source = dataset
-
-        def download(tmp: Path) -> None:
-            _download_http(dataset, tmp)
-
+        download = partial(_download_http, dataset, tmp)
     else:
         url = parse_s3_url(dataset, what="--dataset")
         source = str(url)
-
-        def download(tmp: Path) -> None:
-            _download_s3(client, url, tmp)
-
-    final = dest / DATASET_FILE
-    tmp = dest / f".{DATASET_FILE}.part"
+        download = partial(_download_s3, client, url, tmp)
     started = time.monotonic()
     try:
         _retrying(
-            lambda: download(tmp),
+            download,
             describe=f"download of {source}",
             retries=retries,
             backoff=backoff,
@@ -553,8 +568,8 @@ def fetch(
     dest: Path,
     *,
     client: S3Client | None = None,
-    retries: int = 3,
-    backoff: float = 1.0,
+    retries: int = DEFAULT_RETRIES,
+    backoff: float = DEFAULT_BACKOFF,
 ) -> FetchResult:
     """Put the dataset and the user's saved files into ``dest``, ready for cellxgene.
 
@@ -622,9 +637,9 @@ class Syncer:
         prefix: S3Url,
         src: Path,
         *,
-        retries: int = 4,
-        backoff: float = 1.0,
-        settle: float = 0.5,
+        retries: int = DEFAULT_RETRIES,
+        backoff: float = DEFAULT_BACKOFF,
+        settle: float = DEFAULT_SETTLE,
         termination_log: Path | None = None,
     ) -> None:
         self.client = client
@@ -753,6 +768,7 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
         "--termination-log",
+        metavar="PATH",
         type=Path,
         default=None,
         help=f"File that receives the one-line failure message (default: {TERMINATION_LOG} if "
@@ -760,15 +776,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     common.add_argument(
         "--retries",
+        metavar="N",
         type=int,
-        default=4,
-        help="Retries of a failed S3 transfer when the store is unreachable or busy (default 4).",
+        default=DEFAULT_RETRIES,
+        help="Retries of a failed transfer while the store is unreachable or failing "
+        f"(default {DEFAULT_RETRIES}).",
     )
     common.add_argument(
         "--backoff",
+        metavar="SECONDS",
         type=float,
-        default=1.0,
-        help="Seconds before the first retry; doubled each time, at most 30 (default 1.0).",
+        default=DEFAULT_BACKOFF,
+        help="Seconds before the first retry; doubled each time, at most 30 "
+        f"(default {DEFAULT_BACKOFF}).",
     )
     parser = argparse.ArgumentParser(
         prog="python -m cxg_on_k8s.userdata",
@@ -786,39 +806,54 @@ def build_parser() -> argparse.ArgumentParser:
         help="Download the dataset and the user's saved files (init container).",
     )
     fetch_cmd.add_argument(
-        "--dataset", required=True, help="s3://bucket/key.h5ad or https://host/path.h5ad."
+        "--dataset",
+        metavar="URL",
+        required=True,
+        help="s3://bucket/key.h5ad or https://host/path.h5ad.",
     )
     fetch_cmd.add_argument(
         "--user-data",
+        metavar="URL",
         required=True,
         help="s3://bucket/prefix/ with the user's annotations.csv and gene_sets.csv.",
     )
     fetch_cmd.add_argument(
-        "--dest", type=Path, default=Path("/data"), help="Target directory (default /data)."
+        "--dest",
+        metavar="DIR",
+        type=Path,
+        default=Path("/data"),
+        help="Target directory (default /data).",
     )
     sync_cmd = commands.add_parser(
         "sync",
         parents=[common],
         help="Save the user's files back whenever they change, and once more on SIGTERM (sidecar).",
     )
-    sync_cmd.add_argument("--user-data", required=True, help="s3://bucket/prefix/ to save to.")
+    sync_cmd.add_argument(
+        "--user-data", metavar="URL", required=True, help="s3://bucket/prefix/ to save to."
+    )
     sync_cmd.add_argument(
         "--src",
+        metavar="DIR",
         type=Path,
         default=Path("/data"),
         help="Directory cellxgene writes to (default /data).",
     )
     sync_cmd.add_argument(
         "--interval",
+        metavar="SECONDS",
         type=float,
         default=float(default_interval),
-        help=f"Seconds between saves (default {default_interval}, CXG_SAVE_INTERVAL).",
+        help=f"Seconds between saves (default {default_interval}; the operator passes its "
+        "save_interval setting).",
     )
     sync_cmd.add_argument(
         "--settle",
+        metavar="SECONDS",
         type=float,
-        default=0.5,
-        help="Seconds between the two reads that must agree before a file is saved (default 0.5).",
+        default=DEFAULT_SETTLE,
+        help="Seconds between the two reads that must agree before a file is saved "
+        f"(default {DEFAULT_SETTLE}).",
     )
     return parser
 

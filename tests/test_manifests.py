@@ -1,0 +1,690 @@
+"""The pure builders, the spec's operator-side checks, settings and pod status: no cluster needed.
+
+Kubespawner-style: for a fixed Settings and spec, the objects the operator creates are compared
+with literal expected dicts, so a change to what lands in the cluster is a visible diff here.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import pytest
+
+from cxg_on_k8s import manifests
+from cxg_on_k8s import spec as api
+from cxg_on_k8s.pod_status import pod_phase
+from cxg_on_k8s.settings import Settings, SettingsError
+from cxg_on_k8s.userdata import build_parser
+
+NAME = "cellxgene-0b6f3c1e-9d7a-4c55-8f0e-1a2b3c4d5e6f"
+NS = "viewers"
+OWNER = "alice+lab@example.org"
+DATASET = "s3://omics-data/projects/p1/pbmc3k.h5ad"
+
+SETTINGS = Settings(
+    namespace=NS,
+    host_name="cxg.example.org",
+    ingress_namespace="ingress-nginx",
+    oauth2_proxy_namespace="auth",
+    s3_bucket="user-bucket",
+    s3_endpoint_url="http://s3.example.org:9000",
+    default_cpu="1",
+    default_memory="4Gi",
+    max_cpu="4",
+    max_memory="32Gi",
+)
+LABELS = {"app": "cellxgene", "instance": NAME}
+
+
+def portal_spec(**fields: Any) -> api.SingleUserInstanceSpec:
+    return api.SingleUserInstanceSpec(owner=OWNER, dataset=DATASET, **fields)
+
+
+def containers_by_name(pod_spec: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {c["name"]: c for c in pod_spec.get("initContainers", []) + pod_spec["containers"]}
+
+
+# --- Service, NetworkPolicy, Ingress: literal expected objects ----------------------------------
+
+
+def test_service_selects_only_this_instances_pods() -> None:
+    assert manifests.service(NAME, NS) == {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": NAME, "namespace": NS, "labels": LABELS},
+        "spec": {
+            "type": "ClusterIP",
+            "selector": {"instance": NAME},
+            "ports": [{"name": "http", "port": 80, "targetPort": "http"}],
+        },
+    }
+
+
+def test_network_policy_lets_only_the_ingress_controller_reach_the_viewer() -> None:
+    assert manifests.network_policy(NAME, NS, SETTINGS) == {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {"name": NAME, "namespace": NS, "labels": LABELS},
+        "spec": {
+            "podSelector": {"matchLabels": {"instance": NAME}},
+            "policyTypes": ["Ingress"],
+            "ingress": [
+                {
+                    "from": [
+                        {
+                            "namespaceSelector": {
+                                "matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}
+                            }
+                        }
+                    ],
+                    "ports": [{"protocol": "TCP", "port": 5005}],
+                }
+            ],
+        },
+    }
+
+
+def test_ingress_carries_the_pocs_annotations_and_the_owner_check() -> None:
+    assert manifests.ingress(NAME, NS, portal_spec(), SETTINGS) == {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "Ingress",
+        "metadata": {
+            "name": NAME,
+            "namespace": NS,
+            "labels": LABELS,
+            "annotations": {
+                "nginx.ingress.kubernetes.io/use-regex": "true",
+                "nginx.ingress.kubernetes.io/rewrite-target": "/$2",
+                "nginx.ingress.kubernetes.io/auth-url": (
+                    "http://oauth2-proxy.auth.svc.cluster.local:8091/oauth2/auth"
+                    "?allowed_emails=alice%2Blab@example.org"
+                ),
+                "nginx.ingress.kubernetes.io/auth-signin": (
+                    "https://cxg.example.org/oauth2/sign_in?rd=$escaped_request_uri"
+                ),
+                "nginx.ingress.kubernetes.io/auth-response-headers": "Authorization",
+                "nginx.ingress.kubernetes.io/proxy-buffer-size": "64k",
+                "nginx.ingress.kubernetes.io/configuration-snippet": f"rewrite ^/{NAME}$ /{NAME}/ redirect;",
+            },
+        },
+        "spec": {
+            "ingressClassName": "nginx",
+            "rules": [
+                {
+                    "host": "cxg.example.org",
+                    "http": {
+                        "paths": [
+                            {
+                                "path": f"/{NAME}(/|$)(.*)",
+                                "pathType": "ImplementationSpecific",
+                                "backend": {"service": {"name": NAME, "port": {"name": "http"}}},
+                            }
+                        ]
+                    },
+                }
+            ],
+        },
+    }
+
+
+# --- auth_url: only the owner (or the named groups) get in ------------------------------------
+
+
+AUTH_BASE = "http://oauth2-proxy.auth.svc.cluster.local:8091/oauth2/auth"
+
+
+@pytest.mark.parametrize(
+    ("owner", "query"),
+    [
+        ("bob@example.org", "allowed_emails=bob@example.org"),
+        ("alice+lab@example.org", "allowed_emails=alice%2Blab@example.org"),
+        ("eve&allowed_groups=admins@x.org", "allowed_emails=eve%26allowed_groups%3Dadmins@x.org"),
+        ("name with space@x.org", "allowed_emails=name%20with%20space@x.org"),
+    ],
+    ids=["plain", "plus-is-encoded", "no-query-injection", "space"],
+)
+def test_auth_url_names_the_owner_url_encoded(owner: str, query: str) -> None:
+    spec = api.SingleUserInstanceSpec(owner=owner, dataset=DATASET)
+    assert manifests.auth_url(spec, SETTINGS) == f"{AUTH_BASE}?{query}"
+
+
+def test_auth_url_with_groups_checks_the_groups_instead() -> None:
+    spec = portal_spec(allowed_groups=["lab members", "/omics/admins"])
+    assert (
+        manifests.auth_url(spec, SETTINGS)
+        == f"{AUTH_BASE}?allowed_groups=lab%20members,/omics/admins"
+    )
+
+
+# --- Deployment: the properties that matter --------------------------------------------------------
+
+
+def test_deployment_selects_by_instance_label_only() -> None:
+    deploy = manifests.deployment(NAME, NS, portal_spec(), SETTINGS)
+    assert deploy["metadata"] == {"name": NAME, "namespace": NS, "labels": LABELS}
+    # The PoC's shared app=cellxgene selector let one instance's Service reach another's pods.
+    assert deploy["spec"]["selector"] == {"matchLabels": {"instance": NAME}}
+    assert deploy["spec"]["template"]["metadata"]["labels"] == LABELS
+    assert deploy["spec"]["replicas"] == 1
+    assert deploy["spec"]["strategy"] == {"type": "Recreate"}
+
+
+def test_deployment_pod_is_locked_down() -> None:
+    pod = manifests.deployment(NAME, NS, portal_spec(), SETTINGS)["spec"]["template"]["spec"]
+    assert pod["automountServiceAccountToken"] is False
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] != 0
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    for name, container in containers_by_name(pod).items():
+        security = container["securityContext"]
+        assert security["runAsNonRoot"] is True, name
+        assert security["allowPrivilegeEscalation"] is False, name
+        assert security["capabilities"] == {"drop": ["ALL"]}, name
+        assert security["seccompProfile"] == {"type": "RuntimeDefault"}, name
+        assert "privileged" not in security or security["privileged"] is False, name
+
+
+def test_viewer_has_readiness_probe_and_the_pocs_launch_line_on_data_files() -> None:
+    pod = manifests.deployment(NAME, NS, portal_spec(title="PBMC 3k"), SETTINGS)["spec"][
+        "template"
+    ]["spec"]
+    viewer = containers_by_name(pod)["cellxgene"]
+    assert viewer["image"] == SETTINGS.cellxgene_image
+    assert viewer["readinessProbe"]["httpGet"] == {"path": "/health", "port": "http"}
+    assert viewer["ports"] == [{"name": "http", "containerPort": 5005}]
+    assert viewer["command"] == [
+        "cellxgene", "launch", "--verbose", "-p", "5005", "--host", "0.0.0.0",
+        "/data/dataset.h5ad",
+        "--annotations-file", "/data/annotations.csv",
+        "--gene-sets-file", "/data/gene_sets.csv",
+        "--title", "PBMC 3k",
+    ]  # fmt: skip
+    assert {"name": "data", "mountPath": "/data"} in viewer["volumeMounts"]
+
+
+def test_vip_flavor_uses_the_vip_image() -> None:
+    pod = manifests.deployment(NAME, NS, portal_spec(flavor="cellxgene-vip"), SETTINGS)["spec"][
+        "template"
+    ]["spec"]
+    assert containers_by_name(pod)["cellxgene"]["image"] == SETTINGS.cellxgene_vip_image
+
+
+@pytest.mark.parametrize(
+    ("asked", "expected"),
+    [
+        (None, {"cpu": "1", "memory": "4Gi"}),
+        ({"cpu": "2"}, {"cpu": "2", "memory": "4Gi"}),
+        ({"memory": "8Gi"}, {"cpu": "1", "memory": "8Gi"}),
+        ({"cpu": "4", "memory": "32Gi"}, {"cpu": "4", "memory": "32Gi"}),
+    ],
+    ids=["defaults", "cpu-asked", "memory-asked", "exactly-the-caps"],
+)
+def test_viewer_resources_come_from_spec_else_settings_with_requests_equal_limits(
+    asked: dict[str, str] | None, expected: dict[str, str]
+) -> None:
+    spec = portal_spec(resources=asked)
+    assert api.problems(spec, SETTINGS) == []
+    pod = manifests.deployment(NAME, NS, spec, SETTINGS)["spec"]["template"]["spec"]
+    assert containers_by_name(pod)["cellxgene"]["resources"] == {
+        "requests": expected,
+        "limits": expected,
+    }
+
+
+def test_fetch_is_an_init_container_and_save_a_native_sidecar_with_the_same_prefix() -> None:
+    pod = manifests.deployment(NAME, NS, portal_spec(), SETTINGS)["spec"]["template"]["spec"]
+    assert [c["name"] for c in pod["initContainers"]] == ["fetch", "save"]
+    fetch, save = pod["initContainers"]
+    prefix = "s3://user-bucket/cxg_on_k8/alice_lab@example.org/pbmc3k/"
+    assert fetch["args"] == [
+        "fetch",
+        "--dataset",
+        DATASET,
+        "--user-data",
+        prefix,
+        "--dest",
+        "/data",
+    ]
+    assert "restartPolicy" not in fetch  # a plain init container: the viewer waits for it
+    assert save["restartPolicy"] == "Always"  # native sidecar: stopped after the viewer
+    assert save["args"][:3] == ["sync", "--user-data", prefix]
+    assert save["args"][save["args"].index("--interval") + 1] == str(SETTINGS.save_interval)
+    # the fetch step's failure message reaches the pod status (and from there the instance)
+    assert fetch["terminationMessagePolicy"] == "FallbackToLogsOnError"
+    for container in (fetch, save):
+        env = {e["name"]: e for e in container["env"]}
+        assert env["AWS_ACCESS_KEY_ID"]["valueFrom"]["secretKeyRef"] == {
+            "name": "aws-cred-secret",
+            "key": "AWS_ACCESS_KEY_ID",
+        }
+        assert env["AWS_ENDPOINT_URL"] == {
+            "name": "AWS_ENDPOINT_URL",
+            "value": "http://s3.example.org:9000",
+        }
+    assert pod["terminationGracePeriodSeconds"] == SETTINGS.termination_grace_period
+
+
+def test_data_container_args_are_what_the_userdata_command_accepts() -> None:
+    pod = manifests.deployment(NAME, NS, portal_spec(), SETTINGS)["spec"]["template"]["spec"]
+    fetch, save = pod["initContainers"]
+    assert fetch["command"] == save["command"] == ["python", "-m", "cxg_on_k8s.userdata"]
+    parsed = build_parser().parse_args(fetch["args"])
+    assert (parsed.command, parsed.dataset, str(parsed.dest)) == ("fetch", DATASET, "/data")
+    parsed = build_parser().parse_args(save["args"])
+    assert (parsed.command, str(parsed.src), parsed.interval) == (
+        "sync",
+        "/data",
+        SETTINGS.save_interval,
+    )
+
+
+def test_user_data_prefix_from_spec_wins_and_gets_a_trailing_slash() -> None:
+    spec = portal_spec(user_data="s3://lab-bucket/alice/pbmc")
+    assert manifests.user_data_url(spec, SETTINGS) == "s3://lab-bucket/alice/pbmc/"
+
+
+def test_portal_form_children_are_deployment_service_ingress_networkpolicy() -> None:
+    children = manifests.children(NAME, NS, portal_spec(), SETTINGS)
+    assert [c["kind"] for c in children] == ["Deployment", "Service", "Ingress", "NetworkPolicy"]
+    for child in children:
+        assert child["metadata"]["name"] == NAME
+        assert child["metadata"]["namespace"] == NS
+        assert child["metadata"]["labels"] == LABELS
+
+
+# --- embedded form: the PoC's client-rendered manifests, relabelled -----------------------------
+
+
+def poc_manifests(name: str) -> dict[str, dict[str, Any]]:
+    """What the proof of concept's client rendered: every object selected by app=cellxgene."""
+    return {
+        "deployment": {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {
+                "name": name,
+                "labels": {"app": "cellxgene"},
+                "resourceVersion": "42",
+                "uid": "x",
+            },
+            "spec": {
+                "replicas": 1,
+                "selector": {"matchLabels": {"app": "cellxgene"}},
+                "template": {
+                    "metadata": {"labels": {"app": "cellxgene"}},
+                    "spec": {"containers": [{"name": "cellxgene", "image": "cellxgene:1.1.2"}]},
+                },
+            },
+        },
+        "service": {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": name, "labels": {"app": "cellxgene"}},
+            "spec": {
+                "selector": {"app": "cellxgene"},
+                "ports": [{"port": 5005, "targetPort": 5005}],
+            },
+        },
+        "ingress": {
+            "apiVersion": "networking.k8s.io/v1",
+            "kind": "Ingress",
+            "metadata": {"name": name, "labels": {"app": "cellxgene"}},
+            "spec": {
+                "ingressClassName": "nginx",
+                "rules": [
+                    {
+                        "http": {
+                            "paths": [
+                                {
+                                    "path": f"/{name}(/|$)(.*)",
+                                    "pathType": "ImplementationSpecific",
+                                    "backend": {
+                                        "service": {"name": name, "port": {"number": 5005}}
+                                    },
+                                }
+                            ]
+                        }
+                    }
+                ],
+            },
+        },
+    }
+
+
+def test_embedded_form_is_relabelled_with_the_instance_selector() -> None:
+    spec = api.SingleUserInstanceSpec(lifespan=600, **poc_manifests(NAME))
+    deploy, svc, ing = manifests.children(NAME, NS, spec, SETTINGS)
+    for child in (deploy, svc, ing):
+        assert child["metadata"]["labels"] == LABELS
+        assert child["metadata"]["namespace"] == NS
+        assert "resourceVersion" not in child["metadata"] and "uid" not in child["metadata"]
+    assert deploy["spec"]["selector"] == {"matchLabels": {"instance": NAME}}
+    assert deploy["spec"]["template"]["metadata"]["labels"] == LABELS
+    assert deploy["spec"]["template"]["spec"]["containers"][0]["image"] == "cellxgene:1.1.2"
+    assert svc["spec"]["selector"] == {"instance": NAME}
+    assert ing["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]["name"] == NAME
+    # the client's dicts are not modified in place
+    assert spec.deployment["spec"]["selector"] == {"matchLabels": {"app": "cellxgene"}}
+
+
+def test_embedded_form_with_other_names_keeps_the_ingress_pointing_at_the_service() -> None:
+    """A client that named its objects differently: everything is renamed to the instance, so the
+    Ingress backend must follow the Service's new name."""
+    spec = api.SingleUserInstanceSpec(**poc_manifests("viewer"))
+    deploy, svc, ing = manifests.children(NAME, NS, spec, SETTINGS)
+    assert svc["metadata"]["name"] == NAME
+    assert (
+        ing["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]["name"]
+        == svc["metadata"]["name"]
+    )
+
+
+# --- names, instance body ---------------------------------------------------------------------------
+
+
+def test_new_instance_name_is_cellxgene_uuid4() -> None:
+    names = {manifests.new_instance_name() for _ in range(50)}
+    assert len(names) == 50
+    for name in names:
+        assert re.fullmatch(
+            r"cellxgene-[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}", name
+        )
+        assert manifests.NAME_PATTERN.match(name)
+
+
+def test_instance_body_is_a_labelled_portal_form_resource() -> None:
+    body = manifests.instance(NAME, NS, OWNER, DATASET, lifespan=600, idle_timeout=120)
+    assert body == {
+        "apiVersion": "cnag.eu/v1",
+        "kind": "SingleUserInstance",
+        "metadata": {"name": NAME, "namespace": NS, "labels": LABELS},
+        "spec": {
+            "owner": OWNER,
+            "dataset": DATASET,
+            "flavor": "cellxgene",
+            "lifespan": 600,
+            "idleTimeout": 120,
+        },
+    }
+
+
+def test_instance_url_is_the_pocs() -> None:
+    assert manifests.instance_url(NAME, SETTINGS) == f"https://cxg.example.org/{NAME}/"
+
+
+# --- spec.problems: what only the operator can refuse ---------------------------------------------
+
+
+def test_acceptable_spec_has_no_problems() -> None:
+    assert api.problems(portal_spec(lifespan=SETTINGS.max_lifespan), SETTINGS) == []
+
+
+def test_lifespan_over_the_maximum_names_the_field_the_limit_and_the_fix() -> None:
+    settings = Settings(max_lifespan=3600)
+    (problem,) = api.problems(portal_spec(lifespan=7200), settings)
+    assert "spec.lifespan" in problem
+    assert "7200" in problem and "3600" in problem
+    assert "CXG_MAX_LIFESPAN" in problem and "ask for less" in problem
+
+
+@pytest.mark.parametrize(
+    ("asked", "field", "limit"),
+    [
+        ({"cpu": "4500m"}, "cpu", "4"),
+        ({"cpu": "5"}, "cpu", "4"),
+        ({"memory": "33Gi"}, "memory", "32Gi"),
+        ({"memory": "64G"}, "memory", "32Gi"),
+    ],
+)
+def test_resources_over_the_caps_name_the_field_the_limit_and_the_fix(
+    asked: dict[str, str], field: str, limit: str
+) -> None:
+    (problem,) = api.problems(portal_spec(resources=asked), SETTINGS)
+    assert f"spec.resources.{field}" in problem
+    assert asked[field] in problem and limit in problem
+    assert f"CXG_MAX_{field.upper()}" in problem and "ask for less" in problem
+
+
+def test_all_problems_are_reported_at_once() -> None:
+    spec = portal_spec(lifespan=10**7, resources={"cpu": "64", "memory": "1Ti"})
+    assert len(api.problems(spec, SETTINGS)) == 3
+
+
+# --- settings -------------------------------------------------------------------------------------------
+
+
+def test_settings_read_cxg_variables() -> None:
+    settings = Settings.from_env(
+        {
+            "CXG_NAMESPACE": "labs",
+            "CXG_MAX_LIFESPAN": "7200",
+            "CXG_TICK": "2.5",
+            "CXG_OIDC_INSECURE_SKIP_VERIFY": "true",
+        }
+    )
+    assert (settings.namespace, settings.max_lifespan, settings.tick) == ("labs", 7200, 2.5)
+    assert settings.oidc_insecure_skip_verify is True
+    assert settings.idle_timeout == Settings.model_fields["idle_timeout"].default
+
+
+def test_settings_read_the_pocs_variables() -> None:
+    settings = Settings.from_env(
+        {"K8_SUI_OP_TICK": "30", "K8_SUI_OP_TO_UNVIS": "600", "HOST_NAME": "cxg.lab.org"}
+    )
+    assert (settings.tick, settings.unvisited_timeout, settings.host_name) == (
+        30.0,
+        600,
+        "cxg.lab.org",
+    )
+    assert settings.base_url == "https://cxg.lab.org"
+
+
+def test_cxg_variable_wins_over_the_pocs() -> None:
+    assert Settings.from_env({"K8_SUI_OP_TICK": "30", "CXG_TICK": "5"}).tick == 5.0
+
+
+def test_settings_ignore_unrelated_variables() -> None:
+    assert Settings.from_env({"PATH": "/bin", "CXG": "x", "TICK": "oops"}) == Settings()
+
+
+@pytest.mark.parametrize(
+    ("environ", "variable"),
+    [
+        ({"K8_SUI_OP_TICK": "soon"}, "K8_SUI_OP_TICK"),
+        ({"K8_SUI_OP_TO_UNVIS": "-5"}, "K8_SUI_OP_TO_UNVIS"),
+        ({"CXG_MAX_LIFESPAN": "a week"}, "CXG_MAX_LIFESPAN"),
+        ({"CXG_URL_SCHEME": "ftp"}, "CXG_URL_SCHEME"),
+        ({"CXG_TICK": "0"}, "CXG_TICK"),
+    ],
+)
+def test_bad_setting_raises_an_error_naming_the_variable(
+    environ: dict[str, str], variable: str
+) -> None:
+    with pytest.raises(SettingsError) as caught:
+        Settings.from_env(environ)
+    message = str(caught.value)
+    assert variable in message
+    assert repr(next(iter(environ.values()))) in message
+    assert "unset" in message or "Fix" in message
+
+
+# --- pod status -> instance phase -------------------------------------------------------------------
+
+
+def pod(**status: Any) -> dict[str, Any]:
+    return {"metadata": {"name": f"{NAME}-abc", "labels": LABELS}, "status": status}
+
+
+def test_fetch_failure_becomes_failed_with_its_termination_message() -> None:
+    message = "dataset s3://omics-data/projects/p1/pbmc3k.h5ad not found: check the key"
+    phase, text = pod_phase(
+        pod(
+            phase="Pending",
+            initContainerStatuses=[
+                {
+                    "name": "fetch",
+                    "ready": False,
+                    "restartCount": 0,
+                    "state": {
+                        "terminated": {"exitCode": 3, "reason": "Error", "message": message + "\n"}
+                    },
+                },
+                {
+                    "name": "save",
+                    "ready": False,
+                    "restartCount": 0,
+                    "state": {"waiting": {"reason": "PodInitializing"}},
+                },
+            ],
+        )
+    )
+    assert phase == api.Phase.FAILED
+    assert message in text and "fetch" in text and "exit 3" in text
+
+
+def test_fetch_failure_seen_after_a_restart_is_still_failed() -> None:
+    phase, text = pod_phase(
+        pod(
+            initContainerStatuses=[
+                {
+                    "name": "fetch",
+                    "restartCount": 2,
+                    "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+                    "lastState": {
+                        "terminated": {"exitCode": 4, "message": "access denied to s3://b/k"}
+                    },
+                }
+            ]
+        )
+    )
+    assert phase == api.Phase.FAILED
+    assert "access denied to s3://b/k" in text
+
+
+def test_missing_secret_is_failed_and_says_what_to_create() -> None:
+    phase, text = pod_phase(
+        pod(
+            initContainerStatuses=[
+                {
+                    "name": "fetch",
+                    "state": {
+                        "waiting": {
+                            "reason": "CreateContainerConfigError",
+                            "message": 'secret "aws-cred-secret" not found',
+                        }
+                    },
+                }
+            ]
+        )
+    )
+    assert phase == api.Phase.FAILED
+    assert "CreateContainerConfigError" in text and 'secret "aws-cred-secret" not found' in text
+
+
+def test_ready_condition_is_ready() -> None:
+    phase, _ = pod_phase(
+        pod(
+            phase="Running",
+            conditions=[
+                {"type": "Initialized", "status": "True"},
+                {"type": "Ready", "status": "True"},
+            ],
+            initContainerStatuses=[
+                {"name": "fetch", "state": {"terminated": {"exitCode": 0, "reason": "Completed"}}},
+                {"name": "save", "started": True, "state": {"running": {}}},
+            ],
+        )
+    )
+    assert phase == api.Phase.READY
+
+
+@pytest.mark.parametrize(
+    "status",
+    [
+        {},
+        {"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable"}]},
+        {"phase": "Pending", "initContainerStatuses": [{"name": "fetch", "state": {"running": {}}}]},
+        {"phase": "Running", "conditions": [{"type": "Ready", "status": "False"}],
+         "containerStatuses": [{"name": "cellxgene", "state": {"waiting": {"reason": "ContainerCreating"}}}]},
+    ],
+    ids=["no-status", "unschedulable", "fetching", "viewer-starting"],
+)  # fmt: skip
+def test_still_starting_says_nothing(status: dict[str, Any]) -> None:
+    assert pod_phase(pod(**status)) == (None, "")
+
+
+# --- oauth2-proxy and RBAC builders ------------------------------------------------------------------
+
+
+def test_oauth2_proxy_keeps_secrets_out_of_args_and_listens_on_the_pocs_port() -> None:
+    deploy, svc, ing = manifests.oauth2_proxy(SETTINGS)
+    assert [o["kind"] for o in (deploy, svc, ing)] == ["Deployment", "Service", "Ingress"]
+    assert {o["metadata"]["namespace"] for o in (deploy, svc, ing)} == {"auth"}
+    container = deploy["spec"]["template"]["spec"]["containers"][0]
+    args = container["args"]
+    assert "--provider=keycloak-oidc" in args
+    assert "--http-address=0.0.0.0:8091" in args
+    assert "--redirect-url=https://cxg.example.org/oauth2/callback" in args
+    assert "--cookie-secure=true" in args
+    assert not any("secret" in a.lower() for a in args), args
+    env = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container["env"]}
+    assert env["OAUTH2_PROXY_COOKIE_SECRET"] == {
+        "name": "oauth2-proxy-cookie",
+        "key": "cookie-secret",
+    }
+    assert env["OAUTH2_PROXY_CLIENT_SECRET"] == {
+        "name": "oauth2-proxy-client",
+        "key": "client-secret",
+    }
+    assert deploy["spec"]["template"]["spec"]["automountServiceAccountToken"] is False
+    assert svc["spec"]["ports"][0] == {"name": "http", "port": 8091, "targetPort": "http"}
+    path = ing["spec"]["rules"][0]["http"]["paths"][0]
+    assert (ing["spec"]["rules"][0]["host"], path["path"], path["pathType"]) == (
+        "cxg.example.org",
+        "/oauth2",
+        "Prefix",
+    )
+
+
+def test_operator_rbac_grants_no_deletion_of_children_no_secrets_no_pod_creation() -> None:
+    objects = manifests.operator_rbac(SETTINGS)
+    kinds = [(o["kind"], o["metadata"].get("namespace"), o["metadata"]["name"]) for o in objects]
+    assert ("ServiceAccount", NS, "sui-operator") in kinds
+    assert ("Role", NS, "sui-operator") in kinds
+    assert ("Role", "ingress-nginx", "sui-operator-metrics") in kinds
+    role = next(o for o in objects if o["kind"] == "Role" and o["metadata"]["namespace"] == NS)
+    grants = {(group, resource, verb) for rule in role["rules"] for group in rule["apiGroups"]
+              for resource in rule["resources"] for verb in rule["verbs"]}  # fmt: skip
+    assert ("apps", "deployments", "create") in grants
+    assert ("cnag.eu", "singleuserinstances/status", "patch") in grants
+    assert ("cnag.eu", "singleuserinstances", "delete") in grants  # culling
+    assert not any(resource == "secrets" for _, resource, _ in grants)
+    assert not any(verb in ("delete", "deletecollection", "*") for _, resource, verb in grants
+                   if resource != "singleuserinstances")  # fmt: skip
+    assert ("", "pods", "create") not in grants
+    cluster_role = next(o for o in objects if o["kind"] == "ClusterRole")
+    cluster_verbs = {verb for rule in cluster_role["rules"] for verb in rule["verbs"]}
+    assert cluster_verbs <= {"get", "list", "watch"}
+    for binding in (o for o in objects if o["kind"].endswith("Binding")):
+        assert binding["subjects"] == [
+            {"kind": "ServiceAccount", "name": "sui-operator", "namespace": NS}
+        ]
+
+
+def test_no_metrics_role_without_a_metrics_service() -> None:
+    settings = Settings(namespace=NS, metrics_service="")
+    assert not any(
+        o["metadata"]["name"].endswith("-metrics") for o in manifests.operator_rbac(settings)
+    )
+
+
+def test_operator_deployment_passes_only_non_default_settings() -> None:
+    deploy = manifests.operator_deployment(SETTINGS, "registry.example.org/cxg-on-k8s:1.0")
+    env = {
+        e["name"]: e["value"] for e in deploy["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    assert env["CXG_NAMESPACE"] == NS
+    assert env["CXG_HOST_NAME"] == "cxg.example.org"
+    assert "CXG_TICK" not in env
+    assert Settings.from_env(env) == SETTINGS

@@ -22,7 +22,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,17 +40,26 @@ REPO = Path(__file__).resolve().parent.parent
 CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "cxg-on-k8s"
 KEYCLOAK_VERSION = "26.7.3"
 KEYCLOAK_HOME = Path(
-    os.environ.get("CXG_KEYCLOAK_HOME") or CACHE / f"keycloak-{KEYCLOAK_VERSION}" / f"keycloak-{KEYCLOAK_VERSION}"
+    os.environ.get("CXG_KEYCLOAK_HOME")
+    or CACHE / f"keycloak-{KEYCLOAK_VERSION}" / f"keycloak-{KEYCLOAK_VERSION}"
 )
 JAVA_HOME = Path(os.environ.get("CXG_JAVA_HOME") or "/usr/lib/jvm/temurin-25-jdk-amd64")
 OAUTH2_PROXY = Path(os.environ.get("CXG_BIN_DIR") or CACHE / "bin") / "oauth2-proxy-v7.15.6"
 NGINX = Path("/usr/sbin/nginx")
 INSTALL_HINT = "run scripts/install-signin-deps.sh"
 GROUP = "lab-a"
+CELLS = 500  # cells in the test dataset; the browser test expects to see them all drawn
 ADMIN_USER = "admin"
 
 # Fixtures whose tests get the servers' logs attached when they fail.
-SIGNIN_FIXTURES = {"keycloak", "signin_realm", "signin_client", "oauth2_proxy", "signin_cellxgene", "signin_edge"}
+SIGNIN_FIXTURES = {
+    "keycloak",
+    "signin_realm",
+    "signin_client",
+    "oauth2_proxy",
+    "signin_cellxgene",
+    "signin_edge",
+}
 
 
 def free_port() -> int:
@@ -62,8 +71,10 @@ def free_port() -> int:
 def progress(config: pytest.Config, message: str) -> None:
     """A line on the terminal even while output is captured: starting Keycloak takes a while."""
     reporter = config.pluginmanager.get_plugin("terminalreporter")
-    if reporter is not None:
-        reporter.write_line(f"[signin] {message}")
+    capture = config.pluginmanager.get_plugin("capturemanager")
+    if reporter is not None and capture is not None:
+        with capture.global_and_fixture_disabled():
+            reporter.write_line(f"[signin] {message}")
 
 
 def require(path: Path, what: str) -> Path:
@@ -93,6 +104,11 @@ class Server:
     log_path: Path
     extra_logs: list[Path] = field(default_factory=list)  # files the program writes itself
 
+    @property
+    def address(self) -> str:
+        """host:port, as an upstream in nginx's config."""
+        return self.url.split("//", 1)[1]
+
     def tail(self, lines: int = 60) -> str:
         parts = []
         for path in [self.log_path, *self.extra_logs]:
@@ -100,7 +116,9 @@ class Server:
             parts.append(f"--- {path.name}\n" + "\n".join(text.splitlines()[-lines:]))
         return "\n".join(parts)
 
-    def wait_until_answers(self, path: str, config: pytest.Config, timeout: float, ok: Callable[[int], bool]) -> float:
+    def wait_until_answers(
+        self, path: str, config: pytest.Config, timeout: float, ok: Callable[[int], bool]
+    ) -> float:
         """Poll ``url + path`` until ``ok(status)``; fail with the log if the process dies or times out."""
         start = time.monotonic()
         next_note = start + 10
@@ -109,10 +127,15 @@ class Server:
             if status is not None and ok(status):
                 return time.monotonic() - start
             if self.process.poll() is not None:
-                pytest.fail(f"{self.name} exited with {self.process.returncode}:\n{self.tail()}", pytrace=False)
+                pytest.fail(
+                    f"{self.name} exited with {self.process.returncode}:\n{self.tail()}", pytrace=False
+                )
             now = time.monotonic()
             if now - start > timeout:
-                pytest.fail(f"{self.name} did not answer {self.url + path} in {timeout:.0f} s:\n{self.tail()}", pytrace=False)
+                pytest.fail(
+                    f"{self.name} did not answer {self.url + path} in {timeout:.0f} s:\n{self.tail()}",
+                    pytrace=False,
+                )
             if now > next_note:
                 progress(config, f"waiting for {self.name} at {self.url + path} ({now - start:.0f} s)")
                 next_note = now + 10
@@ -135,7 +158,12 @@ RUNNING: list[Server] = []
 def start(name: str, url: str, command: list[str], log_path: Path, **popen: Any) -> Server:
     with log_path.open("wb") as log_file:
         process = subprocess.Popen(
-            command, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True, **popen
+            command,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            **popen,
         )
     server = Server(name, url, process, log_path)
     RUNNING.append(server)
@@ -143,7 +171,9 @@ def start(name: str, url: str, command: list[str], log_path: Path, **popen: Any)
 
 
 @pytest.hookimpl(wrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[Any]:
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     """Attach the tail of every sign-in server's log to a failing test that used them."""
     report = yield
     if report.failed and SIGNIN_FIXTURES & set(getattr(item, "fixturenames", ())):
@@ -160,8 +190,6 @@ class Keycloak:
     url: str
     admin_user: str
     admin_password: str
-    server: Server
-    started_in: float
 
     def admin(self, realm: str = "master") -> KeycloakAdmin:
         return KeycloakAdmin(
@@ -205,7 +233,7 @@ def keycloak(tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.Conf
     try:
         took = server.wait_until_answers("/realms/master", pytestconfig, timeout=300, ok=lambda s: s == 200)
         progress(pytestconfig, f"Keycloak answered after {took:.1f} s")
-        yield Keycloak(server.url, ADMIN_USER, password, server, took)
+        yield Keycloak(server.url, ADMIN_USER, password)
     finally:
         server.stop()
 
@@ -245,6 +273,7 @@ def signin_realm(keycloak: Keycloak, signin_settings: Settings) -> Realm:
     keycloak.admin().create_realm({"realm": name, "enabled": True})
     admin = keycloak.admin(name)
     group_id = admin.create_group({"name": GROUP})
+    assert group_id, f"Keycloak made no group {GROUP}"
     users = {}
     for username in ("owner", "other", "member"):
         user = User(username, f"{username}@example.org", secrets.token_urlsafe(12))
@@ -269,7 +298,12 @@ def signin_realm(keycloak: Keycloak, signin_settings: Settings) -> Realm:
 def signin_client(keycloak: Keycloak, signin_realm: Realm, signin_settings: Settings) -> SetupReport:
     """The oauth2-proxy client, made by the product's setup (first run: everything created)."""
     report = setup_keycloak(
-        keycloak.url, signin_realm.name, keycloak.admin_user, keycloak.admin_password, signin_settings, groups_mapper=True
+        keycloak.url,
+        signin_realm.name,
+        keycloak.admin_user,
+        keycloak.admin_password,
+        signin_settings,
+        groups_mapper=True,
     )
     assert not report.unchanged and not report.updated, report.summary()
     return report
@@ -287,7 +321,9 @@ def resolve_env(env: list[dict[str, Any]], secrets_: list[dict[str, Any]]) -> di
             out[var["name"]] = var["value"]
             continue
         ref = var["valueFrom"]["secretKeyRef"]
-        assert (ref["name"], ref["key"]) in data, f"env {var['name']}: no Secret {ref['name']} with key {ref['key']}"
+        assert (ref["name"], ref["key"]) in data, (
+            f"env {var['name']}: no Secret {ref['name']} with key {ref['key']}"
+        )
         out[var["name"]] = data[ref["name"], ref["key"]]
     return out
 
@@ -306,18 +342,16 @@ def local_args(args: list[str], http_address: str, metrics_address: str) -> list
     return out
 
 
-@dataclass(frozen=True)
-class OAuth2Proxy:
-    url: str
-    metrics_url: str
-    args: list[str]
-    server: Server
-
-
 @pytest.fixture(scope="session")
 def oauth2_proxy(
-    signin_settings: Settings, signin_client: SetupReport, tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.Config
-) -> Iterator[OAuth2Proxy]:
+    signin_settings: Settings,
+    signin_client: SetupReport,
+    tmp_path_factory: pytest.TempPathFactory,
+    pytestconfig: pytest.Config,
+) -> Iterator[Server]:
+    """oauth2-proxy with the Deployment's arguments and environment: the args from
+    ``oauth2_proxy_args`` (only the listen addresses moved to loopback), the env from
+    ``oauth2_proxy_env`` filled from the rendered Secrets with the client setup_keycloak made."""
     binary = require(OAUTH2_PROXY, "oauth2-proxy v7.15.6 (devcluster/build.sh oauth2-proxy)")
     workdir = tmp_path_factory.mktemp("oauth2-proxy")
     port, metrics_port = signin_settings.oauth2_proxy_port, free_port()
@@ -335,10 +369,16 @@ def oauth2_proxy(
         ],
     )
     clean_env = {k: v for k, v in os.environ.items() if not k.startswith("OAUTH2_PROXY_")}
-    server = start("oauth2-proxy", f"http://127.0.0.1:{port}", [str(binary), *args], workdir / "oauth2-proxy.log", env={**clean_env, **env})
+    server = start(
+        "oauth2-proxy",
+        f"http://127.0.0.1:{port}",
+        [str(binary), *args],
+        workdir / "oauth2-proxy.log",
+        env={**clean_env, **env},
+    )
     try:
         server.wait_until_answers("/ping", pytestconfig, timeout=60, ok=lambda s: s == 200)
-        yield OAuth2Proxy(server.url, f"http://127.0.0.1:{metrics_port}/metrics", args, server)
+        yield server
     finally:
         server.stop()
 
@@ -346,15 +386,10 @@ def oauth2_proxy(
 # --- cellxgene -----------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Viewer:
-    url: str
-    dataset: Path
-    server: Server
-
-
 @pytest.fixture(scope="session")
-def signin_cellxgene(tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.Config) -> Iterator[Viewer]:
+def signin_cellxgene(
+    tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.Config
+) -> Iterator[Server]:
     """cellxgene 1.3.0 started with the pod's command line (manifests.viewer_command), its port,
     host and /data paths moved to loopback and a tmp dir, on a generated .h5ad."""
     progress(pytestconfig, "preparing the cellxgene venv (scripts/cellxgene-venv.sh; minutes the first time)")
@@ -366,12 +401,15 @@ def signin_cellxgene(tmp_path_factory: pytest.TempPathFactory, pytestconfig: pyt
     data = tmp_path_factory.mktemp("cellxgene-data")
     dataset = data / Path(manifests.DATASET_FILE).name
     subprocess.run(
-        [str(venv / "bin" / "python"), str(REPO / "scripts" / "make_h5ad.py"), str(dataset), "--cells", "500", "--genes", "60"],
+        [str(venv / "bin" / "python"), str(REPO / "scripts" / "make_h5ad.py"), str(dataset),
+         "--cells", str(CELLS), "--genes", "60"],
         check=True,
         timeout=600,
-    )
+    )  # fmt: skip
     port = free_port()
-    spec = api.SingleUserInstanceSpec(owner="owner@example.org", dataset="s3://cellxgene/datasets/pbmc.h5ad", title="Sign-in test")
+    spec = api.SingleUserInstanceSpec(
+        owner="owner@example.org", dataset="s3://cellxgene/datasets/pbmc.h5ad", title="Sign-in test"
+    )
     command = []
     for token in manifests.viewer_command(spec):
         if token == "cellxgene":
@@ -386,7 +424,7 @@ def signin_cellxgene(tmp_path_factory: pytest.TempPathFactory, pytestconfig: pyt
     server = start("cellxgene", f"http://127.0.0.1:{port}", command, data / "cellxgene.log", cwd=data)
     try:
         server.wait_until_answers("/health", pytestconfig, timeout=180, ok=lambda s: s == 200)
-        yield Viewer(server.url, dataset, server)
+        yield server
     finally:
         server.stop()
 
@@ -411,9 +449,6 @@ class Edge:
     keycloak_url: str
     owner_only: Instance  # no allowedGroups: only realm.owner gets in
     group: Instance  # allowedGroups [lab-a]: realm.member gets in
-    conf_path: Path
-    server: Server
-    oauth2_proxy: OAuth2Proxy = field(repr=False)
 
 
 @pytest.fixture(scope="session")
@@ -421,8 +456,8 @@ def signin_edge(
     signin_settings: Settings,
     signin_realm: Realm,
     keycloak: Keycloak,
-    oauth2_proxy: OAuth2Proxy,
-    signin_cellxgene: Viewer,
+    oauth2_proxy: Server,
+    signin_cellxgene: Server,
     tmp_path_factory: pytest.TempPathFactory,
     pytestconfig: pytest.Config,
 ) -> Iterator[Edge]:
@@ -430,22 +465,34 @@ def signin_edge(
     require(NGINX, "nginx (Debian nginx-light)")
     settings = signin_settings
     dataset = "s3://cellxgene/datasets/pbmc.h5ad"
-    owner_only, group = (
-        Instance(name, api.SingleUserInstanceSpec(owner=signin_realm.owner.email, dataset=dataset, **extra), manifests.instance_url(name, settings))
-        for name, extra in ((manifests.new_instance_name(), {}), (manifests.new_instance_name(), {"allowedGroups": [GROUP]}))
+    owner, group = (
+        Instance(
+            name,
+            api.SingleUserInstanceSpec(owner=signin_realm.owner.email, dataset=dataset, **extra),
+            manifests.instance_url(name, settings),
+        )
+        for name, extra in (
+            (manifests.new_instance_name(), {}),
+            (manifests.new_instance_name(), {"allowedGroups": [GROUP]}),
+        )
     )
-    instances = [owner_only, group]
-    oauth2_ingress = next(m for m in manifests.oauth2_proxy(settings) if m["kind"] == "Ingress")
-    ingresses = [manifests.ingress(i.name, settings.namespace, i.spec, settings) for i in instances] + [oauth2_ingress]
-    backends = {(settings.namespace, i.name, "http"): signin_cellxgene.url.split("//", 1)[1] for i in instances}
-    backends[(settings.oauth2_proxy_namespace, manifests.OAUTH2_PROXY_NAME, "http")] = oauth2_proxy.url.split("//", 1)[1]
-    in_cluster = f"{manifests.OAUTH2_PROXY_NAME}.{settings.oauth2_proxy_namespace}.svc.cluster.local:{settings.oauth2_proxy_port}"
+    ingresses = [manifests.ingress(i.name, settings.namespace, i.spec, settings) for i in (owner, group)]
+    ingresses += [m for m in manifests.oauth2_proxy(settings) if m["kind"] == "Ingress"]
+    # Where the Services of those Ingresses really listen, and where the auth URL's host does.
+    backends = {(settings.namespace, i.name, "http"): signin_cellxgene.address for i in (owner, group)}
+    backends[settings.oauth2_proxy_namespace, manifests.OAUTH2_PROXY_NAME, "http"] = oauth2_proxy.address
+    auth_host = (
+        f"{manifests.OAUTH2_PROXY_NAME}.{settings.oauth2_proxy_namespace}.svc.cluster.local:"
+        f"{settings.oauth2_proxy_port}"
+    )
     workdir = tmp_path_factory.mktemp("nginx")
-    for sub in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
-        (workdir / "temp" / sub).mkdir(parents=True)
-    listen = settings.host_name
+    (workdir / "temp").mkdir()
     conf = nginx_conf.render(
-        ingresses, listen=listen, backends=backends, auth_hosts={in_cluster: oauth2_proxy.url.split("//", 1)[1]}, workdir=workdir
+        ingresses,
+        listen=settings.host_name,
+        backends=backends,
+        auth_hosts={auth_host: oauth2_proxy.address},
+        workdir=workdir,
     )
     conf_path = workdir / "nginx.conf"
     conf_path.write_text(conf)
@@ -456,8 +503,6 @@ def signin_edge(
     server.extra_logs += [workdir / "error.log", workdir / "access.log"]
     try:
         server.wait_until_answers("/", pytestconfig, timeout=30, ok=lambda s: s == 404)
-        yield Edge(
-            settings.base_url, settings, signin_realm, keycloak.url, owner_only, group, conf_path, server, oauth2_proxy
-        )
+        yield Edge(settings.base_url, settings, signin_realm, keycloak.url, owner, group)
     finally:
         server.stop()

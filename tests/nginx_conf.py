@@ -71,14 +71,18 @@ def _hash(*parts: str) -> str:
     return hashlib.sha1("|".join(parts).encode()).hexdigest()[:12]
 
 
-def _locations(ingresses: Sequence[Mapping[str, Any]], backends: Mapping[BackendKey, str]) -> dict[str, list[Location]]:
+def _locations(
+    ingresses: Sequence[Mapping[str, Any]], backends: Mapping[BackendKey, str]
+) -> dict[str, list[Location]]:
     """Group every Ingress path by host (server_name has no port), checking what we can emulate."""
     hosts: dict[str, list[Location]] = {}
     for ing in ingresses:
         meta = ing["metadata"]
         where = f"Ingress {meta['namespace']}/{meta['name']}"
         annotations = meta.get("annotations", {})
-        unknown = sorted(k for k in annotations if k.startswith(ANNOTATION) and k[len(ANNOTATION):] not in SUPPORTED)
+        unknown = sorted(
+            k for k in annotations if k.startswith(ANNOTATION) and k[len(ANNOTATION) :] not in SUPPORTED
+        )
         if unknown:
             raise IngressEmulationError(
                 f"{where}: annotations {unknown} are not emulated by tests/nginx_conf.py; "
@@ -101,7 +105,9 @@ def _locations(ingresses: Sequence[Mapping[str, Any]], backends: Mapping[Backend
     return hosts
 
 
-def _auth_blocks(loc: Location, auth_hosts: Mapping[str, str], buffer_size: str) -> tuple[list[str], list[str]]:
+def _auth_blocks(
+    loc: Location, auth_hosts: Mapping[str, str], buffer_size: str
+) -> tuple[list[str], list[str]]:
     """(directives inside the protected location, extra locations) for auth-url and auth-signin."""
     url = loc.annotation("auth-url")
     if url is None:
@@ -109,7 +115,8 @@ def _auth_blocks(loc: Location, auth_hosts: Mapping[str, str], buffer_size: str)
     parts = urlsplit(url)
     if parts.netloc not in auth_hosts:
         raise IngressEmulationError(
-            f"Ingress {loc.ingress}: auth-url host {parts.netloc!r} has no local address; pass it in auth_hosts"
+            f"Ingress {loc.ingress}: auth-url host {parts.netloc!r} has no local address; "
+            "pass it in auth_hosts"
         )
     target = parts._replace(netloc=auth_hosts[parts.netloc]).geturl()
     auth_path = f"/_external-auth-{_hash(loc.ingress, loc.path)}"
@@ -143,11 +150,16 @@ def _auth_blocks(loc: Location, auth_hosts: Mapping[str, str], buffer_size: str)
     headers = loc.annotation("auth-response-headers") or ""
     for i, header in enumerate(h.strip() for h in headers.split(",") if h.strip()):
         variable = "$upstream_http_" + header.lower().replace("-", "_")
-        inside += [f"auth_request_set $authHeader{i} {variable};", f"proxy_set_header '{header}' $authHeader{i};"]
+        inside += [
+            f"auth_request_set $authHeader{i} {variable};",
+            f"proxy_set_header '{header}' $authHeader{i};",
+        ]
     signin = loc.annotation("auth-signin")
     if signin:
         if "rd=" not in signin:  # buildAuthSignURL adds the redirect parameter when it is absent
-            signin += ("&" if "?" in signin else "?") + "rd=$pass_access_scheme://$http_host$escaped_request_uri"
+            signin += (
+                "&" if "?" in signin else "?"
+            ) + "rd=$pass_access_scheme://$http_host$escaped_request_uri"
         named = f"@{_hash(loc.path, signin)}"
         inside += ["set_escape_uri $escaped_request_uri $request_uri;", f"error_page 401 = {named};"]
         extra += [
@@ -196,7 +208,7 @@ def _location_block(loc: Location, regex: bool, auth_hosts: Mapping[str, str]) -
     if target:
         body.append(f'rewrite "(?i){loc.path}" {target} break;')
     body.append(f"proxy_pass http://{loc.backend};")
-    return extra + [f"location {match} {{", *("    " + line for line in body), "}"]
+    return [*extra, f"location {match} {{", *("    " + line for line in body), "}"]
 
 
 def render(
@@ -242,7 +254,7 @@ def render(
             f"error_log {workdir / 'error.log'} info;",
             "events { worker_connections 256; }",
             "http {",
-            "    log_format upstreaminfo '$remote_addr \"$request\" $status $body_bytes_sent "
+            '    log_format upstreaminfo \'$remote_addr "$request" $status $body_bytes_sent '
             "upstream=$upstream_addr upstream_status=$upstream_status $request_time';",
             f"    access_log {workdir / 'access.log'} upstreaminfo;",
             f"    client_body_temp_path {temp / 'body'};",

@@ -24,8 +24,8 @@ import requests.cookies
 
 pytest.register_assert_rewrite("tests.fixtures_signin")  # before the import below, so its asserts explain
 
-from cxg_on_k8s.keycloak_setup import KeycloakSetupError, setup_keycloak  # noqa: E402
-from tests.fixtures_signin import REPO, Edge, Keycloak, User, free_port  # noqa: E402
+from cxg_on_k8s.keycloak_setup import KeycloakSetupError, SetupReport, setup_keycloak  # noqa: E402
+from tests.fixtures_signin import CELLS, REPO, Edge, Keycloak, User, free_port  # noqa: E402
 
 pytest_plugins = ["tests.fixtures_signin"]
 
@@ -209,49 +209,68 @@ def test_group_member_gets_into_an_instance_shared_with_the_group(signin_edge: E
     assert other.sign_in(group.url, signin_edge.realm.other).status_code == 403
 
 
-def test_setup_keycloak_twice_changes_nothing_the_second_time(signin_edge: Edge, keycloak: Keycloak) -> None:
-    first_secret = setup_keycloak(
-        keycloak.url, signin_edge.realm.name, keycloak.admin_user, keycloak.admin_password, signin_edge.settings, groups_mapper=True
+def test_setup_keycloak_twice_changes_nothing_the_second_time(
+    signin_edge: Edge, keycloak: Keycloak, signin_client: SetupReport
+) -> None:
+    # The first run is signin_client's: it created everything oauth2-proxy now runs with.
+    second = setup_keycloak(
+        keycloak.url,
+        signin_edge.realm.name,
+        keycloak.admin_user,
+        keycloak.admin_password,
+        signin_edge.settings,
+        groups_mapper=True,
     )
-    assert not first_secret.changed, first_secret.summary()
-    assert "nothing to change" in first_secret.summary()
-    assert len(first_secret.unchanged) == 5
-    # The secret oauth2-proxy runs with is the one a second run hands back.
-    again = setup_keycloak(
-        keycloak.url, signin_edge.realm.name, keycloak.admin_user, keycloak.admin_password, signin_edge.settings, groups_mapper=True
-    )
-    assert again.client_secret == first_secret.client_secret
+    assert not second.changed, second.summary()
+    assert second.unchanged == signin_client.created
+    assert second.summary().endswith("nothing to change: already set up.")
+    assert (second.client_id, second.client_secret) == (signin_client.client_id, signin_client.client_secret)
 
 
 def test_setup_keycloak_repairs_a_client_that_drifted(signin_edge: Edge, keycloak: Keycloak) -> None:
     admin = keycloak.admin(signin_edge.realm.name)
     uuid = admin.get_client_id(signin_edge.settings.oidc_client_id)
+    assert uuid, "setup_keycloak made no client"
     client = admin.get_client(uuid)
     admin.update_client(
         uuid,
-        {**client, "redirectUris": ["http://elsewhere.example/*"], "attributes": {**client["attributes"], "pkce.code.challenge.method": ""}},
+        {
+            **client,
+            "redirectUris": ["http://elsewhere.example/*"],
+            "attributes": {**client["attributes"], "pkce.code.challenge.method": ""},
+        },
     )
     report = setup_keycloak(
-        keycloak.url, signin_edge.realm.name, keycloak.admin_user, keycloak.admin_password, signin_edge.settings, groups_mapper=True
+        keycloak.url,
+        signin_edge.realm.name,
+        keycloak.admin_user,
+        keycloak.admin_password,
+        signin_edge.settings,
+        groups_mapper=True,
     )
-    assert report.updated == (
-        f"client {signin_edge.settings.oidc_client_id!r} (redirectUris, attributes.pkce.code.challenge.method)",
-    )
+    client_id = signin_edge.settings.oidc_client_id
+    assert report.updated == (f"client {client_id!r} (redirectUris, attributes.pkce.code.challenge.method)",)
     repaired = admin.get_client(uuid)
     assert repaired["redirectUris"] == [f"{signin_edge.base_url}/oauth2/callback"]
     assert repaired["attributes"]["pkce.code.challenge.method"] == "S256"
     # and sign-in works again with the repaired client
     browser = Browser(signin_edge)
-    assert_cellxgene_page(browser.sign_in(signin_edge.owner_only.url, signin_edge.realm.owner), signin_edge.owner_only.url)
+    assert_cellxgene_page(
+        browser.sign_in(signin_edge.owner_only.url, signin_edge.realm.owner), signin_edge.owner_only.url
+    )
 
 
 @pytest.mark.parametrize(
     ("case", "expected"),
     [
-        ("wrong admin password", r"rejected the admin login of 'admin' in realm 'master'.*check the admin user name and password"),
+        (
+            "wrong admin password",
+            r"rejected the admin login of 'admin' in realm 'master'.*check the admin user name and password",
+        ),
         ("unreachable server", r"cannot reach Keycloak at http://127\.0\.0\.1:\d+ .*check the server URL"),
         ("missing realm", r"has no realm 'no-such-realm': create it first"),
     ],
+    ids=["wrong-admin-password", "unreachable-server", "missing-realm"],
 )
 def test_setup_keycloak_errors_name_the_server_realm_and_fix(
     case: str, expected: str, signin_edge: Edge, keycloak: Keycloak
@@ -297,7 +316,9 @@ def test_real_browser_signs_in_and_cellxgene_renders_the_dataset(signin_edge: Ed
         "chromium": "/usr/bin/chromium",
         "timeoutMs": 90_000,
     }
-    assert (BROWSER_DIR / "node_modules" / "playwright-core").is_dir(), "run scripts/install-signin-deps.sh (npm ci)"
+    assert (BROWSER_DIR / "node_modules" / "playwright-core").is_dir(), (
+        "run scripts/install-signin-deps.sh (npm ci)"
+    )
     run = subprocess.run(
         ["node", str(BROWSER_DIR / "signin.mjs"), json.dumps(options)],
         capture_output=True,
@@ -308,10 +329,18 @@ def test_real_browser_signs_in_and_cellxgene_renders_the_dataset(signin_edge: Ed
     assert run.returncode == 0, f"signin.mjs failed:\n{run.stderr}"
     result = json.loads(run.stdout.strip().splitlines()[-1])
     assert result["ok"], json.dumps(result, indent=2)
-    assert [s["name"] for s in result["steps"]] == ["keycloak login page", "back at the instance", "dataset rendered"]
+    assert [s["name"] for s in result["steps"]] == [
+        "keycloak login page",
+        "back at the instance",
+        "dataset rendered",
+    ]
     assert result["finalUrl"] == signin_edge.owner_only.url
     assert "category-cell_type" in result["categories"]
-    unexpected = [r for r in result["failedRequests"] + result["httpErrors"] if not known_broken(r["url"], signin_edge)]
+    drawn = result["layoutChoice"]  # cellxgene's own count of the cells it drew
+    assert f"{CELLS} out of {CELLS} cells" in drawn, drawn
+    unexpected = [
+        r for r in result["failedRequests"] + result["httpErrors"] if not known_broken(r["url"], signin_edge)
+    ]
     assert unexpected == [], json.dumps(unexpected, indent=2)
     assert result["pageErrors"] == [], result["pageErrors"]
     assert screenshot.stat().st_size > 10_000

@@ -379,7 +379,8 @@ def operator(
 def keycloak_setup(
     admin_user: Annotated[str, typer.Option(envvar="KEYCLOAK_ADMIN", help="Keycloak admin user.")] = "admin",
     admin_password: Annotated[str, typer.Option(envvar="KEYCLOAK_ADMIN_PASSWORD", prompt=True, hide_input=True, help="Keycloak admin password.")] = "",
-    groups_mapper: Annotated[bool, typer.Option(help="add a groups claim (for allowedGroups).")] = True,
+    groups_mapper: Annotated[bool, typer.Option(help="add a groups claim (for allowedGroups); --no-groups-mapper removes it.")] = True,
+    admin_realm: Annotated[str, typer.Option(help="realm the admin user belongs to.")] = "master",
     write_secret: Annotated[bool, typer.Option(help="store the client id and secret in the oauth2-proxy Secret.")] = True,
     kubeconfig: Kubeconfig = None,
     context: Context = None,
@@ -390,12 +391,11 @@ def keycloak_setup(
     settings = settings_or_exit()
     try:
         report = setup_keycloak(settings.keycloak_endpoint, settings.keycloak_realm, admin_user, admin_password,
-                                settings, groups_mapper=groups_mapper)  # fmt: skip
+                                settings, groups_mapper=groups_mapper, admin_realm=admin_realm)  # fmt: skip
     except KeycloakSetupError as exc:
         raise fail(str(exc)) from None
-    for line in report.lines():
-        console.print(line)
-    console.print(f"client id: {report.client_id}")
+    out.print(report.summary(), markup=False, highlight=False)
+    out.print(f"client id: {report.client_id}", markup=False, highlight=False)
     if write_secret:
         handler = connect(kubeconfig, context, settings)
         secret = manifests.oauth2_proxy_client_secret_manifest(settings, report.client_id, report.client_secret)

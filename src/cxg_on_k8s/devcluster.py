@@ -302,7 +302,8 @@ class DevCluster:
                 f"--tls-cert-file={pki / 'apiserver.crt'}",
                 f"--tls-private-key-file={pki / 'apiserver.key'}",
                 f"--client-ca-file={pki / 'ca.crt'}",
-                "--service-cluster-ip-range=10.0.0.0/24",
+                # /16: room for thousands of viewer Services (a /24 fills up at 253).
+                "--service-cluster-ip-range=10.0.0.0/16",
                 f"--service-account-issuer=https://127.0.0.1:{self.api_port}",
                 f"--service-account-key-file={pki / 'sa.pub'}",
                 f"--service-account-signing-key-file={pki / 'sa.key'}",

@@ -232,7 +232,7 @@ class _Run:
             self.updated.append(f"{label} ({', '.join(changed)})")
         else:
             self.unchanged.append(label)
-        return scope["id"]
+        return str(scope["id"])
 
     def ensure_mapper(
         self,
@@ -266,7 +266,9 @@ class _Run:
             self.unchanged.append(label)
             return
         payload = {"realm": self.realm, "client": client_uuid, "clientScopeId": scope_id}
-        self.call("assign " + label, self.admin.add_client_default_client_scope, client_uuid, scope_id, payload)
+        self.call(
+            "assign " + label, self.admin.add_client_default_client_scope, client_uuid, scope_id, payload
+        )
         self.created.append(label)
 
     def client_secret(self, client_uuid: str, client_id: str) -> str:
@@ -290,7 +292,9 @@ def _message(exc: KeycloakError) -> str:
     return text.strip()[:300]
 
 
-def _connect(server_url: str, realm: str, admin_user: str, admin_password: str, admin_realm: str) -> KeycloakAdmin:
+def _connect(
+    server_url: str, realm: str, admin_user: str, admin_password: str, admin_realm: str
+) -> KeycloakAdmin:
     """Log in as the admin and check the target realm exists, turning each failure into its fix."""
     admin = KeycloakAdmin(
         server_url=server_url,
@@ -371,14 +375,18 @@ def setup_keycloak(
     run.ensure_mapper(
         f"mapper {AUDIENCE_MAPPER!r} of client scope {scope_name!r}",
         desired_audience_mapper(settings),
-        run.call(f"list the mappers of client scope {scope_name!r}", admin.get_mappers_from_client_scope, scope_id),
+        run.call(
+            f"list the mappers of client scope {scope_name!r}", admin.get_mappers_from_client_scope, scope_id
+        ),
         lambda payload: admin.add_mapper_to_client_scope(scope_id, payload),
         lambda mapper_id, payload: admin.update_mapper_in_client_scope(scope_id, mapper_id, payload),
     )
     run.ensure_default_scope(client_uuid, client_id, scope_id, scope_name)
 
     label = f"mapper {GROUPS_MAPPER!r} of client {client_id!r}"
-    client_mappers = run.call(f"list the mappers of client {client_id!r}", admin.get_mappers_from_client, client_uuid)
+    client_mappers = run.call(
+        f"list the mappers of client {client_id!r}", admin.get_mappers_from_client, client_uuid
+    )
     if groups_mapper:
         run.ensure_mapper(
             label,
@@ -389,7 +397,10 @@ def setup_keycloak(
         )
     else:
         for mapper in client_mappers:
-            if mapper.get("name") == GROUPS_MAPPER and mapper.get("protocolMapper") == "oidc-group-membership-mapper":
+            if (
+                mapper.get("name") == GROUPS_MAPPER
+                and mapper.get("protocolMapper") == "oidc-group-membership-mapper"
+            ):
                 run.call("remove " + label, admin.remove_client_mapper, client_uuid, mapper["id"])
                 run.removed.append(label)
 

@@ -243,7 +243,8 @@ def ingress(name: str, namespace: str, spec: api.SingleUserInstanceSpec, setting
     controller must allow snippet annotations, as the PoC's did)."""
     annotations = ingress_annotations(spec, settings)
     annotations["nginx.ingress.kubernetes.io/configuration-snippet"] = (
-        f"rewrite ^/{name}$ /{name}/ redirect;"
+        # Relative redirect: ingress-nginx drops a non-standard port from absolute ones.
+        f"absolute_redirect off; rewrite ^/{name}$ /{name}/ redirect;"
     )
     return {
         "apiVersion": "networking.k8s.io/v1",
@@ -253,7 +254,7 @@ def ingress(name: str, namespace: str, spec: api.SingleUserInstanceSpec, setting
             "ingressClassName": settings.ingress_class,
             "rules": [
                 {
-                    "host": settings.host_name,
+                    "host": ingress_host(settings),
                     "http": {
                         "paths": [
                             {
@@ -267,6 +268,11 @@ def ingress(name: str, namespace: str, spec: api.SingleUserInstanceSpec, setting
             ],
         },
     }
+
+
+def ingress_host(settings: Settings) -> str:
+    """An Ingress rule's host is a bare DNS name: no port, which HOST_NAME may carry."""
+    return urlsplit(settings.base_url).hostname or settings.host_name
 
 
 def network_policy(name: str, namespace: str, settings: Settings) -> Manifest:
@@ -466,7 +472,7 @@ def oauth2_proxy(settings: Settings) -> list[Manifest]:
             "ingressClassName": settings.ingress_class,
             "rules": [
                 {
-                    "host": settings.host_name,
+                    "host": ingress_host(settings),
                     "http": {
                         "paths": [
                             {

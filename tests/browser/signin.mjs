@@ -58,6 +58,7 @@ try {
     width: el.width ?? el.clientWidth,
     height: el.height ?? el.clientHeight,
   }));
+  result.layoutChoice = (await page.textContent('[data-testid="layout-choice"]'))?.trim();
   result.categories = await page.$$eval('[data-testid^="category-"]', (els) =>
     els.map((el) => el.getAttribute("data-testid")),
   );

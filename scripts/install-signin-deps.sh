@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Installs what tests/test_signin.py runs, idempotently; a second run only checks and takes seconds.
+#   - Keycloak 26.7.3 (Maven Central org.keycloak:keycloak-quarkus-dist zip), unpacked under
+#     ${XDG_CACHE_HOME:-~/.cache}/cxg-on-k8s/keycloak-26.7.3/ (a stamp marks a complete unpack);
+#   - oauth2-proxy v7.15.6, built from its Go module by devcluster/build.sh if the binary is absent;
+#   - the browser test's npm packages (playwright-core, no browser download) by `npm ci`;
+#   - Debian packages, only those missing: nginx-light, chromium, chromium-driver, and
+#     libnginx-mod-http-set-misc, whose set_escape_uri gives nginx ingress-nginx's $escaped_request_uri.
+# Needs mvn, a JDK 21+ at /usr/lib/jvm/temurin-25-jdk-amd64 (or CXG_JAVA_HOME) to run Keycloak, node/npm.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+step() { printf '== %s\n' "$*" >&2; }
+
+KEYCLOAK_VERSION=26.7.3
+CACHE=${XDG_CACHE_HOME:-$HOME/.cache}/cxg-on-k8s
+KEYCLOAK_DIR=$CACHE/keycloak-$KEYCLOAK_VERSION
+KEYCLOAK_ZIP=$KEYCLOAK_DIR/keycloak-quarkus-dist-$KEYCLOAK_VERSION.zip
+KEYCLOAK_STAMP=$KEYCLOAK_DIR/.unpacked
+OAUTH2_PROXY=${CXG_BIN_DIR:-$CACHE/bin}/oauth2-proxy-v7.15.6
+JAVA_HOME_DIR=${CXG_JAVA_HOME:-/usr/lib/jvm/temurin-25-jdk-amd64}
+
+missing=()
+for pkg in nginx-light chromium chromium-driver libnginx-mod-http-set-misc; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  step "installing Debian packages: ${missing[*]}"
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO=sudo
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+if [ ! -f "$KEYCLOAK_STAMP" ]; then
+  mkdir -p "$KEYCLOAK_DIR"
+  if [ ! -f "$KEYCLOAK_ZIP" ]; then
+    step "downloading Keycloak $KEYCLOAK_VERSION from Maven Central (about 170 MB)"
+    mvn -q -B dependency:copy \
+      -Dartifact="org.keycloak:keycloak-quarkus-dist:$KEYCLOAK_VERSION:zip" \
+      -DoutputDirectory="$KEYCLOAK_DIR"
+  fi
+  step "unpacking Keycloak into $KEYCLOAK_DIR"
+  rm -rf "$KEYCLOAK_DIR/keycloak-$KEYCLOAK_VERSION"
+  (cd "$KEYCLOAK_DIR" && unzip -q "$KEYCLOAK_ZIP")
+  echo "$KEYCLOAK_VERSION" >"$KEYCLOAK_STAMP"
+fi
+[ -x "$JAVA_HOME_DIR/bin/java" ] || {
+  echo "no JDK at $JAVA_HOME_DIR: Keycloak $KEYCLOAK_VERSION needs Java 21+; install one or set CXG_JAVA_HOME" >&2
+  exit 1
+}
+
+if [ ! -x "$OAUTH2_PROXY" ]; then
+  step "building oauth2-proxy (devcluster/build.sh oauth2-proxy)"
+  devcluster/build.sh oauth2-proxy
+fi
+
+# npm ci wipes and reinstalls node_modules; skip it while the installed tree matches the lock.
+lock=tests/browser/package-lock.json
+if ! cmp -s "$lock" tests/browser/node_modules/.package-lock.json.installed 2>/dev/null; then
+  step "installing the browser test's npm packages (npm ci in tests/browser)"
+  (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)
+  cp "$lock" tests/browser/node_modules/.package-lock.json.installed
+fi
+step "sign-in test dependencies ready"

@@ -1,0 +1,493 @@
+"""Culling against the real control plane: the operator runs with a one-second tick and scrapes a
+real HTTP server that serves ingress-nginx's exposition text, whose counters each test moves
+between ticks. Deletions are observed through a watch (the last state of the object carries
+``status.cullReason``) and through the ``Culled`` Event, which outlives the instance.
+
+Timeouts are a few seconds (``spec.idleTimeout`` and ``spec.unvisitedTimeout`` accept them); the
+lifespan's minimum is 60 s, so one test waits for it, and the culler test moves a fake clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import socket
+import threading
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from kubernetes import watch
+
+from cxg_on_k8s import spec as api
+from cxg_on_k8s.activity import MetricsSource, endpointslice_urls
+from cxg_on_k8s.api import ApiError, K8ApiHandler, rfc3339
+from cxg_on_k8s.culler import Culler, parse_time
+from cxg_on_k8s.devcluster import free_port
+from cxg_on_k8s.settings import Settings
+from tests.conftest import wait_for
+from tests.metrics_server import MetricsServer, Mode, metrics_server
+
+pytestmark = pytest.mark.cluster
+
+OWNER = "ada@example.org"
+DATASET = "s3://datasets/pbmc3k.h5ad"
+
+
+# --- helpers ---------------------------------------------------------------------------------------
+
+
+def create_instance(k8s: K8ApiHandler, **spec: Any) -> str:
+    """A portal-form instance with the given spec fields (camelCase, as the API has them)."""
+    name = f"cellxgene-{uuid.uuid4()}"
+    k8s.create_custom_resource(
+        {
+            "apiVersion": api.API_VERSION,
+            "kind": api.KIND,
+            "metadata": {"name": name, "namespace": k8s.namespace},
+            "spec": {"owner": OWNER, "dataset": DATASET, **spec},
+        }
+    )
+    return name
+
+
+def status(k8s: K8ApiHandler, name: str) -> dict[str, Any]:
+    return k8s.get_instance(name).get("status", {})
+
+
+def exists(k8s: K8ApiHandler, name: str) -> bool:
+    try:
+        k8s.get_instance(name)
+    except ApiError as exc:
+        if exc.status == 404:
+            return False
+        raise
+    return True
+
+
+def wait_ready(k8s: K8ApiHandler, name: str) -> dt.datetime:
+    """status.readyAt, once the (kwok) pod is Ready and the operator noticed."""
+    ready = wait_for(lambda: status(k8s, name).get("readyAt"), 60, f"{name} to become Ready")
+    return parse_time(ready)  # type: ignore[return-value]
+
+
+def age(k8s: K8ApiHandler, name: str) -> float:
+    created = parse_time(k8s.get_instance(name)["metadata"]["creationTimestamp"])
+    assert created is not None
+    return time.time() - created.timestamp()
+
+
+def events(k8s: K8ApiHandler, name: str, reason: str) -> list[Any]:
+    return [e for e in k8s.list_events(name) if e.reason == reason]
+
+
+def scrape_failures(port: int) -> float:
+    """The operator's ``cxg_metrics_scrape_failures_total`` from its own /metrics."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        for line in response.read().decode().splitlines():
+            if line.startswith("cxg_metrics_scrape_failures_total "):
+                return float(line.split()[1])
+    raise AssertionError("the operator's /metrics has no cxg_metrics_scrape_failures_total")
+
+
+def host_address() -> str | None:
+    """This machine's non-loopback IPv4 address: the API server refuses loopback addresses in
+    EndpointSlices ("may not be in the loopback range")."""
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.connect(("192.0.2.254", 9))  # no packet is sent; this picks the route's source
+            address = probe.getsockname()[0]
+    except OSError:
+        return None
+    return None if address.startswith("127.") else address
+
+
+class InstanceWatch:
+    """Every watch event of the namespace's instances, with the wall-clock time it arrived."""
+
+    def __init__(self, k8s: K8ApiHandler) -> None:
+        self.k8s = k8s
+        self.seen: list[tuple[float, str, dict[str, Any]]] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="instance-watch", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        version = None
+        while not self._stop.is_set():
+            stream = watch.Watch().stream(
+                self.k8s.custom.list_namespaced_custom_object,
+                api.GROUP, api.VERSION, self.k8s.namespace, api.PLURAL,
+                resource_version=version, timeout_seconds=2,
+            )  # fmt: skip
+            for event in stream:
+                if event["type"] == "ERROR":
+                    version = None
+                    continue
+                version = event["object"]["metadata"]["resourceVersion"]
+                with self._lock:
+                    self.seen.append((time.time(), event["type"], event["object"]))
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def deleted(self, name: str, timeout: float) -> tuple[float, dict[str, Any]]:
+        """(when, last state) of ``name``'s DELETED event."""
+
+        def find() -> tuple[float, dict[str, Any]] | None:
+            with self._lock:
+                for when, kind, obj in self.seen:
+                    if kind == "DELETED" and obj["metadata"]["name"] == name:
+                        return when, obj
+            return None
+
+        return wait_for(find, timeout, f"{name} to be deleted")  # type: ignore[no-any-return]
+
+    def was_deleted(self, name: str) -> bool:
+        with self._lock:
+            return any(k == "DELETED" and o["metadata"]["name"] == name for _, k, o in self.seen)
+
+
+@pytest.fixture
+def metrics() -> Iterator[MetricsServer]:
+    with metrics_server() as server:
+        yield server
+
+
+@pytest.fixture
+def instance_watch(k8s: K8ApiHandler) -> Iterator[InstanceWatch]:
+    watcher = InstanceWatch(k8s)
+    yield watcher
+    watcher.stop()
+
+
+def assert_culled(
+    k8s: K8ApiHandler, instance_watch: InstanceWatch, name: str, reason: str, timeout: float
+) -> tuple[float, dict[str, Any]]:
+    """Deleted, with the reason in its last status and in a Normal ``Culled`` Event."""
+    when, last = instance_watch.deleted(name, timeout)
+    assert last["status"]["cullReason"] == reason, last["status"]
+    assert last["status"]["phase"] == api.Phase.TERMINATING.value
+    culled = wait_for(lambda: events(k8s, name, "Culled"), 10, f"the Culled event of {name}")
+    assert len(culled) == 1, [e.message for e in culled]
+    assert culled[0].type == "Normal"
+    assert culled[0].message.startswith(f"{reason}: "), culled[0].message
+    return when, last
+
+
+# --- the operator, one-second ticks -------------------------------------------------------------
+
+
+def test_a_viewer_visited_then_left_is_culled_as_idle(
+    namespace: str, k8s: K8ApiHandler, start_operator: Any, metrics: MetricsServer,
+    instance_watch: InstanceWatch,
+) -> None:  # fmt: skip
+    start_operator(metrics_url=metrics.url, tick=1)
+    name = create_instance(k8s, idleTimeout=3, unvisitedTimeout=60)
+    wait_ready(k8s, name)
+
+    metrics.visit(namespace, name, 4)  # the owner opens the viewer: 4 answers 200
+    last_activity = parse_time(wait_for(lambda: status(k8s, name).get("lastActivity"), 10, "lastActivity"))
+    # Then leaves; a stale tab keeps bouncing off the sign-in (302, 401): that is nobody working.
+    while not instance_watch.was_deleted(name):
+        metrics.visit(namespace, name, status="302")
+        metrics.visit(namespace, name, status="401")
+        time.sleep(0.5)
+        assert time.time() - last_activity.timestamp() < 15, "not culled 15 s after the last visit"
+
+    when, last = assert_culled(k8s, instance_watch, name, "idle", 5)
+    assert last["status"]["lastActivity"] == rfc3339(last_activity)
+    idle_for = when - last_activity.timestamp()
+    # lastActivity is whole seconds (up to 1 s early); culled on the first tick past 3 s.
+    assert 3 < idle_for < 3 + 1 + 2 + 1, idle_for
+    assert "idle for" in last["status"]["message"]
+
+
+def test_a_viewer_in_use_outlives_its_idle_timeout(
+    namespace: str, k8s: K8ApiHandler, start_operator: Any, metrics: MetricsServer,
+    instance_watch: InstanceWatch,
+) -> None:  # fmt: skip
+    start_operator(metrics_url=metrics.url, tick=1)
+    name = create_instance(k8s, idleTimeout=3, unvisitedTimeout=60)
+    wait_ready(k8s, name)
+
+    started = time.monotonic()
+    seen: set[str] = set()
+    for _ in range(10):  # the counter grows before every tick, for more than three idle timeouts
+        metrics.visit(namespace, name)
+        metrics.wait_scrapes(1)
+        seen.add(status(k8s, name).get("lastActivity", ""))
+    assert time.monotonic() - started > 3 * 3
+    assert exists(k8s, name) and not instance_watch.was_deleted(name)
+    assert len(seen - {""}) >= 5, f"lastActivity should advance with the use: {sorted(seen)}"
+    assert not events(k8s, name, "Culled")
+
+
+def test_a_viewer_never_visited_is_culled_after_the_unvisited_timeout_from_ready(
+    namespace: str, k8s: K8ApiHandler, start_operator: Any, metrics: MetricsServer,
+    instance_watch: InstanceWatch,
+) -> None:  # fmt: skip
+    start_operator(metrics_url=metrics.url, tick=1)
+    name = create_instance(k8s, idleTimeout=60, unvisitedTimeout=3)
+    # Still fetching its dataset: its pod can never be scheduled, so it never becomes Ready.
+    starting = f"cellxgene-{uuid.uuid4()}"
+    k8s.create_custom_resource(unschedulable_instance(starting, k8s.namespace, unvisited_timeout=3))
+    ready_at = wait_ready(k8s, name)
+
+    # Someone without access keeps trying: sign-in redirects are not visits.
+    while not instance_watch.was_deleted(name):
+        metrics.visit(namespace, name, status="302")
+        time.sleep(0.5)
+        assert time.time() - ready_at.timestamp() < 15, "not culled 15 s after it became Ready"
+
+    when, last = assert_culled(k8s, instance_watch, name, "never-visited", 5)
+    assert "lastActivity" not in last["status"]
+    unvisited_for = when - ready_at.timestamp()
+    assert 3 < unvisited_for < 3 + 1 + 2 + 1, unvisited_for
+    created = parse_time(last["metadata"]["creationTimestamp"])
+    assert created is not None and ready_at >= created
+
+    # The one that is not Ready yet outlives its unvisited timeout by a few ticks.
+    wait_for(lambda: age(k8s, starting) > 3 + 3, 10, f"{starting} to pass its unvisited timeout")
+    assert exists(k8s, starting) and "readyAt" not in status(k8s, starting)
+    assert not events(k8s, starting, "Culled")
+
+
+def unschedulable_instance(name: str, namespace: str, unvisited_timeout: int) -> dict[str, Any]:
+    """An embedded-form instance whose pod no node accepts: it stays Starting forever."""
+    labels = {"app": "cellxgene", "instance": name}
+    return {
+        "apiVersion": api.API_VERSION,
+        "kind": api.KIND,
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "unvisitedTimeout": unvisited_timeout,
+            "deployment": {
+                "apiVersion": "apps/v1",
+                "kind": "Deployment",
+                "metadata": {"name": name},
+                "spec": {
+                    "replicas": 1,
+                    "selector": {"matchLabels": labels},
+                    "template": {
+                        "metadata": {"labels": labels},
+                        "spec": {
+                            "nodeSelector": {"cnag.eu/no-such-node": "true"},
+                            "containers": [{"name": "cellxgene", "image": "cellxgene:1.3.0-slim"}],
+                        },
+                    },
+                },
+            },
+            "service": {
+                "apiVersion": "v1",
+                "kind": "Service",
+                "metadata": {"name": name},
+                "spec": {"ports": [{"name": "http", "port": 5005}]},
+            },
+            "ingress": {
+                "apiVersion": "networking.k8s.io/v1",
+                "kind": "Ingress",
+                "metadata": {"name": name},
+                "spec": {
+                    "ingressClassName": "nginx",
+                    "rules": [{"http": {"paths": [{
+                        "path": f"/{name}", "pathType": "Prefix",
+                        "backend": {"service": {"name": name, "port": {"number": 5005}}},
+                    }]}}],  # fmt: skip
+                },
+            },
+        },
+    }
+
+
+def test_a_metrics_outage_pauses_idle_and_unvisited_culling_but_not_the_lifespan(
+    namespace: str, k8s: K8ApiHandler, start_operator: Any, metrics: MetricsServer,
+    instance_watch: InstanceWatch,
+) -> None:  # fmt: skip
+    """The one long test: it waits out the 60 s minimum lifespan while the metrics are broken."""
+    metrics_port = free_port()
+    start_operator(metrics_url=metrics.url, tick=1, operator_metrics_port=metrics_port)
+    visited = create_instance(k8s, idleTimeout=2, unvisitedTimeout=60)
+    wait_ready(k8s, visited)
+    metrics.visit(namespace, visited)
+    last_activity = wait_for(lambda: status(k8s, visited).get("lastActivity"), 10, "lastActivity")
+    failures_before = scrape_failures(metrics_port)
+
+    # The controller goes away; an instance is created during the outage and is never visited.
+    outage = time.monotonic()
+    metrics.set_mode(Mode.DOWN)
+    short = create_instance(k8s, lifespan=60, idleTimeout=2, unvisitedTimeout=2)
+    short_ready = wait_ready(k8s, short)
+    modes = [Mode.DOWN, Mode.ERROR, Mode.GARBAGE]
+    while not instance_watch.was_deleted(short):
+        metrics.set_mode(modes[int((time.monotonic() - outage) / 4) % len(modes)])  # 4 s each
+        time.sleep(0.25)
+        assert time.monotonic() - outage < 90, "the short-lived instance outlived its lifespan"
+    outage_seconds = time.monotonic() - outage
+    failures = scrape_failures(metrics_port) - failures_before
+
+    when, last = assert_culled(k8s, instance_watch, short, "lifespan-exceeded", 5)
+    created = parse_time(last["metadata"]["creationTimestamp"])
+    assert created is not None and 60 < when - created.timestamp() < 60 + 1 + 2 + 1
+    assert when - short_ready.timestamp() > 2 + 10, "the unvisited timeout passed long ago"
+    # Idle for a minute with a 2 s idle timeout, yet kept: activity was unknown, not zero.
+    assert exists(k8s, visited) and status(k8s, visited)["lastActivity"] == last_activity
+    assert not events(k8s, visited, "Culled")
+    for name in (visited, short):  # one Warning per instance per outage, not one per tick
+        warnings = events(k8s, name, "ActivityUnknown")
+        assert len(warnings) == 1, [w.message for w in warnings]
+        assert warnings[0].type == "Warning"
+        assert warnings[0].message.startswith("activity scrape failed, idle culling paused: ")
+    # One failed scrape per one-second tick of the outage.
+    assert 0.75 * outage_seconds < failures <= outage_seconds + 2, (failures, outage_seconds)
+
+    # The controller is back and nobody used the viewer meanwhile: idle culling resumes.
+    metrics.set_mode(Mode.OK)
+    assert_culled(k8s, instance_watch, visited, "idle", 10)
+    settled = scrape_failures(metrics_port)
+    metrics.wait_scrapes(2)
+    assert scrape_failures(metrics_port) == settled
+
+
+def test_replicas_behind_an_endpointslice_are_added_up(
+    namespace: str, k8s: K8ApiHandler, start_operator: Any, instance_watch: InstanceWatch
+) -> None:
+    """Two controller replicas; the owner's requests all land on the second one."""
+    address = host_address()
+    if address is None:
+        pytest.skip("no non-loopback IPv4 address for EndpointSlice endpoints")
+    with metrics_server(address, pod="controller-a") as replica_a, metrics_server(address, pod="controller-b") as replica_b:
+        k8s.core.create_namespaced_service(namespace, {
+            "apiVersion": "v1", "kind": "Service", "metadata": {"name": "metrics"},
+            "spec": {"ports": [{"name": "metrics", "port": 10254}]},  # no selector: slices are ours
+        })  # fmt: skip
+        # Loopback addresses are refused in EndpointSlices, so both replicas listen on this host's
+        # address, on two ports: two slices, as the EndpointSlice controller makes for pods whose
+        # named port differs. A third, not-ready replica must not be scraped.
+        for replica, pod, ready in ((replica_a, "controller-a", True), (replica_b, "controller-b", True),
+                                    (replica_b, "controller-c", False)):  # fmt: skip
+            k8s.discovery.create_namespaced_endpoint_slice(namespace, {
+                "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+                "metadata": {"name": f"metrics-{pod}", "labels": {"kubernetes.io/service-name": "metrics"}},
+                "addressType": "IPv4",
+                "ports": [{"name": "metrics", "port": replica.port, "protocol": "TCP"}],
+                "endpoints": [{
+                    "addresses": [address], "conditions": {"ready": ready},
+                    "targetRef": {"kind": "Pod", "namespace": "ingress-nginx", "name": pod},
+                }],
+            })  # fmt: skip
+
+        assert endpointslice_urls(k8s.discovery, namespace, "metrics", "metrics") == sorted(
+            [replica_a.url, replica_b.url]
+        )
+        assert endpointslice_urls(k8s.discovery, namespace, "metrics", replica_b.port) == [replica_b.url]
+        assert endpointslice_urls(k8s.discovery, namespace, "metrics", "http") == []
+        assert endpointslice_urls(k8s.discovery, namespace, "no-such-service", "metrics") == []
+
+        start_operator(metrics_service=f"{namespace}/metrics", tick=1)
+        name = create_instance(k8s, idleTimeout=3, unvisitedTimeout=60)
+        wait_ready(k8s, name)
+        replica_a.visit(namespace, name, 7)  # earlier requests, served by replica a
+        started = time.monotonic()
+        for _ in range(10):  # now every request lands on replica b
+            replica_b.visit(namespace, name)
+            replica_b.wait_scrapes(1)
+        assert time.monotonic() - started > 3 * 3
+        assert exists(k8s, name) and not instance_watch.was_deleted(name)
+        idle = time.time() - parse_time(status(k8s, name)["lastActivity"]).timestamp()  # type: ignore[union-attr]
+        assert idle < 3, idle
+        # Both replicas were read on every tick.
+        assert abs(replica_a.scrapes - replica_b.scrapes) <= 1, (replica_a.scrapes, replica_b.scrapes)
+
+
+def test_an_operator_restart_keeps_last_activity(
+    namespace: str, k8s: K8ApiHandler, start_operator: Any, metrics: MetricsServer
+) -> None:
+    first = start_operator(metrics_url=metrics.url, tick=1)
+    used = create_instance(k8s, idleTimeout=120, unvisitedTimeout=120)
+    unvisited = create_instance(k8s, idleTimeout=120, unvisitedTimeout=120)
+    wait_ready(k8s, used)
+    wait_ready(k8s, unvisited)
+    metrics.visit(namespace, used, 5)
+    last_activity = wait_for(lambda: status(k8s, used).get("lastActivity"), 10, "lastActivity")
+    first.stop()
+
+    # While the operator is down, the other viewer gets its first visit. Then 2 s pass, so that a
+    # reset or an advance of lastActivity would show in its whole seconds.
+    metrics.visit(namespace, unvisited, 2)
+    time.sleep(2)
+    second = start_operator(metrics_url=metrics.url, tick=1)
+    wait_for(lambda: second.text().count(f"{namespace}/{used} kept:") >= 4, 30, "four passes of the new operator")
+    assert status(k8s, used)["lastActivity"] == last_activity
+    # The visit made while it was down is news for the viewer that had none recorded.
+    assert status(k8s, unvisited).get("lastActivity", "") > last_activity
+
+    # New traffic after the restart is seen.
+    metrics.visit(namespace, used)
+    wait_for(lambda: status(k8s, used)["lastActivity"] > last_activity, 10, "lastActivity to advance")
+
+
+# --- the culling pass alone, with a fake clock ---------------------------------------------------
+
+
+def test_a_culling_pass_with_a_fake_clock(namespace: str, k8s: K8ApiHandler, metrics: MetricsServer) -> None:
+    """Culler.cull_once(now=...) against the real API server and a real metrics endpoint: hours
+    pass in no time, and the messages carry exact ages. No operator process: the test plays the
+    watch (the instance cache) and the pod handler (status.readyAt)."""
+    settings = Settings(namespace=namespace, metrics_service="", metrics_url=metrics.url, tick=1)
+    used = create_instance(k8s, lifespan=3600, idleTimeout=300, unvisitedTimeout=120)
+    unvisited = create_instance(k8s, lifespan=3600, idleTimeout=300, unvisitedTimeout=120)
+    short = create_instance(k8s, lifespan=60, idleTimeout=300, unvisitedTimeout=120)
+    starting = create_instance(k8s, lifespan=3600, idleTimeout=300, unvisitedTimeout=120)
+    created = max(parse_time(k8s.get_instance(n)["metadata"]["creationTimestamp"]) for n in (used, unvisited, short, starting))  # type: ignore[type-var]
+    t0 = created + dt.timedelta(seconds=10)
+    for name in (used, unvisited, short):
+        k8s.patch_instance_status(name, {"phase": "Ready", "readyAt": rfc3339(created)})
+
+    def cache() -> dict[tuple[str, str], dict[str, Any]]:
+        return {(namespace, i["metadata"]["name"]): i for i in k8s.list_instances()}
+
+    def at(seconds: float) -> dt.datetime:
+        return t0 + dt.timedelta(seconds=seconds)
+
+    async def scenario() -> None:
+        culler = Culler(settings, k8s, cache(), MetricsSource(lambda: [metrics.url], 2))
+
+        metrics.visit(namespace, used, 2)
+        assert await culler.cull_once(now=at(0)) == []
+        assert status(k8s, used)["lastActivity"] == rfc3339(at(0))
+
+        metrics.set_mode(Mode.ERROR)  # 200 s later the metrics fail: only the lifespan rule works
+        culled = await culler.cull_once(now=at(200))
+        assert [(n, d.reason) for n, d in culled] == [(f"{namespace}/{short}", "lifespan-exceeded")]
+        assert not exists(k8s, short)
+        assert {n for n in (used, unvisited, starting) if events(k8s, n, "ActivityUnknown")} == {used, unvisited, starting}
+
+        metrics.set_mode(Mode.OK)  # back: the never-visited rule catches up, from readyAt
+        culled = await culler.cull_once(now=at(200))
+        assert [(n, d.message) for n, d in culled] == [
+            (f"{namespace}/{unvisited}", "never visited: ready for 3m30s > unvisited timeout 2m00s")
+        ]
+        # The viewer still starting is older than its unvisited timeout, and kept.
+        assert exists(k8s, starting)
+
+        # A new operator (a restart): the counters are where they were, lastActivity stays.
+        restarted = Culler(settings, k8s, cache(), MetricsSource(lambda: [metrics.url], 2))
+        assert await restarted.cull_once(now=at(250)) == []
+        assert status(k8s, used)["lastActivity"] == rfc3339(at(0))
+        culled = await restarted.cull_once(now=at(301))
+        assert [(n, d.message) for n, d in culled] == [
+            (f"{namespace}/{used}", "idle for 5m01s > idle timeout 5m00s")
+        ]
+
+    asyncio.run(scenario())
+    for name, reason in ((short, "lifespan-exceeded"), (unvisited, "never-visited"), (used, "idle")):
+        assert not exists(k8s, name)
+        [culled] = events(k8s, name, "Culled")
+        assert culled.message.startswith(f"{reason}: ")
+    assert exists(k8s, starting) and not events(k8s, starting, "Culled")

@@ -1,0 +1,718 @@
+"""The operator against a real API server: what a portal, a user and an administrator see.
+
+Every test runs in a fresh namespace of the session's control plane (etcd, kube-apiserver,
+controller-manager with the garbage collector, scheduler, kwok nodes on which pods turn Ready);
+the operator runs as its own process, as in its pod.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from kubernetes.client.exceptions import ApiException
+
+from cxg_on_k8s import manifests
+from cxg_on_k8s import spec as api
+from cxg_on_k8s.api import ApiError, K8ApiHandler, describe_api_exception
+from cxg_on_k8s.devcluster import K8S_VERSION, DevCluster, default_bin_dir
+from cxg_on_k8s.settings import Settings
+from tests.conftest import REPO, OperatorProcess, wait_for
+
+OWNER = "alice@example.org"
+DATASET = "s3://omics-data/projects/p1/pbmc3k.h5ad"
+CHILD_KINDS = ("Deployment", "Service", "Ingress", "NetworkPolicy")
+
+StartOperator = Callable[..., OperatorProcess]
+
+
+# --- helpers ---------------------------------------------------------------------------------------
+
+
+def instance_body(namespace: str, name: str | None = None, **fields: Any) -> dict[str, Any]:
+    name = name or manifests.new_instance_name()
+    return manifests.instance(name, namespace, fields.pop("owner", OWNER), fields.pop("dataset", DATASET), **fields)
+
+
+def raw_body(namespace: str, spec: dict[str, Any], name: str | None = None) -> dict[str, Any]:
+    """An instance with a spec the model would refuse: what a careless client might send."""
+    name = name or manifests.new_instance_name()
+    return {
+        "apiVersion": api.API_VERSION,
+        "kind": api.KIND,
+        "metadata": {"name": name, "namespace": namespace, "labels": manifests.labels(name)},
+        "spec": spec,
+    }
+
+
+def create(k8s: K8ApiHandler, body: dict[str, Any]) -> str:
+    k8s.create_custom_resource(body)
+    return body["metadata"]["name"]
+
+
+def read_child(k8s: K8ApiHandler, kind: str, name: str) -> Any:
+    """The child as the API server has it, or None."""
+    readers = {
+        "Deployment": k8s.apps.read_namespaced_deployment,
+        "Service": k8s.core.read_namespaced_service,
+        "Ingress": k8s.networking.read_namespaced_ingress,
+        "NetworkPolicy": k8s.networking.read_namespaced_network_policy,
+    }
+    try:
+        return readers[kind](name, k8s.namespace)
+    except ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
+
+
+def list_children(k8s: K8ApiHandler, selector: str) -> dict[str, list[Any]]:
+    ns = k8s.namespace
+    return {
+        "Deployment": k8s.apps.list_namespaced_deployment(ns, label_selector=selector).items,
+        "Service": k8s.core.list_namespaced_service(ns, label_selector=selector).items,
+        "Ingress": k8s.networking.list_namespaced_ingress(ns, label_selector=selector).items,
+        "NetworkPolicy": k8s.networking.list_namespaced_network_policy(ns, label_selector=selector).items,
+        "ReplicaSet": k8s.apps.list_namespaced_replica_set(ns, label_selector=selector).items,
+        "Pod": k8s.core.list_namespaced_pod(ns, label_selector=selector).items,
+    }
+
+
+def get_or_none(k8s: K8ApiHandler, name: str) -> dict[str, Any] | None:
+    try:
+        return k8s.get_instance(name)
+    except ApiError as exc:
+        if exc.status == 404:
+            return None
+        raise
+
+
+def wait_phase(k8s: K8ApiHandler, name: str, phase: api.Phase, timeout: float = 60) -> dict[str, Any]:
+    def reached() -> dict[str, Any] | None:
+        body = k8s.get_instance(name)
+        return body if body.get("status", {}).get("phase") == phase.value else None
+
+    try:
+        return wait_for(reached, timeout, f"SingleUserInstance {k8s.namespace}/{name} to be {phase.value}")
+    except AssertionError as exc:
+        last = get_or_none(k8s, name)
+        raise AssertionError(f"{exc}; its status: {(last or {}).get('status')}") from None
+
+
+def events_of(k8s: K8ApiHandler, name: str) -> list[Any]:
+    return [e for e in k8s.list_events(name) if e.involved_object.kind == api.KIND]
+
+
+def wait_event(k8s: K8ApiHandler, name: str, reason: str, event_type: str, timeout: float = 30) -> Any:
+    def found() -> Any:
+        return next((e for e in events_of(k8s, name) if e.reason == reason and e.type == event_type), None)
+
+    return wait_for(found, timeout, f"a {event_type} Event {reason} on {name}")
+
+
+def parse_time(text: str) -> dt.datetime:
+    return dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def apply(cluster: DevCluster, objects: list[dict[str, Any]], *extra: str) -> subprocess.CompletedProcess[str]:
+    return cluster.kubectl("apply", *extra, "-f", "-", input=yaml.safe_dump_all(objects))
+
+
+def ensure_namespace(cluster: DevCluster, name: str) -> None:
+    doc = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}
+    apply(cluster, [doc])
+
+
+# --- the API server rejects bad input, readably --------------------------------------------------
+
+
+BAD_SPECS = [
+    # (case, spec, words the error must contain)
+    ("neither form", {"lifespan": 600}, ["spec", "exactly one form"]),
+    (
+        "both forms",
+        {"owner": OWNER, "dataset": DATASET, "deployment": {"kind": "Deployment"}, "service": {"kind": "Service"},
+         "ingress": {"kind": "Ingress"}},
+        ["exactly one form", "not both"],
+    ),  # fmt: skip
+    ("lifespan under a minute", {"owner": OWNER, "dataset": DATASET, "lifespan": 30}, ["spec.lifespan", "60"]),
+    ("dataset not s3 or https", {"owner": OWNER, "dataset": "ftp://x"}, ["spec.dataset", "ftp://x"]),
+    ("unknown flavor", {"owner": OWNER, "dataset": DATASET, "flavor": "jupyter"}, ["spec.flavor", "jupyter"]),
+    ("cpu not a quantity", {"owner": OWNER, "dataset": DATASET, "resources": {"cpu": "lots"}}, ["spec.resources.cpu"]),
+    ("empty owner", {"owner": "", "dataset": DATASET}, ["spec.owner"]),
+]
+
+
+@pytest.mark.parametrize(("spec", "words"), [c[1:] for c in BAD_SPECS], ids=[c[0] for c in BAD_SPECS])
+def test_api_server_rejects_bad_input_naming_the_field(k8s: K8ApiHandler, spec: dict[str, Any], words: list[str]) -> None:
+    body = raw_body(k8s.namespace, spec)
+    with pytest.raises(ApiError) as caught:
+        k8s.create_custom_resource(body)
+    assert caught.value.status == 422
+    message = str(caught.value)
+    assert body["metadata"]["name"] in message
+    for word in words:
+        assert word in message, message
+    assert k8s.list_instances() == []  # nothing was created
+
+
+def test_owner_cannot_change_after_creation(k8s: K8ApiHandler) -> None:
+    name = create(k8s, instance_body(k8s.namespace))
+    with pytest.raises(ApiException) as caught:
+        k8s.custom.patch_namespaced_custom_object(
+            api.GROUP, api.VERSION, k8s.namespace, api.PLURAL, name, {"spec": {"owner": "mallory@example.org"}}
+        )
+    error = describe_api_exception(caught.value, f"updating {name}")
+    assert error.status == 422
+    assert "spec.owner is immutable" in str(error) and "create a new instance" in str(error)
+    assert k8s.get_instance(name)["spec"]["owner"] == OWNER
+    # other fields may change: the rule binds only the owner
+    k8s.custom.patch_namespaced_custom_object(
+        api.GROUP, api.VERSION, k8s.namespace, api.PLURAL, name, {"spec": {"lifespan": 900}}
+    )
+    assert k8s.get_instance(name)["spec"]["lifespan"] == 900
+
+
+def test_unknown_spec_field_is_pruned_or_with_strict_validation_rejected(cluster: DevCluster, k8s: K8ApiHandler) -> None:
+    body = raw_body(k8s.namespace, {"owner": OWNER, "dataset": DATASET, "colour": "blue"})
+    strict = cluster.kubectl("create", "--validate=strict", "-f", "-", input=yaml.safe_dump(body), check=False)
+    assert strict.returncode != 0
+    assert 'unknown field "spec.colour"' in strict.stderr
+    assert k8s.list_instances() == []
+    # without strict field validation (the client library's default) the field is dropped, not kept
+    name = create(k8s, body)
+    assert "colour" not in k8s.get_instance(name)["spec"]
+    assert k8s.get_instance(name)["spec"]["owner"] == OWNER
+
+
+# --- portal form: children, status, events, printer columns ------------------------------------------
+
+
+def test_portal_form_becomes_ready_with_owned_children_status_and_event(
+    cluster: DevCluster, k8s: K8ApiHandler, start_operator: StartOperator
+) -> None:
+    start_operator()
+    name = create(k8s, instance_body(k8s.namespace, lifespan=7200))
+    body = wait_phase(k8s, name, api.Phase.READY)
+    uid = body["metadata"]["uid"]
+
+    for kind in CHILD_KINDS:
+        child = read_child(k8s, kind, name)
+        assert child is not None, f"{kind} {name} was not created"
+        assert child.metadata.labels == {"app": "cellxgene", "instance": name}
+        (owner,) = child.metadata.owner_references
+        assert (owner.kind, owner.name, owner.uid, owner.controller) == (api.KIND, name, uid, True)
+        assert owner.api_version == api.API_VERSION
+    deployment = read_child(k8s, "Deployment", name)
+    assert deployment.spec.selector.match_labels == {"instance": name}
+
+    status = body["status"]
+    created = parse_time(body["metadata"]["creationTimestamp"])
+    assert status["url"] == f"http://cxg.localtest/{name}/"
+    assert parse_time(status["expiresAt"]) == created + dt.timedelta(seconds=7200)
+    assert created <= parse_time(status["readyAt"]) <= dt.datetime.now(dt.UTC) + dt.timedelta(seconds=5)
+    assert status["observedGeneration"] == body["metadata"]["generation"]
+    ready = [c for c in status["conditions"] if c["type"] == "Ready"]
+    assert ready and ready[0]["status"] == "True"
+    assert "finalizers" not in body["metadata"]  # deletion never waits on the operator
+
+    event = wait_event(k8s, name, "Ready", "Normal")
+    assert event.involved_object.uid == uid
+
+    table = cluster.kubectl("get", "sui", "-n", k8s.namespace).stdout
+    header, row = table.splitlines()[:2]
+    assert header.split() == ["NAME", "OWNER", "PHASE", "URL", "EXPIRES", "AGE"]
+    assert row.split()[:4] == [name, OWNER, "Ready", status["url"]]
+    assert name in cluster.kubectl("get", "suis", "-n", k8s.namespace, "-o", "name").stdout
+    assert name in cluster.kubectl("get", "singleuserinstances.cnag.eu", "-n", k8s.namespace, "-o", "name").stdout
+
+
+def test_embedded_poc_form_gets_children_with_the_instance_selector(
+    k8s: K8ApiHandler, start_operator: StartOperator
+) -> None:
+    """What the PoC's client rendered: app=cellxgene everywhere, so two instances shared pods."""
+    start_operator()
+    names = [manifests.new_instance_name() for _ in range(2)]
+    for name in names:
+        spec = {"lifespan": 600, **poc_manifests(name)}
+        create(k8s, raw_body(k8s.namespace, spec, name))
+    for name in names:
+        wait_phase(k8s, name, api.Phase.READY)
+        deployment = read_child(k8s, "Deployment", name)
+        assert deployment.spec.selector.match_labels == {"instance": name}
+        assert deployment.spec.template.metadata.labels == {"app": "cellxgene", "instance": name}
+        assert deployment.spec.template.spec.containers[0].image == "cellxgene:1.1.2"
+        service = read_child(k8s, "Service", name)
+        assert service.spec.selector == {"instance": name}
+        ingress = read_child(k8s, "Ingress", name)
+        assert ingress.spec.rules[0].http.paths[0].backend.service.name == name
+        for child in (deployment, service, ingress):
+            assert child.metadata.owner_references[0].name == name
+            assert child.metadata.labels["instance"] == name
+        (pod,) = k8s.list_pods(f"instance={name}").items
+        assert pod.metadata.labels["instance"] == name
+
+
+def poc_manifests(name: str) -> dict[str, dict[str, Any]]:
+    labels = {"app": "cellxgene"}
+    return {
+        "deployment": {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": name, "labels": labels},
+            "spec": {
+                "replicas": 1,
+                "selector": {"matchLabels": labels},
+                "template": {
+                    "metadata": {"labels": labels},
+                    "spec": {
+                        "containers": [
+                            {
+                                "name": "cellxgene",
+                                "image": "cellxgene:1.1.2",
+                                "command": ["cellxgene", "launch", "--verbose", "-p", "5005", "--host", "0.0.0.0"],
+                                "ports": [{"containerPort": 5005}],
+                            }
+                        ]
+                    },
+                },
+            },
+        },
+        "service": {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": name, "labels": labels},
+            "spec": {"selector": labels, "ports": [{"port": 5005, "targetPort": 5005}]},
+        },
+        "ingress": {
+            "apiVersion": "networking.k8s.io/v1",
+            "kind": "Ingress",
+            "metadata": {"name": name, "labels": labels},
+            "spec": {
+                "ingressClassName": "nginx",
+                "rules": [
+                    {
+                        "http": {
+                            "paths": [
+                                {
+                                    "path": f"/{name}(/|$)(.*)",
+                                    "pathType": "ImplementationSpecific",
+                                    "backend": {"service": {"name": name, "port": {"number": 5005}}},
+                                }
+                            ]
+                        }
+                    }
+                ],
+            },
+        },
+    }
+
+
+# --- what only the operator can refuse ------------------------------------------------------------
+
+
+def test_lifespan_over_the_operators_maximum_fails_with_the_fix_and_creates_nothing(
+    k8s: K8ApiHandler, start_operator: StartOperator
+) -> None:
+    start_operator(max_lifespan=3600)
+    name = create(k8s, instance_body(k8s.namespace, lifespan=7200))
+    body = wait_phase(k8s, name, api.Phase.FAILED)
+    message = body["status"]["message"]
+    assert "spec.lifespan" in message and "7200" in message and "3600" in message
+    assert "ask for less" in message
+    event = wait_event(k8s, name, "Failed", "Warning")
+    assert "spec.lifespan" in event.message
+    for kind, items in list_children(k8s, f"instance={name}").items():
+        assert items == [], f"a {kind} was created for a refused instance"
+
+
+# --- idempotency and isolation ----------------------------------------------------------------------
+
+
+def test_operator_killed_mid_creation_leaves_exactly_one_set_of_children(
+    k8s: K8ApiHandler, start_operator: StartOperator
+) -> None:
+    first = start_operator()
+    name = create(k8s, instance_body(k8s.namespace))
+    first.stop(signal.SIGKILL)
+    start_operator()
+    wait_phase(k8s, name, api.Phase.READY)
+    wait_for(lambda: len(list_children(k8s, f"instance={name}")["Pod"]) == 1, 30, "one viewer pod")
+    counts = {kind: len(items) for kind, items in list_children(k8s, f"instance={name}").items()}
+    assert counts == {"Deployment": 1, "Service": 1, "Ingress": 1, "NetworkPolicy": 1, "ReplicaSet": 1, "Pod": 1}
+
+
+def test_operator_restarted_after_ready_keeps_the_instance_ready(
+    k8s: K8ApiHandler, start_operator: StartOperator
+) -> None:
+    first = start_operator()
+    name = create(k8s, instance_body(k8s.namespace))
+    ready_at = wait_phase(k8s, name, api.Phase.READY)["status"]["readyAt"]
+    first.stop(signal.SIGKILL)
+    second = start_operator()
+    # the resume handler runs again; it must neither re-create nor step the phase back
+    wait_for(lambda: "Handler 'spawn' succeeded" in second.text(), 30, "the resume handler")
+    status = k8s.get_instance(name)["status"]
+    assert status["phase"] == api.Phase.READY.value
+    assert status["readyAt"] == ready_at
+    counts = {kind: len(items) for kind, items in list_children(k8s, f"instance={name}").items()}
+    assert set(counts.values()) == {1}, counts
+
+
+def test_two_instances_never_share_pods(k8s: K8ApiHandler, start_operator: StartOperator) -> None:
+    start_operator()
+    names = [create(k8s, instance_body(k8s.namespace)) for _ in range(2)]
+    for name in names:
+        wait_phase(k8s, name, api.Phase.READY)
+    pods = {name: k8s.list_pods(f"instance={name}").items for name in names}
+    assert all(len(p) == 1 for p in pods.values())
+    for name in names:
+        service = read_child(k8s, "Service", name)
+        selector = ",".join(f"{k}={v}" for k, v in service.spec.selector.items())
+        selected = [p.metadata.name for p in k8s.list_pods(selector).items]
+        assert selected == [pods[name][0].metadata.name]
+        deployment = read_child(k8s, "Deployment", name)
+        selector = ",".join(f"{k}={v}" for k, v in deployment.spec.selector.match_labels.items())
+        assert [p.metadata.name for p in k8s.list_pods(selector).items] == selected
+
+        # the endpoints the Service really routes to: this instance's pod IP and nothing else
+        def endpoint_ips(name: str = name) -> set[str] | None:
+            slices = k8s.discovery.list_namespaced_endpoint_slice(
+                k8s.namespace, label_selector=f"kubernetes.io/service-name={name}"
+            ).items
+            ips = {a for s in slices for e in (s.endpoints or []) for a in e.addresses}
+            return ips or None
+
+        ips = wait_for(endpoint_ips, 30, f"EndpointSlices of {name}")
+        assert ips == {pods[name][0].status.pod_ip}
+
+
+# --- deletion never waits on the operator -------------------------------------------------------------
+
+
+def test_deleting_an_instance_while_the_operator_is_down_is_immediate_and_gc_removes_children(
+    k8s: K8ApiHandler, start_operator: StartOperator
+) -> None:
+    operator = start_operator()
+    name = create(k8s, instance_body(k8s.namespace))
+    wait_phase(k8s, name, api.Phase.READY)
+    operator.stop()
+    assert k8s.delete_instance(name) is True
+    wait_for(lambda: get_or_none(k8s, name) is None, 5, f"{name} to be gone without the operator")
+
+    def children_left() -> dict[str, int]:
+        return {kind: len(items) for kind, items in list_children(k8s, f"instance={name}").items() if items}
+
+    wait_for(lambda: not children_left(), 60, "the garbage collector to remove the children")
+    assert k8s.delete_instance(name) is False
+
+
+# --- a failed fetch reaches the instance -------------------------------------------------------------
+
+
+def test_fetch_failure_reaches_status_and_a_warning_event(
+    cluster: DevCluster, k8s: K8ApiHandler, start_operator: StartOperator
+) -> None:
+    """kwok runs no containers, so the kubelet's report of a failed init container is written
+    through the real API (the pod status subresource), as a kubelet would. The viewer asks for
+    more CPU than any node has, so the pod stays Pending and kwok never overwrites the status."""
+    start_operator(max_cpu="5000")
+    name = create(k8s, instance_body(k8s.namespace, resources={"cpu": "2000"}))
+    wait_phase(k8s, name, api.Phase.STARTING)
+    (pod,) = wait_for(lambda: k8s.list_pods(f"instance={name}").items, 30, "the viewer pod")
+    failure = f"dataset {DATASET} not found: check the key, or ask the data manager to upload it"
+    status = {
+        "status": {
+            "initContainerStatuses": [
+                {
+                    "name": "fetch",
+                    "image": "cxg-on-k8s:0.1.0",
+                    "imageID": "",
+                    "ready": False,
+                    "restartCount": 0,
+                    "state": {
+                        "terminated": {
+                            "exitCode": 1,
+                            "reason": "Error",
+                            "message": failure,
+                            "startedAt": "2024-05-17T12:00:00Z",
+                            "finishedAt": "2024-05-17T12:00:05Z",
+                        }
+                    },
+                },
+                {
+                    "name": "save",
+                    "image": "cxg-on-k8s:0.1.0",
+                    "imageID": "",
+                    "ready": False,
+                    "restartCount": 0,
+                    "state": {"waiting": {"reason": "PodInitializing"}},
+                },
+            ]
+        }
+    }
+    k8s.core.patch_namespaced_pod_status(pod.metadata.name, k8s.namespace, status)
+    patched = k8s.core.read_namespaced_pod(pod.metadata.name, k8s.namespace)
+    assert patched.status.init_container_statuses[0].state.terminated.message == failure
+
+    body = wait_phase(k8s, name, api.Phase.FAILED)
+    assert failure in body["status"]["message"]
+    assert "fetch" in body["status"]["message"]
+    ready = [c for c in body["status"]["conditions"] if c["type"] == "Ready"]
+    assert ready and ready[0]["status"] == "False"
+    event = wait_event(k8s, name, "Failed", "Warning")
+    assert failure in event.message
+    described = cluster.kubectl("describe", "sui", name, "-n", k8s.namespace).stdout
+    assert failure in described
+
+
+# --- RBAC: least privilege, and enough -------------------------------------------------------------------
+
+
+@pytest.fixture
+def rbac(cluster: DevCluster, namespace: str) -> Iterator[Settings]:
+    """The operator's and the portal's RBAC for this namespace, a metrics namespace of its own."""
+    metrics_ns = f"m-{uuid.uuid4().hex[:10]}"
+    ensure_namespace(cluster, metrics_ns)
+    settings = Settings(namespace=namespace, metrics_service=f"{metrics_ns}/metrics")
+    objects = [*manifests.operator_rbac(settings), *manifests.portal_rbac(settings)]
+    apply(cluster, objects)
+    yield settings
+    cluster_scoped = [o for o in objects if "namespace" not in o["metadata"]]
+    cluster.kubectl("delete", "-f", "-", "--wait=false", "--ignore-not-found", input=yaml.safe_dump_all(cluster_scoped), check=False)
+    cluster.kubectl("delete", "namespace", metrics_ns, "--wait=false", check=False)
+
+
+def can_i(cluster: DevCluster, account: str, namespace: str, *request: str) -> bool:
+    result = cluster.kubectl(
+        "auth", "can-i", *request, "-n", namespace, f"--as=system:serviceaccount:{account}", check=False
+    )
+    answer = result.stdout.strip()
+    assert answer in ("yes", "no"), f"kubectl auth can-i {' '.join(request)}: {result.stdout}{result.stderr}"
+    return answer == "yes"
+
+
+def test_rbac_is_least_privilege(cluster: DevCluster, rbac: Settings) -> None:
+    ns = rbac.namespace
+    metrics_ns = rbac.metrics_service.split("/")[0]
+    operator = f"{ns}:{manifests.OPERATOR_NAME}"
+    portal = f"{ns}:{manifests.PORTAL_ACCOUNT}"
+    allowed = [
+        (operator, ns, "create", "deployments.apps"),
+        (operator, ns, "create", "services"),
+        (operator, ns, "create", "ingresses.networking.k8s.io"),
+        (operator, ns, "create", "networkpolicies.networking.k8s.io"),
+        (operator, ns, "patch", "singleuserinstances.cnag.eu", "--subresource=status"),
+        (operator, ns, "delete", "singleuserinstances.cnag.eu"),
+        (operator, ns, "watch", "pods"),
+        (operator, ns, "create", "events"),
+        (operator, metrics_ns, "list", "endpointslices.discovery.k8s.io"),
+        (portal, ns, "create", "singleuserinstances.cnag.eu"),
+        (portal, ns, "delete", "singleuserinstances.cnag.eu"),
+        (portal, ns, "list", "singleuserinstances.cnag.eu"),
+    ]
+    denied = [
+        (operator, ns, "delete", "deployments.apps"),
+        (operator, ns, "delete", "services"),
+        (operator, ns, "get", "secrets"),
+        (operator, ns, "list", "secrets"),
+        (operator, ns, "create", "pods"),
+        (operator, ns, "create", "pods", "--subresource=exec"),
+        (operator, ns, "create", "roles.rbac.authorization.k8s.io"),
+        (operator, ns, "create", "singleuserinstances.cnag.eu"),
+        (operator, metrics_ns, "list", "pods"),
+        (operator, "kube-system", "get", "pods"),
+        (operator, "kube-system", "get", "secrets"),
+        (operator, "kube-system", "create", "deployments.apps"),
+        (operator, "kube-system", "list", "endpointslices.discovery.k8s.io"),
+        (operator, "kube-system", "patch", "singleuserinstances.cnag.eu", "--subresource=status"),
+        (operator, "default", "create", "deployments.apps"),
+        (portal, ns, "create", "deployments.apps"),
+        (portal, ns, "get", "secrets"),
+        (portal, ns, "create", "pods"),
+        (portal, ns, "patch", "singleuserinstances.cnag.eu", "--subresource=status"),
+        (portal, "kube-system", "create", "singleuserinstances.cnag.eu"),
+    ]
+    wrong = [f"{a} {' '.join(r)} in {n}: expected yes" for a, n, *r in allowed if not can_i(cluster, a, n, *r)]
+    wrong += [f"{a} {' '.join(r)} in {n}: expected no" for a, n, *r in denied if can_i(cluster, a, n, *r)]
+    assert wrong == []
+    # in kube-system the operator holds nothing namespaced: only the cluster-wide reads show up
+    listing = cluster.kubectl("auth", "can-i", "--list", "-n", "kube-system", f"--as=system:serviceaccount:{operator}").stdout
+    resources = {line.split()[0] for line in listing.splitlines()[1:] if line.strip() and not line.startswith(" ")}
+    assert not resources & {"pods", "secrets", "deployments.apps", "services", "configmaps", "events"}, listing
+
+
+def service_account_kubeconfig(cluster: DevCluster, namespace: str, account: str, path: Path) -> Path:
+    token = cluster.kubectl("create", "token", account, "-n", namespace, "--duration=1h").stdout.strip()
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "devcluster", "cluster": {"server": cluster.server, "certificate-authority": str(cluster.pki / "ca.crt")}}],
+        "users": [{"name": account, "user": {"token": token}}],
+        "contexts": [{"name": account, "context": {"cluster": "devcluster", "user": account, "namespace": namespace}}],
+        "current-context": account,
+    }  # fmt: skip
+    path.write_text(yaml.safe_dump(config))
+    path.chmod(0o600)
+    return path
+
+
+def test_operator_runs_with_its_own_rbac(
+    cluster: DevCluster, k8s: K8ApiHandler, rbac: Settings, start_operator: StartOperator, tmp_path: Path
+) -> None:
+    """The RBAC is not only restrictive but sufficient: the operator, holding nothing but its
+    service account's token, creates the children, moves the status and posts Events."""
+    kubeconfig = service_account_kubeconfig(cluster, rbac.namespace, manifests.OPERATOR_NAME, tmp_path / "sa.kubeconfig")
+    whoami = cluster.kubectl("--kubeconfig", str(kubeconfig), "auth", "whoami", "-o", "jsonpath={.status.userInfo.username}")
+    assert whoami.stdout == f"system:serviceaccount:{rbac.namespace}:{manifests.OPERATOR_NAME}"
+    operator = start_operator(kubeconfig=kubeconfig, metrics_service=rbac.metrics_service, tick=1)
+    name = create(k8s, instance_body(k8s.namespace))
+    body = wait_phase(k8s, name, api.Phase.READY)
+    for kind in CHILD_KINDS:
+        assert read_child(k8s, kind, name) is not None, kind
+    event = wait_event(k8s, name, "Ready", "Normal")
+    assert event.source.component == manifests.OPERATOR_NAME
+    assert body["status"]["url"].endswith(f"/{name}/")
+    # the culler lists the metrics EndpointSlices every tick: allowed, so no "could not list"
+    wait_for(lambda: "activity unknown" in operator.text(), 20, "a culling pass")
+    log = operator.text()
+    assert "could not list the metrics endpoints" not in log, log[-3000:]
+    assert "Forbidden" not in log and " 403" not in log, log[-3000:]
+
+
+# --- Helm chart and kustomize install, checked by the real API server -------------------------------------
+
+
+@pytest.fixture
+def install_namespaces(cluster: DevCluster) -> None:
+    for name in ("cellxgene", "ingress-nginx"):
+        ensure_namespace(cluster, name)
+
+
+def server_dry_run(cluster: DevCluster, rendered: str) -> str:
+    result = cluster.kubectl("apply", "--dry-run=server", "-f", "-", input=rendered, check=False)
+    assert result.returncode == 0, f"kubectl apply --dry-run=server failed:\n{result.stderr}"
+    return result.stdout
+
+
+def test_helm_chart_renders_objects_the_api_server_accepts(cluster: DevCluster, install_namespaces: None) -> None:
+    helm = default_bin_dir() / "helm-v3.22.0"
+    result = subprocess.run(
+        [str(helm), "template", "cxg", str(REPO / "charts" / "cxg-on-k8s"), "--kube-version", K8S_VERSION,
+         "--namespace", "cellxgene", "--include-crds"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    docs = [d for d in yaml.safe_load_all(result.stdout) if d]
+    kinds = {d["kind"] for d in docs}
+    assert {"CustomResourceDefinition", "Deployment", "ServiceAccount", "Role", "RoleBinding"} <= kinds
+    out = server_dry_run(cluster, result.stdout)
+    assert "deployment.apps/sui-operator" in out and "(server dry run)" in out
+
+
+def test_kustomize_install_is_accepted_by_the_api_server(cluster: DevCluster, install_namespaces: None) -> None:
+    rendered = cluster.kubectl("kustomize", str(REPO / "manifests")).stdout
+    docs = [d for d in yaml.safe_load_all(rendered) if d]
+    assert sum(d["kind"] == "CustomResourceDefinition" for d in docs) == 1
+    out = server_dry_run(cluster, rendered)
+    for expected in ("customresourcedefinition.apiextensions.k8s.io/singleuserinstances.cnag.eu",
+                     "deployment.apps/sui-operator", "serviceaccount/omicsdm", "rolebinding.rbac.authorization.k8s.io/sui-operator"):  # fmt: skip
+        assert expected in out, out
+
+
+# --- the CLI against the real cluster --------------------------------------------------------------------
+
+
+@pytest.fixture
+def cli(cluster: DevCluster, namespace: str) -> Callable[..., subprocess.CompletedProcess[str]]:
+    env = {
+        **os.environ,
+        "KUBECONFIG": str(cluster.kubeconfig),
+        "CXG_NAMESPACE": namespace,
+        "CXG_URL_SCHEME": "http",
+        "CXG_HOST_NAME": "cxg.localtest",
+        "COLUMNS": "300",
+    }
+
+    def run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "cxg_on_k8s", *args], env=env, capture_output=True, text=True, timeout=timeout
+        )
+
+    return run
+
+
+def test_cli_deploy_list_describe_delete(
+    cli: Callable[..., subprocess.CompletedProcess[str]], k8s: K8ApiHandler, start_operator: StartOperator
+) -> None:
+    start_operator()
+    name = manifests.new_instance_name()
+    deployed = cli("deploy", "--owner", OWNER, "--dataset", DATASET, "--name", name, "--no-with-oauth2-proxy",
+                   "--timeout", "60")  # fmt: skip
+    assert deployed.returncode == 0, deployed.stderr
+    assert deployed.stdout.strip().splitlines()[-1] == f"http://cxg.localtest/{name}/"
+    assert k8s.get_instance(name)["status"]["phase"] == "Ready"
+
+    listed = cli("list")
+    assert listed.returncode == 0, listed.stderr
+    row = next(line for line in listed.stdout.splitlines() if name in line)
+    assert OWNER in row and "Ready" in row
+
+    described = cli("describe", name)
+    assert described.returncode == 0, described.stderr
+    assert f"owner: {OWNER}" in described.stdout and "phase: Ready" in described.stdout
+    assert any(line.split()[:2] == ["Normal", "Ready"] for line in described.stdout.splitlines())
+
+    deleted = cli("delete", name)
+    assert deleted.returncode == 0, deleted.stderr
+    assert name in deleted.stderr
+    wait_for(lambda: get_or_none(k8s, name) is None, 10, f"{name} to be deleted")
+
+    missing = cli("delete", name)
+    assert missing.returncode == 4
+    assert name in missing.stderr and "not found" in missing.stderr
+
+
+def test_cli_deploy_with_a_bad_dataset_exits_2_and_names_the_field(
+    cli: Callable[..., subprocess.CompletedProcess[str]], k8s: K8ApiHandler
+) -> None:
+    result = cli("deploy", "--owner", OWNER, "--dataset", "ftp://x", "--no-with-oauth2-proxy", "--timeout", "5")
+    assert result.returncode == 2
+    assert "spec.dataset" in result.stderr
+    assert k8s.list_instances() == []
+
+
+def test_cli_describe_of_a_missing_instance_exits_4(cli: Callable[..., subprocess.CompletedProcess[str]]) -> None:
+    result = cli("describe", "cellxgene-nope")
+    assert result.returncode == 4
+    assert "cellxgene-nope" in result.stderr
+
+
+def test_cli_cleanup_deletes_every_instance(
+    cli: Callable[..., subprocess.CompletedProcess[str]], k8s: K8ApiHandler
+) -> None:
+    names = [create(k8s, instance_body(k8s.namespace)) for _ in range(3)]
+    result = cli("cleanup", "--yes")
+    assert result.returncode == 0, result.stderr
+    assert "deleted 3 instance(s)" in result.stderr
+    wait_for(lambda: all(get_or_none(k8s, n) is None for n in names), 10, "every instance deleted")
+    again = cli("cleanup", "--yes")
+    assert again.returncode == 0 and "nothing to clean up" in again.stderr
+
+
+def test_pocs_deploy_script_still_answers_help() -> None:
+    result = subprocess.run(
+        [sys.executable, str(REPO / "deploy_cellxgene.py"), "--help"],
+        capture_output=True, text=True, timeout=60, env={**os.environ, "COLUMNS": "200"},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "--owner" in result.stdout and "--dataset" in result.stdout

@@ -5,7 +5,7 @@ Keycloak 26.7.3 from Maven Central in dev mode (in-memory database, fresh per se
 oauth2-proxy binary built from its Go module and started with exactly the arguments and
 environment the Deployment renders, Debian's nginx configured from the rendered Ingresses by
 ``tests/nginx_conf.py``, and cellxgene 1.3.0 launched with the pod's command line on a generated
-.h5ad. The realm is prepared by the product's own ``setup_keycloak``.
+.h5ad. The realm is prepared by ``cxg-k8s keycloak-setup`` itself.
 
 Each server logs to a file; when a test that uses them fails, the last lines of every log are
 attached to its report. ``scripts/install-signin-deps.sh`` installs what these fixtures need.
@@ -13,12 +13,15 @@ attached to its report. ``scripts/install-signin-deps.sh`` installs what these f
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import secrets
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -32,7 +35,7 @@ from keycloak import KeycloakAdmin
 
 from cxg_on_k8s import manifests
 from cxg_on_k8s import spec as api
-from cxg_on_k8s.keycloak_setup import SetupReport, setup_keycloak
+from cxg_on_k8s.keycloak_setup import SetupReport
 from cxg_on_k8s.settings import Settings
 from tests import nginx_conf
 
@@ -295,18 +298,39 @@ def signin_realm(keycloak: Keycloak, signin_settings: Settings) -> Realm:
 
 
 @pytest.fixture(scope="session")
-def signin_client(keycloak: Keycloak, signin_realm: Realm, signin_settings: Settings) -> SetupReport:
-    """The oauth2-proxy client, made by the product's setup (first run: everything created)."""
-    report = setup_keycloak(
+def signin_client(keycloak: Keycloak, signin_realm: Realm, signin_settings: Settings, cluster: Any) -> SetupReport:
+    """The oauth2-proxy client, made by ``cxg-k8s keycloak-setup`` itself (first run: everything
+    created), which also stores the client secret in the real API server's Secret; the secret
+    oauth2-proxy runs with is read back from there, as the kubelet would."""
+    env = {
+        **os.environ,
+        "KUBECONFIG": str(cluster.kubeconfig),
+        "KEYCLOAK_ADMIN_PASSWORD": keycloak.admin_password,
+        **{f"CXG_{name.upper()}": str(value) for name, value in signin_settings.model_dump().items()},
+    }
+    cluster.kubectl("create", "namespace", signin_settings.oauth2_proxy_namespace, check=False)
+    run = subprocess.run(
+        [sys.executable, "-m", "cxg_on_k8s", "keycloak-setup", "--admin-user", keycloak.admin_user],
+        env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert run.returncode == 0, f"keycloak-setup failed ({run.returncode}):\n{run.stdout}\n{run.stderr}"
+    verbs: dict[str, list[str]] = {"created": [], "updated": [], "removed": [], "unchanged": []}
+    for line in run.stdout.splitlines():
+        verb, _, item = line.strip().partition(": ")
+        if verb in verbs:
+            verbs[verb].append(item)
+    assert verbs["created"] and not verbs["unchanged"] and not verbs["updated"], run.stdout
+    secret = json.loads(
+        cluster.kubectl("get", "secret", "-n", signin_settings.oauth2_proxy_namespace,
+                        signin_settings.oauth2_proxy_client_secret, "-o", "json").stdout
+    )["data"]  # fmt: skip
+    return SetupReport(
         keycloak.url,
         signin_realm.name,
-        keycloak.admin_user,
-        keycloak.admin_password,
-        signin_settings,
-        groups_mapper=True,
+        base64.b64decode(secret["client-id"]).decode(),
+        base64.b64decode(secret["client-secret"]).decode(),
+        created=tuple(verbs["created"]),
     )
-    assert not report.unchanged and not report.updated, report.summary()
-    return report
 
 
 # --- oauth2-proxy --------------------------------------------------------------------------------
@@ -351,7 +375,7 @@ def oauth2_proxy(
 ) -> Iterator[Server]:
     """oauth2-proxy with the Deployment's arguments and environment: the args from
     ``oauth2_proxy_args`` (only the listen addresses moved to loopback), the env from
-    ``oauth2_proxy_env`` filled from the rendered Secrets with the client setup_keycloak made."""
+    ``oauth2_proxy_env`` filled from the rendered Secrets with the client keycloak-setup made."""
     binary = require(OAUTH2_PROXY, "oauth2-proxy v7.15.6 (devcluster/build.sh oauth2-proxy)")
     workdir = tmp_path_factory.mktemp("oauth2-proxy")
     port, metrics_port = signin_settings.oauth2_proxy_port, free_port()

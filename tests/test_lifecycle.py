@@ -204,6 +204,7 @@ def test_a_viewer_visited_then_left_is_culled_as_idle(
     assert last["status"]["lastActivity"] == rfc3339(last_activity)
     idle_for = when - last_activity.timestamp()
     # lastActivity is whole seconds (up to 1 s early); culled on the first tick past 3 s.
+    print(f"measured: idle cull {idle_for:.1f} s after lastActivity (idleTimeout 3 s, tick 1 s)")
     assert 3 < idle_for < 3 + 1 + 2 + 1, idle_for
     assert "idle for" in last["status"]["message"]
 
@@ -222,6 +223,7 @@ def test_a_viewer_in_use_outlives_its_idle_timeout(
         metrics.visit(namespace, name)
         metrics.wait_scrapes(1)
         seen.add(status(k8s, name).get("lastActivity", ""))
+    print(f"measured: in use for {time.monotonic() - started:.1f} s (10 ticks), idleTimeout 3 s, kept")
     assert time.monotonic() - started > 3 * 3
     assert exists(k8s, name) and not instance_watch.was_deleted(name)
     assert len(seen - {""}) >= 5, f"lastActivity should advance with the use: {sorted(seen)}"
@@ -248,6 +250,8 @@ def test_a_viewer_never_visited_is_culled_after_the_unvisited_timeout_from_ready
     when, last = assert_culled(k8s, instance_watch, name, "never-visited", 5)
     assert "lastActivity" not in last["status"]
     unvisited_for = when - ready_at.timestamp()
+    print(f"measured: never-visited cull {unvisited_for:.1f} s after readyAt, "
+          f"{when - created.timestamp():.1f} s after creation (unvisitedTimeout 3 s)")  # type: ignore[union-attr]
     assert 3 < unvisited_for < 3 + 1 + 2 + 1, unvisited_for
     created = parse_time(last["metadata"]["creationTimestamp"])
     assert created is not None and ready_at >= created
@@ -343,6 +347,8 @@ def test_a_metrics_outage_pauses_idle_and_unvisited_culling_but_not_the_lifespan
         assert len(warnings) == 1, [w.message for w in warnings]
         assert warnings[0].type == "Warning"
         assert warnings[0].message.startswith("activity scrape failed, idle culling paused: ")
+    print(f"measured: outage {outage_seconds:.1f} s, {failures:.0f} failed scrapes; lifespan cull at age "
+          f"{when - created.timestamp():.1f} s (lifespan 60 s)")
     # One failed scrape per one-second tick of the outage.
     assert 0.75 * outage_seconds < failures <= outage_seconds + 2, (failures, outage_seconds)
 
@@ -397,6 +403,8 @@ def test_replicas_behind_an_endpointslice_are_added_up(
         for _ in range(10):  # now every request lands on replica b
             replica_b.visit(namespace, name)
             replica_b.wait_scrapes(1)
+        print(f"measured: replica b busy {time.monotonic() - started:.1f} s, scrapes a={replica_a.scrapes} "
+              f"b={replica_b.scrapes}, idleTimeout 3 s, kept")
         assert time.monotonic() - started > 3 * 3
         assert exists(k8s, name) and not instance_watch.was_deleted(name)
         idle = time.time() - parse_time(status(k8s, name)["lastActivity"]).timestamp()  # type: ignore[union-attr]

@@ -10,11 +10,14 @@ from __future__ import annotations
 import html
 import http.cookiejar
 import json
+import os
 import re
 import subprocess
+import sys
 import urllib.request
 from html.parser import HTMLParser
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import pytest
@@ -156,7 +159,8 @@ def test_owner_signs_in_and_uses_cellxgene_under_the_prefix(signin_edge: Edge) -
     assert asset.status_code == 200 and len(asset.content) > 100_000
     # /<name> without the slash is sent to /<name>/ (cellxgene needs it), still signed in.
     bare = browser.get(instance.url.rstrip("/"), allow_redirects=False)
-    assert bare.status_code == 302 and bare.headers["Location"] == instance.url
+    # A relative redirect (absolute_redirect off), so a port-forwarded port survives it.
+    assert bare.status_code == 302 and bare.headers["Location"] == urlsplit(instance.url).path
     assert_cellxgene_page(browser.get(instance.url.rstrip("/")), instance.url)
 
 
@@ -344,3 +348,23 @@ def test_real_browser_signs_in_and_cellxgene_renders_the_dataset(signin_edge: Ed
     assert unexpected == [], json.dumps(unexpected, indent=2)
     assert result["pageErrors"] == [], result["pageErrors"]
     assert screenshot.stat().st_size > 10_000
+
+
+def test_keycloak_setup_command_is_idempotent_and_refuses_a_wrong_password(
+    signin_edge: Edge, keycloak: Keycloak, signin_client: SetupReport, cluster: Any
+) -> None:
+    env = {
+        **os.environ,
+        "KUBECONFIG": str(cluster.kubeconfig),
+        **{f"CXG_{k.upper()}": str(v) for k, v in signin_edge.settings.model_dump().items()},
+    }
+    command = [sys.executable, "-m", "cxg_on_k8s", "keycloak-setup", "--admin-user", keycloak.admin_user]
+    again = subprocess.run(command, env={**env, "KEYCLOAK_ADMIN_PASSWORD": keycloak.admin_password},
+                           capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert again.returncode == 0, again.stderr
+    assert "nothing to change" in again.stdout
+    assert "created:" not in again.stdout and "updated:" not in again.stdout
+    wrong = subprocess.run(command, env={**env, "KEYCLOAK_ADMIN_PASSWORD": "not-the-password"},
+                           capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert wrong.returncode == 1
+    assert keycloak.url in wrong.stderr and "password" in wrong.stderr.lower()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import threading
 from typing import Any
 
 import kopf
@@ -62,6 +63,11 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: lo
     memo.config = config
     memo.api = handler
     memo.instances = {}
+    # The latest news of each instance's pod, kept so that it still reaches the instance when the
+    # pod's event came first (operator restart) or a stale status write undid it.
+    memo.pod_states = {}
+    memo.announced = {}
+    memo.carry_lock = threading.Lock()
     memo.culler = Culler(config, handler, memo.instances)
     memo.culler.start()
     logger.info("operator configured for namespace %s, tick %.0f s", config.namespace, config.tick)
@@ -79,17 +85,21 @@ def culler_alive(memo: kopf.Memo, **_: Any) -> str:
 
 
 @kopf.on.event(*RESOURCE)
-def remember(event: dict[str, Any], body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+def remember(event: dict[str, Any], body: kopf.Body, memo: kopf.Memo, logger: logging.Logger, **_: Any) -> None:
     """Keep every instance's latest body for the culling loop (one watch, no per-tick listing)."""
     key = (body["metadata"]["namespace"], body["metadata"]["name"])
     if event.get("type") == "DELETED":
         memo.instances.pop(key, None)
+        memo.pod_states.pop(key, None)
+        memo.announced.pop(key, None)
     else:
         memo.instances[key] = {
             "metadata": dict(body["metadata"]),
             "spec": dict(body.get("spec", {})),
             "status": dict(body.get("status", {})),
         }
+        if key in memo.pod_states:
+            carry_pod_state(memo, key, logger)
 
 
 @kopf.on.resume(*RESOURCE)
@@ -115,7 +125,16 @@ async def spawn(
     if problems:
         message = f"SingleUserInstance {namespace}/{name}: " + "; ".join(problems)
         patch.status.update(phase=api.Phase.FAILED.value, message=message, observedGeneration=meta.get("generation"))
+        await asyncio.to_thread(memo.api.post_event, body, "Warning", api.Phase.FAILED.value, message)
         raise kopf.PermanentError(message)
+    if not status.get("phase"):
+        # Written now, before any pod can exist: in the handler's patch (applied after the
+        # handler) it could land after the pod's Ready and step the phase back.
+        starting = {"phase": api.Phase.STARTING.value, "message": "creating the viewer; waiting for it to become ready"}
+        try:
+            await asyncio.to_thread(memo.api.patch_instance_status, name, starting, namespace)
+        except Exception as exc:  # the API's own exception types; all mean "try again"
+            raise kopf.TemporaryError(f"could not set phase Starting: {exc}", delay=5) from None
     children = manifests.children(name, namespace, model, config)
     kopf.adopt(children, owner=body)
     for child in children:
@@ -124,6 +143,7 @@ async def spawn(
         except ApiError as exc:
             if exc.status in (400, 403, 422):
                 patch.status.update(phase=api.Phase.FAILED.value, message=str(exc))
+                await asyncio.to_thread(memo.api.post_event, body, "Warning", api.Phase.FAILED.value, str(exc))
                 raise kopf.PermanentError(str(exc)) from None
             raise kopf.TemporaryError(str(exc), delay=5) from None
         logger.debug("%s %s/%s", "created" if created else "kept existing", child["kind"], name)
@@ -134,9 +154,6 @@ async def spawn(
         "expiresAt": rfc3339(created_at + dt.timedelta(seconds=lifespan)),
         "observedGeneration": meta.get("generation"),
     }
-    if status.get("phase") != api.Phase.READY.value:
-        update["phase"] = api.Phase.STARTING.value
-        update["message"] = "children created; waiting for the viewer to become ready"
     patch.status.update(update)
 
 
@@ -157,32 +174,45 @@ def relife(name: str, new: int | None, meta: kopf.Meta, patch: kopf.Patch, memo:
 @kopf.on.event("", "v1", "pods", labels={"app": manifests.APP_LABEL})
 async def pod_changed(event: dict[str, Any], body: kopf.Body, memo: kopf.Memo, logger: logging.Logger, **_: Any) -> None:
     """Carry the viewer pod's state to its instance: Ready, or Failed with the cause."""
-    if event.get("type") == "DELETED":
-        return
     instance_name = body["metadata"].get("labels", {}).get("instance")
-    namespace = body["metadata"]["namespace"]
-    instance = memo.instances.get((namespace, instance_name))
-    if not instance:
+    key = (body["metadata"]["namespace"], instance_name)
+    if event.get("type") == "DELETED":
+        memo.pod_states.pop(key, None)
         return
-    current = instance.get("status", {})
     phase, message = pod_phase(body)
-    if phase is None or current.get("phase") in (phase.value, api.Phase.TERMINATING.value, api.Phase.FAILED.value):
+    if phase is None:
         return
-    update: dict[str, Any] = {"phase": phase.value, "message": message}
-    now = rfc3339(utcnow())
-    condition = {
-        "type": "Ready",
-        "status": "True" if phase == api.Phase.READY else "False",
-        "reason": phase.value,
-        "message": message,
-        "lastTransitionTime": now,
-    }
-    update["conditions"] = [condition]
-    if phase == api.Phase.READY and not current.get("readyAt"):
-        update["readyAt"] = now
-    current.update(update)
-    await asyncio.to_thread(memo.api.patch_instance_status, instance_name, update, namespace)
-    event_type = "Normal" if phase == api.Phase.READY else "Warning"
-    await asyncio.to_thread(memo.api.post_event, {**instance, "apiVersion": api.API_VERSION, "kind": api.KIND},
-                            event_type, phase.value, message)  # fmt: skip
-    logger.info("instance %s/%s is %s: %s", namespace, instance_name, phase.value, message)
+    memo.pod_states[key] = (phase, message)
+    await asyncio.to_thread(carry_pod_state, memo, key, logger)
+
+
+def carry_pod_state(memo: kopf.Memo, key: tuple[str, str], logger: logging.Logger) -> None:
+    """Write the pod's last news (memo.pod_states) into the instance's status unless it says so
+    already; called on pod events and on instance events, so neither order loses it."""
+    with memo.carry_lock:
+        instance = memo.instances.get(key)
+        known = memo.pod_states.get(key)
+        if not instance or not known:
+            return
+        phase, message = known
+        current = instance.setdefault("status", {})
+        if current.get("phase") in (phase.value, api.Phase.TERMINATING.value, api.Phase.FAILED.value):
+            return
+        now = rfc3339(utcnow())
+        condition = {
+            "type": "Ready",
+            "status": "True" if phase == api.Phase.READY else "False",
+            "reason": phase.value,
+            "message": message,
+            "lastTransitionTime": now,
+        }
+        update: dict[str, Any] = {"phase": phase.value, "message": message, "conditions": [condition]}
+        if phase == api.Phase.READY and not current.get("readyAt"):
+            update["readyAt"] = now
+        memo.api.patch_instance_status(key[1], update, key[0])
+        current.update(update)
+        if memo.announced.get(key) != phase:
+            memo.announced[key] = phase
+            event_type = "Normal" if phase == api.Phase.READY else "Warning"
+            memo.api.post_event({**instance, "apiVersion": api.API_VERSION, "kind": api.KIND}, event_type, phase.value, message)
+    logger.info("instance %s/%s is %s: %s", key[0], key[1], phase.value, message)

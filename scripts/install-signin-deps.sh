@@ -20,7 +20,7 @@ OAUTH2_PROXY=${CXG_BIN_DIR:-$CACHE/bin}/oauth2-proxy-v7.15.6
 JAVA_HOME_DIR=${CXG_JAVA_HOME:-/usr/lib/jvm/temurin-25-jdk-amd64}
 
 missing=()
-for pkg in nginx-light chromium chromium-driver libnginx-mod-http-set-misc; do
+for pkg in nginx-light chromium chromium-driver libnginx-mod-http-set-misc unzip; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
 done
 if [ ${#missing[@]} -gt 0 ]; then

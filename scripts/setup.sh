@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything the demo and the tests need, idempotently; a second run takes seconds.
 #   scripts/setup.sh          the demo's needs: Python venv (.venv) and the Go-built control plane
-#   scripts/setup.sh --all    plus what the full test suite needs: Debian packages (nginx,
-#                             chromium), the cellxgene venv, Keycloak, oauth2-proxy, helm,
+#   scripts/setup.sh --all    plus what the full test suite needs: the cellxgene venv, Debian
+#                             packages (nginx, chromium; by install-signin-deps.sh), Keycloak, oauth2-proxy, helm,
 #                             hadolint and the browser test's npm packages
 # Caches: ~/.cache/cxg-on-k8s (binaries keyed by version, venvs, Keycloak), Go's and pip's caches.
 set -euo pipefail
@@ -10,19 +10,6 @@ cd "$(dirname "$0")/.."
 all=false
 [ "${1:-}" = "--all" ] && all=true
 step() { printf '\n== %s\n' "$*" >&2; }
-
-if $all; then
-  missing=()
-  for pkg in nginx-light chromium chromium-driver; do
-    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
-  done
-  if [ ${#missing[@]} -gt 0 ]; then
-    step "installing Debian packages: ${missing[*]}"
-    SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO=sudo
-    $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
-  fi
-fi
 
 stamp=.venv/.installed
 want=$(sha256sum pyproject.toml | cut -d' ' -f1)

@@ -21,15 +21,19 @@ def instance(
     idle_timeout: int = HOUR,
     unvisited_timeout: int = 5 * MINUTE,
     idle: float | None = None,
+    ready_after: float | None = 0,
 ) -> InstanceTimes:
-    """An instance created ``age`` seconds before NOW, last used ``idle`` seconds before NOW."""
+    """An instance created ``age`` seconds before NOW, Ready ``ready_after`` seconds after its
+    creation (None: still starting), last used ``idle`` seconds before NOW."""
+    created = NOW - timedelta(seconds=age)
     return InstanceTimes(
         name="cellxgene-test",
-        created=NOW - timedelta(seconds=age),
+        created=created,
         lifespan=lifespan,
         idle_timeout=idle_timeout,
         unvisited_timeout=unvisited_timeout,
         last_activity=None if idle is None else NOW - timedelta(seconds=idle),
+        ready_at=None if ready_after is None else created + timedelta(seconds=ready_after),
     )
 
 
@@ -51,6 +55,19 @@ CASES = [
      CullReason.NEVER_VISITED),
     ("never visited, unvisited timeout off", instance(3 * DAY, unvisited_timeout=0), True, None),
     ("never visited but activity unknown", instance(HOUR), False, None),
+    ("slow fetch: ready late, unvisited timeout counts from ready",
+     instance(20 * MINUTE, ready_after=16 * MINUTE), True, None),
+    ("slow fetch: ready late, then unvisited past the timeout",
+     instance(20 * MINUTE, ready_after=14 * MINUTE), True, CullReason.NEVER_VISITED),
+    ("ready, never visited, exactly at the timeout",
+     instance(10 * MINUTE, ready_after=5 * MINUTE), True, None),
+    ("still starting long after the unvisited timeout", instance(HOUR, ready_after=None), True,
+     None),
+    ("still starting: the lifespan still applies", instance(2 * DAY, lifespan=DAY, ready_after=None),
+     True, CullReason.LIFESPAN_EXCEEDED),
+    ("ready in the future (clock skew)", instance(HOUR, ready_after=HOUR + 60), True, None),
+    ("visited while not ready yet (readyAt lost): idle rule applies",
+     instance(2 * DAY, idle=HOUR + 1, ready_after=None), True, CullReason.IDLE),
     ("idle past the timeout", instance(2 * DAY, idle=HOUR + 1), True, CullReason.IDLE),
     ("idle exactly at the timeout", instance(2 * DAY, idle=HOUR), True, None),
     ("idle for a day (PoC: .seconds saw 10 s)", instance(3 * DAY, idle=DAY + 10), True,
@@ -91,7 +108,25 @@ def test_idle_message_states_both_ages() -> None:
 
 def test_never_visited_message_states_both_ages() -> None:
     decision = decide(instance(5 * MINUTE + 1), True, NOW)
-    assert decision.message == "never visited: age 5m01s > unvisited timeout 5m00s"
+    assert decision.message == "never visited: ready for 5m01s > unvisited timeout 5m00s"
+
+
+def test_never_visited_counts_from_ready_not_from_creation() -> None:
+    times = instance(HOUR, ready_after=HOUR - 4 * MINUTE)
+    assert decide(times, True, NOW).message == (
+        "kept: age 1h00m00s of lifespan 7d00h00m00s; "
+        "never visited yet, ready for 4m00s of unvisited timeout 5m00s"
+    )
+    later = decide(times, True, NOW + timedelta(minutes=1, seconds=1))
+    assert later.reason is CullReason.NEVER_VISITED
+    assert later.message == "never visited: ready for 5m01s > unvisited timeout 5m00s"
+
+
+def test_keep_message_says_the_viewer_is_not_ready_yet() -> None:
+    message = decide(instance(HOUR, ready_after=None), True, NOW).message
+    assert message == (
+        "kept: age 1h00m00s of lifespan 7d00h00m00s; not ready yet, unvisited clock not started"
+    )
 
 
 def test_keep_message_states_the_ages() -> None:
@@ -114,8 +149,10 @@ def test_keep_message_says_a_rule_is_off() -> None:
 def test_skew_is_reported_and_counted_as_zero() -> None:
     decision = decide(instance(-90), True, NOW)
     assert decision.message == (
-        "kept: age 0s of lifespan 7d00h00m00s; never visited yet, 0s of unvisited timeout 5m00s; "
-        "created is 1m30s in the future (clock skew), age taken as 0"
+        "kept: age 0s of lifespan 7d00h00m00s; "
+        "never visited yet, ready for 0s of unvisited timeout 5m00s; "
+        "created is 1m30s in the future (clock skew), age taken as 0; "
+        "ready is 1m30s in the future (clock skew), age taken as 0"
     )
     decision = decide(instance(DAY, idle=-5), True, NOW)
     assert "last activity is 5s in the future (clock skew), age taken as 0" in decision.message
@@ -148,6 +185,8 @@ def test_expires_at_adds_the_whole_lifespan() -> None:
 def test_naive_datetimes_are_refused_with_the_fix() -> None:
     with pytest.raises(ValueError, match="cellxgene-test: created must be a timezone-aware"):
         InstanceTimes("cellxgene-test", datetime(2024, 1, 1), DAY, HOUR, 300, None)
+    with pytest.raises(ValueError, match="cellxgene-test: ready_at must be a timezone-aware"):
+        InstanceTimes("cellxgene-test", NOW, DAY, HOUR, 300, None, ready_at=datetime(2024, 1, 1))
     with pytest.raises(ValueError, match="now must be a timezone-aware"):
         decide(instance(10), True, datetime(2024, 1, 1))
 
@@ -164,18 +203,20 @@ def test_nonsense_durations_are_refused() -> None:
 seconds = st.integers(min_value=-2 * DAY, max_value=60 * DAY)
 timeouts = st.integers(min_value=0, max_value=30 * DAY)
 instances = st.builds(
-    lambda age, lifespan, idle_timeout, unvisited_timeout, idle: instance(
+    lambda age, lifespan, idle_timeout, unvisited_timeout, idle, ready_after: instance(
         age,
         lifespan=lifespan,
         idle_timeout=idle_timeout,
         unvisited_timeout=unvisited_timeout,
         idle=idle,
+        ready_after=ready_after,
     ),
     seconds,
     st.integers(min_value=60, max_value=30 * DAY),
     timeouts,
     timeouts,
     st.none() | seconds,
+    st.none() | st.integers(min_value=0, max_value=DAY),
 )
 
 
@@ -203,5 +244,14 @@ def test_deletion_agrees_with_reason_and_is_explained(times: InstanceTimes, reli
 
 @given(instances, st.booleans())
 def test_clock_skew_alone_never_culls(times: InstanceTimes, reliable: bool) -> None:
-    if times.created > NOW and (times.last_activity is None or times.last_activity > NOW):
+    if all(t is None or t > NOW for t in (times.created, times.last_activity, times.ready_at)):
         assert not decide(times, reliable, NOW).delete
+
+
+@given(instances)
+def test_a_viewer_that_is_not_ready_is_never_culled_as_unvisited(times: InstanceTimes) -> None:
+    starting = InstanceTimes(
+        times.name, times.created, times.lifespan, times.idle_timeout, times.unvisited_timeout,
+        None, ready_at=None,
+    )  # fmt: skip
+    assert decide(starting, True, NOW).reason in (None, CullReason.LIFESPAN_EXCEEDED)

@@ -105,7 +105,10 @@ def test_ingress_carries_the_pocs_annotations_and_the_owner_check() -> None:
                 ),
                 "nginx.ingress.kubernetes.io/auth-response-headers": "Authorization",
                 "nginx.ingress.kubernetes.io/proxy-buffer-size": "64k",
-                "nginx.ingress.kubernetes.io/configuration-snippet": f"rewrite ^/{NAME}$ /{NAME}/ redirect;",
+                # relative redirect: ingress-nginx would drop a non-standard port from an absolute one
+                "nginx.ingress.kubernetes.io/configuration-snippet": (
+                    f"absolute_redirect off; rewrite ^/{NAME}$ /{NAME}/ redirect;"
+                ),
             },
         },
         "spec": {
@@ -126,6 +129,16 @@ def test_ingress_carries_the_pocs_annotations_and_the_owner_check() -> None:
             ],
         },
     }
+
+
+def test_host_name_with_a_port_keeps_it_in_urls_but_not_in_the_ingress_rule() -> None:
+    settings = Settings(host_name="localhost:8080", url_scheme="http")
+    ing = manifests.ingress(NAME, NS, portal_spec(), settings)
+    assert ing["spec"]["rules"][0]["host"] == "localhost"
+    assert manifests.instance_url(NAME, settings) == f"http://localhost:8080/{NAME}/"
+    assert ing["metadata"]["annotations"]["nginx.ingress.kubernetes.io/auth-signin"].startswith(
+        "http://localhost:8080/oauth2/sign_in?"
+    )
 
 
 # --- auth_url: only the owner (or the named groups) get in ------------------------------------

@@ -236,6 +236,26 @@ def test_portal_form_becomes_ready_with_owned_children_status_and_event(
     assert name in cluster.kubectl("get", "singleuserinstances.cnag.eu", "-n", k8s.namespace, "-o", "name").stdout
 
 
+def test_changing_the_lifespan_moves_expires_at(k8s: K8ApiHandler, start_operator: StartOperator) -> None:
+    start_operator()
+    name = create(k8s, instance_body(k8s.namespace, lifespan=600))
+    body = wait_phase(k8s, name, api.Phase.READY)
+    created = parse_time(body["metadata"]["creationTimestamp"])
+    assert parse_time(body["status"]["expiresAt"]) == created + dt.timedelta(seconds=600)
+    k8s.custom.patch_namespaced_custom_object(
+        api.GROUP, api.VERSION, k8s.namespace, api.PLURAL, name, {"spec": {"lifespan": 2 * 86400}}
+    )
+    expected = created + dt.timedelta(days=2)  # days count (the PoC's timedelta.seconds dropped them)
+
+    def moved() -> dict[str, Any] | None:
+        status = k8s.get_instance(name)["status"]
+        return status if parse_time(status["expiresAt"]) == expected else None
+
+    status = wait_for(moved, 30, "expiresAt to follow the new lifespan")
+    assert status["observedGeneration"] == 2
+    assert status["phase"] == api.Phase.READY.value
+
+
 def test_embedded_poc_form_gets_children_with_the_instance_selector(
     k8s: K8ApiHandler, start_operator: StartOperator
 ) -> None:
@@ -346,6 +366,29 @@ def test_operator_killed_mid_creation_leaves_exactly_one_set_of_children(
     first.stop(signal.SIGKILL)
     start_operator()
     wait_phase(k8s, name, api.Phase.READY)
+    wait_for(lambda: len(list_children(k8s, f"instance={name}")["Pod"]) == 1, 30, "one viewer pod")
+    counts = {kind: len(items) for kind, items in list_children(k8s, f"instance={name}").items()}
+    assert counts == {"Deployment": 1, "Service": 1, "Ingress": 1, "NetworkPolicy": 1, "ReplicaSet": 1, "Pod": 1}
+
+
+def test_children_left_by_a_crashed_attempt_are_kept_and_the_rest_created(
+    k8s: K8ApiHandler, start_operator: StartOperator
+) -> None:
+    """Deterministic version of the crash: a previous attempt created the Deployment and died."""
+    name = create(k8s, instance_body(k8s.namespace))
+    body = k8s.get_instance(name)
+    settings = Settings(namespace=k8s.namespace, url_scheme="http", host_name="cxg.localtest")
+    model = api.SingleUserInstanceSpec.model_validate(body["spec"])
+    deployment = manifests.deployment(name, k8s.namespace, model, settings)
+    deployment["metadata"]["ownerReferences"] = [
+        {"apiVersion": api.API_VERSION, "kind": api.KIND, "name": name, "uid": body["metadata"]["uid"],
+         "controller": True, "blockOwnerDeletion": True}
+    ]  # fmt: skip
+    assert k8s.create_if_absent(deployment) is True
+    first_uid = read_child(k8s, "Deployment", name).metadata.uid
+    start_operator()
+    wait_phase(k8s, name, api.Phase.READY)
+    assert read_child(k8s, "Deployment", name).metadata.uid == first_uid  # kept, not replaced
     wait_for(lambda: len(list_children(k8s, f"instance={name}")["Pod"]) == 1, 30, "one viewer pod")
     counts = {kind: len(items) for kind, items in list_children(k8s, f"instance={name}").items()}
     assert counts == {"Deployment": 1, "Service": 1, "Ingress": 1, "NetworkPolicy": 1, "ReplicaSet": 1, "Pod": 1}

@@ -72,7 +72,8 @@ def create_all(kubeconfig: Path, bodies: list[dict[str, Any]], threads: int = 16
             except Exception as exc:  # ApiError or a connection error while the API server is away
                 if getattr(exc, "status", None) == 409:
                     return item["metadata"]["name"]
-                if getattr(exc, "status", None) in (400, 403, 404, 422) or time.monotonic() > give_up:
+                permanent = getattr(exc, "status", None) in (400, 403, 404, 422) and not getattr(exc, "transient", False)
+                if permanent or time.monotonic() > give_up:
                     raise
                 time.sleep(0.5)
 
@@ -95,9 +96,12 @@ def wait_all_ready(k8s: K8ApiHandler, names: list[str], timeout: float) -> None:
     try:
         wait_for(ready, timeout, f"{len(names)} instances Ready", interval=1)
     except AssertionError:
-        current = phases(k8s)
-        late = Counter(current.get(n, "missing") or "no phase" for n in names)
-        raise AssertionError(f"not all {len(names)} instances Ready after {timeout:.0f} s: {dict(late)}") from None
+        items = {i["metadata"]["name"]: i.get("status", {}) for i in k8s.list_instances()}
+        late = Counter(items.get(n, {}).get("phase", "no phase") if n in items else "missing" for n in names)
+        why = {n: items[n].get("message") for n in names if n in items and items[n].get("phase") != "Ready"}
+        raise AssertionError(
+            f"not all {len(names)} instances Ready after {timeout:.0f} s: {dict(late)}; e.g. {dict(list(why.items())[:3])}"
+        ) from None
 
 
 def children_by_instance(k8s: K8ApiHandler) -> dict[str, Counter[str]]:

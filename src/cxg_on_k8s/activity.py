@@ -96,7 +96,7 @@ def parse_metrics(text: str) -> Snapshot:
     snapshot: Snapshot = {}
     seen_controller = False
     try:
-        for family in text_string_to_metric_families(text):
+        for family in text_string_to_metric_families(_without_buckets(text)):
             seen_controller |= family.name.startswith(CONTROLLER_PREFIX)
             for sample in family.samples:
                 if sample.name in REQUESTS_SAMPLES:
@@ -112,6 +112,21 @@ def parse_metrics(text: str) -> Snapshot:
             "the ingress-nginx controller's metrics port (10254, --enable-metrics=true)"
         )
     return snapshot
+
+
+def _without_buckets(text: str) -> str:
+    """The text less its histogram ``_bucket`` samples, which no signal here reads.
+
+    They are most of a controller's page (a dozen buckets per histogram per Ingress and status),
+    so parsing them dominated the scrape's CPU time and memory: for 500 Ingresses ~6 MB of text,
+    0.6 s of CPU and 40 MB at peak, against ~0.1 s and a few MB without them.
+    """
+    kept = []
+    for line in text.splitlines():
+        if not line.startswith("#") and line.split("{", 1)[0].split(" ", 1)[0].endswith("_bucket"):
+            continue
+        kept.append(line)
+    return "\n".join(kept) + "\n"
 
 
 def _owner_status(status: str) -> bool:

@@ -29,6 +29,14 @@ class ApiError(RuntimeError):
         super().__init__(message)
         self.status = status
 
+    @property
+    def transient(self) -> bool:
+        """Worth retrying unchanged: throttling, a server error, or an API server still starting
+        (its admission answers 403 "not yet ready to handle request" until its caches are filled)."""
+        if self.status == 403:
+            return "not yet ready to handle request" in str(self)
+        return self.status in (429, 500, 502, 503, 504)
+
 
 def describe_api_exception(exc: ApiException, what: str) -> ApiError:
     """Turn the client's raw exception into one readable line with a hint."""

@@ -551,7 +551,8 @@ def operator_rbac(settings: Settings) -> list[Manifest]:
         {
             "apiVersion": "rbac.authorization.k8s.io/v1",
             "kind": "ClusterRole",
-            "metadata": {"name": OPERATOR_NAME, "labels": {"app": OPERATOR_NAME}},
+            # Named per namespace: two installs (say cellxgene and testing) must not share one.
+            "metadata": {"name": f"{OPERATOR_NAME}-{ns}", "labels": {"app": OPERATOR_NAME}},
             "rules": [
                 # kopf scans CRDs and namespaces at start-up to know what it may watch.
                 {"apiGroups": ["apiextensions.k8s.io"], "resources": ["customresourcedefinitions"], "verbs": ["get", "list", "watch"]},
@@ -561,8 +562,8 @@ def operator_rbac(settings: Settings) -> list[Manifest]:
         {
             "apiVersion": "rbac.authorization.k8s.io/v1",
             "kind": "ClusterRoleBinding",
-            "metadata": {"name": OPERATOR_NAME, "labels": {"app": OPERATOR_NAME}},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": OPERATOR_NAME},
+            "metadata": {"name": f"{OPERATOR_NAME}-{ns}", "labels": {"app": OPERATOR_NAME}},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": f"{OPERATOR_NAME}-{ns}"},
             "subjects": [{"kind": "ServiceAccount", "name": OPERATOR_NAME, "namespace": ns}],
         },
     ]

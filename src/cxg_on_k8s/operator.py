@@ -141,11 +141,13 @@ async def spawn(
         try:
             created = await asyncio.to_thread(memo.api.create_if_absent, child)
         except ApiError as exc:
-            if exc.status in (400, 403, 422):
+            if exc.status in (400, 403, 422) and not exc.transient:
                 patch.status.update(phase=api.Phase.FAILED.value, message=str(exc))
                 await asyncio.to_thread(memo.api.post_event, body, "Warning", api.Phase.FAILED.value, str(exc))
                 raise kopf.PermanentError(str(exc)) from None
             raise kopf.TemporaryError(str(exc), delay=5) from None
+        except Exception as exc:  # connection refused or reset: the API server is away, soon back
+            raise kopf.TemporaryError(f"creating {child['kind']} {namespace}/{name}: {exc}", delay=5) from None
         logger.debug("%s %s/%s", "created" if created else "kept existing", child["kind"], name)
     lifespan = model.lifespan or config.default_lifespan
     created_at = dt.datetime.fromisoformat(meta["creationTimestamp"].replace("Z", "+00:00"))

@@ -27,7 +27,7 @@ import kopf
 import kubernetes
 import requests
 
-from cxg_on_k8s.activity import parse_metrics
+from prometheus_client.parser import text_string_to_metric_families
 
 TICK = float(os.environ.get("K8_SUI_OP_TICK", "60"))
 TO_UNVIS = int(os.environ.get("K8_SUI_OP_TO_UNVIS", "300"))
@@ -60,7 +60,13 @@ def check_fn(spec: kopf.Spec, meta: kopf.Meta, name: str, namespace: str, logger
         CUSTOM.delete_namespaced_custom_object("cnag.eu", "v1", namespace, "singleuserinstances", name)
         return
     page = requests.get(METRICS_URL, timeout=5).text
-    counters = parse_metrics(page).get((namespace, name))
-    if counters is None and age > TO_UNVIS:
+    visits = sum(
+        sample.value
+        for family in text_string_to_metric_families(page)
+        for sample in family.samples
+        if sample.name.startswith("nginx_ingress_controller_requests")
+        and sample.labels.get("ingress") == name and sample.labels.get("namespace") == namespace
+    )
+    if not visits and age > TO_UNVIS:
         CUSTOM.delete_namespaced_custom_object("cnag.eu", "v1", namespace, "singleuserinstances", name)
         logger.info("deleted: never visited")

@@ -67,7 +67,9 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: lo
     # pod's event came first (operator restart) or a stale status write undid it.
     memo.pod_states = {}
     memo.announced = {}
-    memo.carry_lock = threading.Lock()
+    # One lock per instance: pod and instance events of one instance must not both announce,
+    # while hundreds of instances starting at once must not queue behind each other.
+    memo.carry_locks = {}
     memo.culler = Culler(config, handler, memo.instances)
     memo.culler.start()
     logger.info("operator configured for namespace %s, tick %.0f s", config.namespace, config.tick)
@@ -92,6 +94,7 @@ def remember(event: dict[str, Any], body: kopf.Body, memo: kopf.Memo, logger: lo
         memo.instances.pop(key, None)
         memo.pod_states.pop(key, None)
         memo.announced.pop(key, None)
+        memo.carry_locks.pop(key, None)
     else:
         memo.instances[key] = {
             "metadata": dict(body["metadata"]),
@@ -191,7 +194,7 @@ async def pod_changed(event: dict[str, Any], body: kopf.Body, memo: kopf.Memo, l
 def carry_pod_state(memo: kopf.Memo, key: tuple[str, str], logger: logging.Logger) -> None:
     """Write the pod's last news (memo.pod_states) into the instance's status unless it says so
     already; called on pod events and on instance events, so neither order loses it."""
-    with memo.carry_lock:
+    with memo.carry_locks.setdefault(key, threading.Lock()):
         instance = memo.instances.get(key)
         known = memo.pod_states.get(key)
         if not instance or not known:

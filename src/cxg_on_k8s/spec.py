@@ -190,21 +190,16 @@ def _structural(node: Any, defs: dict[str, Any]) -> Any:
             continue
         if key == "properties":
             out[key] = {name: _structural(sub, defs) for name, sub in value.items()}
-        elif key == "additionalProperties" and value is True or (
-            key == "additionalProperties" and value == {}
-        ):
-            out["x-kubernetes-preserve-unknown-fields"] = True
-        elif key == "additionalProperties" and value is False:
-            continue
+        elif key == "additionalProperties":
+            # dict[str, Any] comes as True or {}: a free-form object. False (extra="forbid") is
+            # what a structural schema does anyway, by pruning.
+            if value is True or value == {}:
+                out["type"] = "object"
+                out["x-kubernetes-preserve-unknown-fields"] = True
         elif key == "enum" and "type" not in node:
-            out[key] = value
-            out["type"] = "string"
-        elif key == "maxItems" or key == "minItems":
-            out[key] = value
+            out.update(enum=value, type="string")
         else:
             out[key] = _structural(value, defs)
-    if out.get("x-kubernetes-preserve-unknown-fields"):
-        out["type"] = "object"
     return out
 
 

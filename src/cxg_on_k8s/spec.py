@@ -109,7 +109,7 @@ class SingleUserInstanceSpec(BaseModel):
         None,
         alias="unvisitedTimeout",
         ge=0,
-        description="Seconds the instance may stay unvisited before it is removed; 0 = never.",
+        description="Seconds the instance may stay unvisited once Ready before it is removed; 0 = never.",
     )
     resources: Resources | None = Field(None, description="CPU and memory, capped by settings.")
     allowed_groups: list[str] | None = Field(

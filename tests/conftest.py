@@ -36,6 +36,12 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevCluster]:
         running.kubectl("apply", "--server-side", "-f", "-", input=yaml.safe_dump(api.crd()))
         running.kubectl("wait", "--for=condition=Established", f"crd/{api.CRD_NAME}", "--timeout=60s")
         yield running
+        # Kept for the record (README, notes): what the control plane needed for the whole suite.
+        ARTIFACTS.mkdir(exist_ok=True)
+        peaks = {name: proc.peak_rss_mib() for name, proc in running.processes.items()}
+        (ARTIFACTS / "devcluster-peak-rss.txt").write_text(
+            "".join(f"{name}\t{mib:.0f} MiB\n" for name, mib in peaks.items() if mib is not None)
+        )
 
 
 @pytest.fixture

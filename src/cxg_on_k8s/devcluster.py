@@ -164,6 +164,16 @@ class Process:
         except OSError:
             return "(no log)"
 
+    def peak_rss_mib(self) -> float | None:
+        """The process's peak resident memory (VmHWM), while it still runs."""
+        try:
+            for line in Path(f"/proc/{self.popen.pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+        except OSError:
+            return None
+        return None
+
     def stop(self, timeout: float = 10.0) -> None:
         if self.popen.poll() is not None:
             return
@@ -432,7 +442,12 @@ class DevCluster:
         return result
 
     def stop(self) -> None:
-        """Stop in reverse start order; an already dead process is fine."""
+        """Stop in reverse start order; an already dead process is fine. Peak memory of each
+        component is reported first, since it is only readable while the process lives."""
+        peaks = {name: proc.peak_rss_mib() for name, proc in self.processes.items()}
+        shown = ", ".join(f"{name} {mib:.0f} MiB" for name, mib in peaks.items() if mib is not None)
+        if shown:
+            self._say(f"peak RSS: {shown}")
         for name in reversed(list(self.processes)):
             self.processes.pop(name).stop()
 

@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import socket
 import threading
 import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from kubernetes import watch
@@ -29,8 +28,12 @@ from cxg_on_k8s.culler import Culler, parse_time
 from cxg_on_k8s.devcluster import free_port
 from cxg_on_k8s.settings import Settings
 from tests.conftest import wait_for
-from tests.metrics_server import MetricsServer, Mode, metrics_server
+from tests.metrics_server import MetricsServer, Mode, metrics_server, metrics_server_process
 
+if TYPE_CHECKING:
+    from tests.netns_hosts import NetnsHosts
+
+pytest_plugins = ["tests.netns_hosts"]  # the netns_test_hosts fixture
 pytestmark = pytest.mark.cluster
 
 OWNER = "ada@example.org"
@@ -91,18 +94,6 @@ def scrape_failures(port: int) -> float:
             if line.startswith("cxg_metrics_scrape_failures_total "):
                 return float(line.split()[1])
     raise AssertionError("the operator's /metrics has no cxg_metrics_scrape_failures_total")
-
-
-def host_address() -> str | None:
-    """This machine's non-loopback IPv4 address: the API server refuses loopback addresses in
-    EndpointSlices ("may not be in the loopback range")."""
-    try:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-            probe.connect(("192.0.2.254", 9))  # no packet is sent; this picks the route's source
-            address = probe.getsockname()[0]
-    except OSError:
-        return None
-    return None if address.startswith("127.") else address
 
 
 class InstanceWatch:
@@ -270,6 +261,7 @@ def unschedulable_instance(name: str, namespace: str, unvisited_timeout: int) ->
         "kind": api.KIND,
         "metadata": {"name": name, "namespace": namespace},
         "spec": {
+            "lifespan": 3600,
             "unvisitedTimeout": unvisited_timeout,
             "deployment": {
                 "apiVersion": "apps/v1",
@@ -363,37 +355,42 @@ def test_a_metrics_outage_pauses_idle_and_unvisited_culling_but_not_the_lifespan
 
 
 def test_replicas_behind_an_endpointslice_are_added_up(
-    namespace: str, k8s: K8ApiHandler, start_operator: Any, instance_watch: InstanceWatch
-) -> None:
-    """Two controller replicas; the owner's requests all land on the second one."""
-    address = host_address()
-    if address is None:
-        pytest.skip("no non-loopback IPv4 address for EndpointSlice endpoints")
-    with metrics_server(address, pod="controller-a") as replica_a, metrics_server(address, pod="controller-b") as replica_b:
+    namespace: str, k8s: K8ApiHandler, start_operator: Any, instance_watch: InstanceWatch,
+    netns_test_hosts: NetnsHosts,
+) -> None:  # fmt: skip
+    """Two controller replicas; the owner's requests all land on the second one.
+
+    The API server refuses loopback addresses in EndpointSlices, so the replicas run on two test
+    hosts in a network namespace of the test's own (tests/netns_hosts.py), on ingress-nginx's
+    port, and the operator scrapes them there through the veth pair."""
+    host_a, host_b = netns_test_hosts.addresses
+    inside = netns_test_hosts.exec_prefix
+    with (
+        metrics_server_process(host_a, 10254, pod="controller-a", prefix=inside) as replica_a,
+        metrics_server_process(host_b, 10254, pod="controller-b", prefix=inside) as replica_b,
+    ):
         k8s.core.create_namespaced_service(namespace, {
             "apiVersion": "v1", "kind": "Service", "metadata": {"name": "metrics"},
-            "spec": {"ports": [{"name": "metrics", "port": 10254}]},  # no selector: slices are ours
+            "spec": {"ports": [{"name": "metrics", "port": 10254}]},  # no selector: the slice is ours
         })  # fmt: skip
-        # Loopback addresses are refused in EndpointSlices, so both replicas listen on this host's
-        # address, on two ports: two slices, as the EndpointSlice controller makes for pods whose
-        # named port differs. A third, not-ready replica must not be scraped.
-        for replica, pod, ready in ((replica_a, "controller-a", True), (replica_b, "controller-b", True),
-                                    (replica_b, "controller-c", False)):  # fmt: skip
-            k8s.discovery.create_namespaced_endpoint_slice(namespace, {
-                "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-                "metadata": {"name": f"metrics-{pod}", "labels": {"kubernetes.io/service-name": "metrics"}},
-                "addressType": "IPv4",
-                "ports": [{"name": "metrics", "port": replica.port, "protocol": "TCP"}],
-                "endpoints": [{
-                    "addresses": [address], "conditions": {"ready": ready},
-                    "targetRef": {"kind": "Pod", "namespace": "ingress-nginx", "name": pod},
-                }],
-            })  # fmt: skip
+        # One slice, as the EndpointSlice controller makes it: two ready pods, and a third one on
+        # replica b's host that is not ready and must not be scraped (nor b scraped twice).
+        k8s.discovery.create_namespaced_endpoint_slice(namespace, {
+            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": "metrics-abc12", "labels": {"kubernetes.io/service-name": "metrics"}},
+            "addressType": "IPv4",
+            "ports": [{"name": "metrics", "port": 10254, "protocol": "TCP"}],
+            "endpoints": [{
+                "addresses": [address], "conditions": {"ready": ready},
+                "targetRef": {"kind": "Pod", "namespace": "ingress-nginx", "name": pod},
+            } for address, pod, ready in ((host_a, "controller-a", True), (host_b, "controller-b", True),
+                                          (host_b, "controller-c", False))],
+        })  # fmt: skip
 
-        assert endpointslice_urls(k8s.discovery, namespace, "metrics", "metrics") == sorted(
-            [replica_a.url, replica_b.url]
-        )
-        assert endpointslice_urls(k8s.discovery, namespace, "metrics", replica_b.port) == [replica_b.url]
+        both = sorted([replica_a.url, replica_b.url])
+        assert endpointslice_urls(k8s.discovery, namespace, "metrics", "metrics") == both
+        assert endpointslice_urls(k8s.discovery, namespace, "metrics", 10254) == both
+        assert endpointslice_urls(k8s.discovery, namespace, "metrics", 9913) == []
         assert endpointslice_urls(k8s.discovery, namespace, "metrics", "http") == []
         assert endpointslice_urls(k8s.discovery, namespace, "no-such-service", "metrics") == []
 
@@ -405,15 +402,16 @@ def test_replicas_behind_an_endpointslice_are_added_up(
         for _ in range(10):  # now every request lands on replica b
             replica_b.visit(namespace, name)
             replica_b.wait_scrapes(1)
-        print(f"measured: replica b busy {time.monotonic() - started:.1f} s, scrapes a={replica_a.scrapes} "
-              f"b={replica_b.scrapes}, idleTimeout 3 s, kept")
+        scrapes_a, scrapes_b = replica_a.scrapes, replica_b.scrapes
+        print(f"measured: replica b busy {time.monotonic() - started:.1f} s, scrapes a={scrapes_a} "
+              f"b={scrapes_b}, idleTimeout 3 s, kept")
         assert time.monotonic() - started > 3 * 3
         assert exists(k8s, name) and not instance_watch.was_deleted(name)
         # What kept it: replica b's requests, recorded after the idle timeout had passed.
         last_activity = parse_time(status(k8s, name)["lastActivity"])
         assert last_activity is not None and last_activity.timestamp() > started_wall + 3
         # Both replicas were read on every tick.
-        assert abs(replica_a.scrapes - replica_b.scrapes) <= 1, (replica_a.scrapes, replica_b.scrapes)
+        assert abs(scrapes_a - scrapes_b) <= 1, (scrapes_a, scrapes_b)
 
 
 def test_an_operator_restart_keeps_last_activity(

@@ -6,8 +6,9 @@ What the PoC did, kept here on purpose because the bench measures it:
   (``spec.deployment``, ``spec.service``, ``spec.ingress``, with the shared ``app=cellxgene``
   selector); ``@kopf.on.create`` adopts and creates the three, one API call each;
 * every instance has its own ``@kopf.timer(interval=tick)`` that checks the lifespan and then
-  fetches the *whole* ingress-nginx metrics page and parses it to find its own Ingress: N
-  instances make N scrapes and N parses of a page that grows with N every tick (O(N²));
+  fetches the *whole* ingress-nginx metrics page and parses it (prometheus_client's parser) to
+  find its own Ingress: N instances make N scrapes and N parses of a page that grows with N,
+  every tick (O(N²));
 * kopf's default settings (posting handler Events at INFO, sync handlers in the default
   executor), a module-level Kubernetes client.
 

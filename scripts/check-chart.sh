@@ -93,22 +93,6 @@ def load(path):
     return [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
 
 
-def namespace(settings):
-    # Same object as scripts/render-manifests.py writes to manifests/namespace.yaml.
-    return {
-        "apiVersion": "v1",
-        "kind": "Namespace",
-        "metadata": {
-            "name": settings.namespace,
-            "labels": {
-                "app": manifests.APP_LABEL,
-                "pod-security.kubernetes.io/warn": "restricted",
-                "pod-security.kubernetes.io/audit": "restricted",
-            },
-        },
-    }
-
-
 def normalise(doc, settings, problems):
     meta = doc.get("metadata", {})
     labels = {k: v for k, v in meta.get("labels", {}).items() if not k.startswith(HELM_LABEL_PREFIXES)}
@@ -118,7 +102,10 @@ def normalise(doc, settings, problems):
         # The builder passes only non-default settings, the chart passes all of them: compare
         # what the operator would read, not the list.
         container = doc["spec"]["template"]["spec"]["containers"][0]
-        env = {e["name"]: e["value"] for e in container.pop("env")}
+        entries = container.pop("env")
+        # Settings (CXG_*) are compared as the operator reads them; the rest (POD_ID) as they are.
+        env = {e["name"]: e.get("value") or "" for e in entries if e["name"].startswith("CXG_")}
+        container["otherEnv"] = sorted((e for e in entries if not e["name"].startswith("CXG_")), key=lambda e: e["name"])
         try:
             read = Settings.from_env(env)
         except Exception as exc:  # noqa: BLE001 - report, do not crash
@@ -166,8 +153,8 @@ s = Settings()
 ok = compare(
     "default",
     load(out / "default.yaml"),
-    [crd(), *manifests.operator_rbac(s), *manifests.portal_rbac(s),
-     manifests.operator_deployment(s, "cxg-on-k8s:0.1.0")],
+    [crd(), manifests.kopf_peering_crd(), *manifests.operator_rbac(s), *manifests.portal_rbac(s),
+     manifests.ingress_metrics_service(s), manifests.operator_deployment(s, "cxg-on-k8s:0.1.0")],
     s,
 )  # fmt: skip
 
@@ -185,7 +172,8 @@ cookie = manifests.oauth2_proxy_cookie_secret(s, "x" * 32)
 ok &= compare(
     "all-options",
     load(out / "all-options.yaml"),
-    [crd(), namespace(s), *manifests.operator_rbac(s), deploy, *manifests.oauth2_proxy(s), cookie],
+    [crd(), manifests.kopf_peering_crd(), manifests.namespace(s.namespace), *manifests.operator_rbac(s), deploy,
+     *manifests.oauth2_proxy(s), cookie],
     s,
 )
 sys.exit(0 if ok else 1)

@@ -3,7 +3,9 @@
 
 Every file written here is generated: the CRD from ``cxg_on_k8s.spec.crd()``, everything else from
 the ``cxg_on_k8s.manifests`` builders with default ``Settings()`` and the operator image
-``cxg-on-k8s:0.1.0``. Edit the builders, then run this script; never edit the output by hand.
+``cxg-on-k8s:0.1.0``, under the proof of concept's file names (``<kind>_<name>.yaml``). Edit the
+builders, then run this script; never edit the output by hand. YAML files in manifests/ (and the
+chart's crds/) that it no longer generates are removed (``--check`` names them).
 
     .venv/bin/python scripts/render-manifests.py           # (re)write the files
     .venv/bin/python scripts/render-manifests.py --check   # exit 1 and name the files that differ
@@ -30,6 +32,8 @@ ROOT = Path(__file__).resolve().parent.parent
 MANIFESTS = ROOT / "manifests"
 CHART = ROOT / "charts" / "cxg-on-k8s"
 CRD_FILE = "crd_single-user-instance.yaml"
+KOPF_CRD_FILE = "crd_kopf-peering.yaml"
+TESTING_NAMESPACE = "testing"
 OPERATOR_IMAGE = "cxg-on-k8s:0.1.0"
 
 # Chart values that are not Settings' defaults on purpose: namespace is a top-level value, and an
@@ -42,22 +46,15 @@ HEADER = (
 )
 
 
-def namespace(settings: Settings) -> dict[str, Any]:
-    """The instances' namespace. Viewer and operator pods meet the restricted Pod Security
-    Standard; it warns and audits rather than enforces, so that embedded-form instances rendered
-    by older clients still start."""
-    return {
-        "apiVersion": "v1",
-        "kind": "Namespace",
-        "metadata": {
-            "name": settings.namespace,
-            "labels": {
-                "app": manifests.APP_LABEL,
-                "pod-security.kubernetes.io/warn": "restricted",
-                "pod-security.kubernetes.io/audit": "restricted",
-            },
-        },
-    }
+SECRET_HEADER = (
+    "# A TEMPLATE: replace every REPLACE_ME, then `kubectl apply -f` a copy outside the repository\n"
+    "# (or use `kubectl create secret generic aws-cred-secret --from-literal=...`). Never applied by\n"
+    "# the kustomization: it would overwrite real credentials with the placeholders.\n"
+)
+TEMPLATE_HEADER = (
+    "# A sample SingleUserInstance: `kubectl create -f` it (after editing the owner and dataset), or\n"
+    "# copy it; the portal and `cxg-k8s deploy` give each instance a cellxgene-<uuid4> name.\n"
+)
 
 
 def dump_all(docs: list[dict[str, Any]]) -> str:
@@ -70,27 +67,43 @@ def crd_text() -> str:
     return yaml.safe_dump(crd(), sort_keys=False)
 
 
+# The proof of concept's file names, <kind>_<name>.yaml, and what each holds.
+KUSTOMIZED = [
+    "namespace_cellxgene.yaml",
+    CRD_FILE,
+    KOPF_CRD_FILE,
+    "serviceaccount_sui-operator.yaml",
+    "serviceaccount_omicsdm.yaml",
+    "service_ingress-nginx-controller_metrics.yaml",
+    "deployment_sui_operator.yaml",
+]
+
+
 def rendered(settings: Settings | None = None) -> dict[Path, str]:
     """Every generated file, by path, with its content."""
     settings = settings or Settings()
+    aws_secrets = [manifests.aws_secret_template(ns, settings) for ns in (settings.namespace, TESTING_NAMESPACE)]
     files = {
-        "namespace.yaml": dump_all([namespace(settings)]),
-        "operator-rbac.yaml": dump_all(manifests.operator_rbac(settings)),
-        "operator-deployment.yaml": dump_all([manifests.operator_deployment(settings, OPERATOR_IMAGE)]),
-        "portal-rbac.yaml": dump_all(manifests.portal_rbac(settings)),
+        "namespace_cellxgene.yaml": dump_all([manifests.namespace(settings.namespace)]),
+        # The PoC's namespace for tests; not part of an install.
+        "namespace_testing.yaml": dump_all([manifests.namespace(TESTING_NAMESPACE)]),
+        "serviceaccount_omicsdm.yaml": dump_all(manifests.portal_rbac(settings)),
+        "serviceaccount_sui-operator.yaml": dump_all(manifests.operator_rbac(settings)),
+        "secret_aws-cred.yaml": SECRET_HEADER + dump_all(aws_secrets),
+        KOPF_CRD_FILE: dump_all([manifests.kopf_peering_crd()]),
+        "service_ingress-nginx-controller_metrics.yaml": dump_all([manifests.ingress_metrics_service(settings)]),
+        "deployment_sui_operator.yaml": dump_all([manifests.operator_deployment(settings, OPERATOR_IMAGE)]),
+        "templates/sui_portal-form.yaml": TEMPLATE_HEADER + dump_all([manifests.sample_portal_instance(settings)]),
+        "templates/sui_embedded-form.yaml": TEMPLATE_HEADER + dump_all([manifests.sample_embedded_instance(settings)]),
     }
     kustomization = {
         "apiVersion": "kustomize.config.k8s.io/v1beta1",
         "kind": "Kustomization",
-        # No `namespace:` here on purpose: it would also move the metrics Role, which must live in
-        # the ingress controller's namespace. Every object names its namespace itself.
-        "resources": [
-            "namespace.yaml",
-            CRD_FILE,
-            "operator-rbac.yaml",
-            "portal-rbac.yaml",
-            "operator-deployment.yaml",
-        ],
+        # No `namespace:` here on purpose: it would also move the metrics Role and Service, which
+        # must live in the ingress controller's namespace. Every object names its namespace itself.
+        # Not listed: namespace_testing.yaml (tests), secret_aws-cred.yaml (placeholders that would
+        # overwrite real credentials) and templates/ (sample instances).
+        "resources": KUSTOMIZED,
     }
     out = {MANIFESTS / name: text for name, text in files.items()}
     out[MANIFESTS / "kustomization.yaml"] = (
@@ -98,7 +111,15 @@ def rendered(settings: Settings | None = None) -> dict[Path, str]:
     )
     out[MANIFESTS / CRD_FILE] = crd_text()
     out[CHART / "crds" / CRD_FILE] = crd_text()
+    out[CHART / "crds" / KOPF_CRD_FILE] = files[KOPF_CRD_FILE]
     return out
+
+
+def stale_files(files: dict[Path, str]) -> list[Path]:
+    """YAML files in the generated directories that the generator no longer writes (renamed or
+    dropped objects): they would still be applied by `kubectl apply -f manifests/`."""
+    found = [*MANIFESTS.rglob("*.yaml"), *(CHART / "crds").glob("*.yaml")]
+    return sorted(path for path in found if path not in files)
 
 
 def chart_settings_problems() -> list[str]:
@@ -138,6 +159,9 @@ def main(argv: list[str] | None = None) -> int:
             if not path.exists() or path.read_text() != text:
                 path.write_text(text)
                 print(f"wrote {path.relative_to(ROOT)}")
+        for path in stale_files(files):
+            path.unlink()
+            print(f"removed {path.relative_to(ROOT)} (no longer generated)")
         return 0
 
     drift = False
@@ -150,6 +174,9 @@ def main(argv: list[str] | None = None) -> int:
             sys.stderr.writelines(
                 difflib.unified_diff(current.splitlines(True), text.splitlines(True), rel, "generated", n=2)
             )
+    for path in stale_files(files):
+        drift = True
+        print(f"{path.relative_to(ROOT)} is not generated any more: remove it", file=sys.stderr)
     for problem in chart_settings_problems():
         drift = True
         print(f"charts/cxg-on-k8s/values.yaml: {problem}", file=sys.stderr)

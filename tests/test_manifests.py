@@ -695,7 +695,7 @@ def test_no_metrics_role_without_a_metrics_service() -> None:
 def test_operator_deployment_passes_only_non_default_settings() -> None:
     deploy = manifests.operator_deployment(SETTINGS, "registry.example.org/cxg-on-k8s:1.0")
     env = {
-        e["name"]: e["value"] for e in deploy["spec"]["template"]["spec"]["containers"][0]["env"]
+        e["name"]: e["value"] for e in deploy["spec"]["template"]["spec"]["containers"][0]["env"] if "value" in e
     }
     assert env["CXG_NAMESPACE"] == NS
     assert env["CXG_HOST_NAME"] == "cxg.example.org"

@@ -27,6 +27,7 @@ from cxg_on_k8s.api import ApiError, K8ApiHandler, describe_api_exception
 from cxg_on_k8s.devcluster import K8S_VERSION, DevCluster, default_bin_dir
 from cxg_on_k8s.settings import Settings
 from tests.conftest import REPO, OperatorProcess, wait_for
+from tests.test_policy import set_path
 
 OWNER = "alice@example.org"
 DATASET = "s3://omics-data/projects/p1/pbmc3k.h5ad"
@@ -665,7 +666,7 @@ def test_helm_chart_renders_objects_the_api_server_accepts(cluster: DevCluster, 
 def test_kustomize_install_is_accepted_by_the_api_server(cluster: DevCluster, install_namespaces: None) -> None:
     rendered = cluster.kubectl("kustomize", str(REPO / "manifests")).stdout
     docs = [d for d in yaml.safe_load_all(rendered) if d]
-    assert sum(d["kind"] == "CustomResourceDefinition" for d in docs) == 1
+    assert sorted(d["metadata"]["name"] for d in docs if d["kind"] == "CustomResourceDefinition") == sorted([api.CRD_NAME, "kopfpeerings.kopf.dev"])
     out = server_dry_run(cluster, rendered)
     for expected in ("customresourcedefinition.apiextensions.k8s.io/singleuserinstances.cnag.eu",
                      "deployment.apps/sui-operator", "serviceaccount/omicsdm", "rolebinding.rbac.authorization.k8s.io/sui-operator"):  # fmt: skip
@@ -759,3 +760,199 @@ def test_pocs_deploy_script_still_answers_help() -> None:
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "--owner" in result.stdout and "--dataset" in result.stdout
+
+
+# --- the embedded form's policy: refused at the API server or by the operator, never created ------------
+
+
+def embedded_spec(name: str, changes: dict[str, Any] | None = None, lifespan: int | None = 600) -> dict[str, Any]:
+    """The PoC's manifests for ``name`` with fields set by path (``deployment.spec.replicas``)."""
+    spec: dict[str, Any] = {**poc_manifests(name)}
+    if lifespan is not None:
+        spec["lifespan"] = lifespan
+    for path, value in (changes or {}).items():
+        set_path(spec, path, value)
+    return spec
+
+
+CONTAINER = "deployment.spec.template.spec.containers[0]"
+POD = "spec.deployment.spec.template.spec"
+
+INVALID = [
+    # (case, no lifespan?, field changes, refused by, words the error must contain)
+    ("embedded form without lifespan", True, {}, "api", ["spec.lifespan", "embedded form"]),
+    ("lifespan under a minute", False, {"lifespan": 30}, "api", ["spec.lifespan", "60"]),
+    ("a Pod in the deployment slot", False, {"deployment.kind": "Pod"}, "api",
+     ["spec.deployment.kind", '"Pod"', '"Deployment"']),
+    ("a Deployment in the service slot", False, {"service.kind": "Deployment"}, "api",
+     ["spec.service.kind", '"Service"']),
+    ("an old Ingress apiVersion", False, {"ingress.apiVersion": "extensions/v1beta1"}, "api",
+     ["spec.ingress.apiVersion", "networking.k8s.io/v1"]),
+    ("privileged container", False, {f"{CONTAINER}.securityContext.privileged": True}, "operator",
+     [f"{POD}.containers[0].securityContext.privileged is true", "set it to false"]),
+    ("privileged init container", False,
+     {"deployment.spec.template.spec.initContainers": [{"name": "i", "image": "busybox", "securityContext": {"privileged": True}}]},
+     "operator", [f"{POD}.initContainers[0].securityContext.privileged is true"]),
+    ("privileged ephemeral container", False,
+     {"deployment.spec.template.spec.ephemeralContainers": [{"name": "e", "image": "busybox", "securityContext": {"privileged": True}}]},
+     "operator", [f"{POD}.ephemeralContainers[0].securityContext.privileged is true"]),
+    ("privilege escalation", False, {f"{CONTAINER}.securityContext.allowPrivilegeEscalation": True}, "operator",
+     [f"{POD}.containers[0].securityContext.allowPrivilegeEscalation is true"]),
+    ("added capabilities", False, {f"{CONTAINER}.securityContext.capabilities": {"add": ["SYS_ADMIN"]}}, "operator",
+     [f"{POD}.containers[0].securityContext.capabilities.add", "SYS_ADMIN", "remove capabilities.add"]),
+    ("hostPath volume", False,
+     {"deployment.spec.template.spec.volumes": [{"name": "root", "hostPath": {"path": "/"}}]}, "operator",
+     [f"{POD}.volumes[0].hostPath", "emptyDir"]),
+    ("hostNetwork", False, {"deployment.spec.template.spec.hostNetwork": True}, "operator",
+     [f"{POD}.hostNetwork is true", "network namespace"]),
+    ("hostPID", False, {"deployment.spec.template.spec.hostPID": True}, "operator", [f"{POD}.hostPID is true"]),
+    ("hostIPC", False, {"deployment.spec.template.spec.hostIPC": True}, "operator", [f"{POD}.hostIPC is true"]),
+    ("hostPort", False, {f"{CONTAINER}.ports[0].hostPort": 80}, "operator",
+     [f"{POD}.containers[0].ports[0].hostPort is 80", "remove hostPort"]),
+    ("another service account", False, {"deployment.spec.template.spec.serviceAccountName": "sui-operator"},
+     "operator", [f"{POD}.serviceAccountName is 'sui-operator'", "remove serviceAccountName"]),
+    ("token forced on", False, {"deployment.spec.template.spec.automountServiceAccountToken": True}, "operator",
+     [f"{POD}.automountServiceAccountToken is true", "set it to false"]),
+    ("deployment in another namespace", False, {"deployment.metadata.namespace": "kube-system"}, "operator",
+     ["spec.deployment.metadata.namespace is 'kube-system'", "remove metadata.namespace"]),
+]  # fmt: skip
+
+
+def nothing_created(k8s: K8ApiHandler) -> dict[str, list[str]]:
+    """Every Deployment, Service, Ingress, NetworkPolicy and Pod in the namespace, by kind: {} when
+    none (whatever their labels: a refused manifest might have carried other ones)."""
+    ns = k8s.namespace
+    found = {
+        "Deployment": k8s.apps.list_namespaced_deployment(ns).items,
+        "Service": k8s.core.list_namespaced_service(ns).items,
+        "Ingress": k8s.networking.list_namespaced_ingress(ns).items,
+        "NetworkPolicy": k8s.networking.list_namespaced_network_policy(ns).items,
+        "Pod": k8s.core.list_namespaced_pod(ns).items,
+    }
+    return {kind: [i.metadata.name for i in items] for kind, items in found.items() if items}
+
+
+@pytest.mark.parametrize(
+    ("no_lifespan", "changes", "refused_by", "words"), [c[1:] for c in INVALID], ids=[c[0] for c in INVALID]
+)
+def test_invalid_embedded_specs_are_refused_naming_the_field(
+    k8s: K8ApiHandler,
+    start_operator: StartOperator,
+    no_lifespan: bool,
+    changes: dict[str, Any],
+    refused_by: str,
+    words: list[str],
+) -> None:
+    name = manifests.new_instance_name()
+    body = raw_body(k8s.namespace, embedded_spec(name, changes, lifespan=None if no_lifespan else 600), name)
+    if refused_by == "api":
+        with pytest.raises(ApiError) as caught:
+            k8s.create_custom_resource(body)
+        assert caught.value.status == 422
+        message = str(caught.value)
+        assert k8s.list_instances() == []
+    else:
+        start_operator()
+        create(k8s, body)
+        message = wait_phase(k8s, name, api.Phase.FAILED)["status"]["message"]
+        assert message.startswith(f"SingleUserInstance {k8s.namespace}/{name}: ")
+        event = wait_event(k8s, name, "Failed", "Warning")
+        assert words[0] in event.message
+        assert nothing_created(k8s) == {}
+    for word in words:
+        assert word in message, message
+
+
+def test_a_privileged_embedded_manifest_is_refused_and_nothing_is_created(
+    k8s: K8ApiHandler, start_operator: StartOperator
+) -> None:
+    operator = start_operator()
+    name = manifests.new_instance_name()
+    spec = embedded_spec(name, {f"{CONTAINER}.securityContext": {"privileged": True}})
+    create(k8s, raw_body(k8s.namespace, spec, name))
+    body = wait_phase(k8s, name, api.Phase.FAILED)
+    field = f"{POD}.containers[0].securityContext.privileged"
+    assert body["status"]["message"] == (
+        f"SingleUserInstance {k8s.namespace}/{name}: {field} is true: privileged containers are not allowed; "
+        "remove it or set it to false"
+    )
+    event = wait_event(k8s, name, "Failed", "Warning")
+    assert field in event.message
+    wait_for(lambda: "Handler 'spawn' failed permanently" in operator.text(), 10, "spawn to give up")
+    assert nothing_created(k8s) == {}
+    assert [e.reason for e in events_of(k8s, name)] == ["Failed"]  # never Starting, never Ready
+
+
+# --- children: used only if this instance owns them --------------------------------------------------
+
+
+def squatter_service(name: str, namespace: str, owner: dict[str, Any] | None) -> dict[str, Any]:
+    """A Service with the instance's name made by someone else (by hand, or owned by another object)."""
+    meta: dict[str, Any] = {"name": name, "namespace": namespace, "labels": {"made-by": "hand"}}
+    if owner:
+        meta["ownerReferences"] = [owner]
+    return {"apiVersion": "v1", "kind": "Service", "metadata": meta, "spec": {"ports": [{"port": 8080}]}}
+
+
+@pytest.mark.parametrize("held_by", ["nothing", "a ConfigMap"])
+def test_a_child_owned_by_something_else_fails_the_instance_without_takeover(
+    k8s: K8ApiHandler, start_operator: StartOperator, held_by: str
+) -> None:
+    start_operator()
+    name = manifests.new_instance_name()
+    owner = None
+    if held_by == "a ConfigMap":
+        keeper = k8s.core.create_namespaced_config_map(k8s.namespace, {"metadata": {"name": "keeper"}})
+        owner = {"apiVersion": "v1", "kind": "ConfigMap", "name": "keeper", "uid": keeper.metadata.uid}
+    k8s.create_if_absent(squatter_service(name, k8s.namespace, owner))
+    before = read_child(k8s, "Service", name)
+
+    create(k8s, instance_body(k8s.namespace, name))
+    body = wait_phase(k8s, name, api.Phase.FAILED)
+    holder = "nothing" if owner is None else "ConfigMap keeper"
+    expected = (
+        f"SingleUserInstance {k8s.namespace}/{name}: Service {k8s.namespace}/{name} already exists and is owned "
+        f"by {holder}, not by this instance, and is not taken over. Fix: delete it (kubectl -n {k8s.namespace} "
+        f"delete service {name}) or rename this instance, then create the instance again"
+    )
+    assert body["status"]["message"] == expected
+    event = wait_event(k8s, name, "Failed", "Warning")
+    assert event.message == expected
+
+    after = read_child(k8s, "Service", name)  # untouched: same object, same owners, same labels
+    assert after.metadata.uid == before.metadata.uid
+    assert after.metadata.resource_version == before.metadata.resource_version
+    assert [r.uid for r in after.metadata.owner_references or []] == ([owner["uid"]] if owner else [])
+    # checked before anything was created: nothing of the instance's own is left running
+    assert nothing_created(k8s) == {"Service": [name]}
+
+
+# --- events for every transition, and the time to Ready -------------------------------------------------
+
+
+def test_starting_and_ready_events_and_the_time_from_creation_to_ready(
+    k8s: K8ApiHandler, start_operator: StartOperator
+) -> None:
+    start_operator()
+    name = create(k8s, instance_body(k8s.namespace))
+    body = wait_phase(k8s, name, api.Phase.READY)
+    starting = wait_event(k8s, name, "Starting", "Normal")
+    ready = wait_event(k8s, name, "Ready", "Normal")
+    assert starting.message == (
+        f"creating Deployment, Service, Ingress, NetworkPolicy {k8s.namespace}/{name}; "
+        "waiting for the viewer to become ready"
+    )
+    assert starting.last_timestamp <= ready.last_timestamp
+
+    status = body["status"]
+    created = parse_time(body["metadata"]["creationTimestamp"])
+    seconds = status["startupSeconds"]
+    # readyAt and creationTimestamp are whole seconds; startupSeconds is measured in between
+    assert abs(seconds - (parse_time(status["readyAt"]) - created).total_seconds()) <= 1.0
+    assert 0 <= seconds < 60
+    assert status["message"] == f"the viewer is ready {seconds:.1f} s after creation"
+    assert ready.message == status["message"]
+    (condition,) = [c for c in status["conditions"] if c["type"] == "Ready"]
+    assert condition["message"] == status["message"]
+    # one of each (Event times have one-second resolution, so both may share a second)
+    assert sorted(e.reason for e in events_of(k8s, name)) == ["Ready", "Starting"]

@@ -9,25 +9,33 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import re
 import uuid
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 
 import kubernetes.client as k8s
+import urllib3
 import kubernetes.config as k8s_config
 from kubernetes.client.exceptions import ApiException
 
 from cxg_on_k8s import spec as api
 
 POC_ENV = ("K8_IP", "K8_PORT", "CLUSTER_ROOT_CERTIFICATE", "SERVICE_ACCOUNT", "ACCOUNT_TOKEN")
+NAMESPACE_PATTERN = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+T = TypeVar("T")
 
 
 class ApiError(RuntimeError):
-    """A Kubernetes call failed; the message names the object and what to do about it."""
+    """A Kubernetes call failed; the message names the object and what to do about it.
 
-    def __init__(self, message: str, status: int | None = None) -> None:
+    ``status`` and ``reason`` are the API's (e.g. 403, "Forbidden"); both are None when the API
+    server could not be reached or the call was refused before it was sent."""
+
+    def __init__(self, message: str, status: int | None = None, reason: str | None = None) -> None:
         super().__init__(message)
         self.status = status
+        self.reason = reason
 
     @property
     def transient(self) -> bool:
@@ -41,8 +49,10 @@ class ApiError(RuntimeError):
 def describe_api_exception(exc: ApiException, what: str) -> ApiError:
     """Turn the client's raw exception into one readable line with a hint."""
     hints = {
-        401: "the credentials were refused: check the token or kubeconfig user",
-        403: "the account lacks RBAC permission: install the RBAC with `cxg-k8s install`",
+        401: "the credentials were refused: check the token (it may have expired) or the kubeconfig user",
+        403: "the account lacks RBAC permission for this: check with `kubectl auth can-i`, and ask an "
+        "administrator to grant it or to install the RBAC (`cxg-k8s install`); the portal's account "
+        "may only manage SingleUserInstances",
         404: "it does not exist (or the CRD is not installed: `cxg-k8s install`)",
         409: "it already exists",
         422: "the API server rejected the content",
@@ -57,7 +67,22 @@ def describe_api_exception(exc: ApiException, what: str) -> ApiError:
         except (ValueError, AttributeError):
             detail = str(exc.body)[:300]
     hint = hints.get(exc.status or 0, "")
-    return ApiError(f"{what}: {exc.status} {reason}: {detail or hint}. {hint}".strip(), exc.status)
+    return ApiError(f"{what}: {exc.status} {reason}: {detail or hint}. {hint}".strip(), exc.status, reason or None)
+
+
+def call(what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Run one client call; any failure becomes an :class:`ApiError` naming ``what``."""
+    try:
+        return fn(*args, **kwargs)
+    except ApiException as exc:
+        raise describe_api_exception(exc, what) from None
+    except (urllib3.exceptions.HTTPError, OSError) as exc:
+        host = getattr(getattr(fn, "__self__", None), "api_client", None)
+        where = getattr(getattr(host, "configuration", None), "host", "the API server")
+        raise ApiError(
+            f"{what}: cannot reach {where}: {exc}. Check the address (K8_IP/K8_PORT or the kubeconfig's "
+            "server), the network, and that the API server is running"
+        ) from None
 
 
 def load_client(
@@ -70,20 +95,41 @@ def load_client(
     if kubeconfig or context or env.get("KUBECONFIG") or os.path.exists(os.path.expanduser("~/.kube/config")):
         return k8s_config.new_client_from_config(config_file=kubeconfig, context=context)
     if all(env.get(var) for var in ("K8_IP", "ACCOUNT_TOKEN")):
-        return token_client(
-            host=f"https://{env['K8_IP']}:{env.get('K8_PORT', '6443')}",
-            token=env["ACCOUNT_TOKEN"],
-            cert=env.get("CLUSTER_ROOT_CERTIFICATE"),
-        )
+        return token_client(host=poc_host(env), token=env["ACCOUNT_TOKEN"], cert=env.get("CLUSTER_ROOT_CERTIFICATE"))
     k8s_config.load_incluster_config()
     return k8s.ApiClient()
+
+
+def poc_host(env: Mapping[str, str]) -> str:
+    """The API server's URL from the PoC's K8_IP (an address, or a URL) and K8_PORT (6443)."""
+    address = env["K8_IP"].strip().rstrip("/")
+    if "://" not in address:
+        address = f"https://{address}"
+    if env.get("K8_PORT") and address.count(":") < 2:
+        address = f"{address}:{env['K8_PORT']}"
+    elif address.count(":") < 2:
+        address = f"{address}:6443"
+    return address
+
+
+def with_pool(client: k8s.ApiClient, size: int) -> k8s.ApiClient:
+    """``client`` keeping up to ``size`` connections open, for as many threads sharing it.
+
+    The default is 5 × CPUs; beyond it urllib3 opens a connection per request and drops it after
+    ("Connection pool is full, discarding connection"), so every such request pays a TLS handshake.
+    """
+    client.configuration.connection_pool_maxsize = size
+    client.rest_client = k8s.rest.RESTClientObject(client.configuration)
+    return client
 
 
 def token_client(host: str, token: str, cert: str | None) -> k8s.ApiClient:
     config = k8s.Configuration()
     config.host = host
-    config.api_key = {"authorization": token}
-    config.api_key_prefix = {"authorization": "Bearer"}
+    # The whole header value under the old key, no prefix: kubernetes-client 36 looks the key up
+    # as "BearerToken" with "authorization" as an alias but the prefix only under "BearerToken", so
+    # a prefix kept under "authorization" is dropped and the request goes out anonymous.
+    config.api_key = {"authorization": f"Bearer {token}"}
     if cert:
         config.ssl_ca_cert = cert
     return k8s.ApiClient(config)
@@ -120,32 +166,83 @@ class K8ApiHandler:
         self.discovery = k8s.DiscoveryV1Api(client)
 
     def change_namespace(self, namespace: str) -> None:
+        """Work in another namespace from now on (the PoC's call); the name is checked, not the
+        namespace's existence, which the portal's account may not be allowed to read."""
+        if not isinstance(namespace, str) or not NAMESPACE_PATTERN.match(namespace):
+            raise ApiError(
+                f"changing namespace to {namespace!r}: not a valid namespace name (lower-case letters, "
+                "digits and '-', at most 63 characters); give the namespace's name"
+            )
         self.namespace = namespace
 
-    # --- the PoC's calls -----------------------------------------------------------------------
+    # --- the PoC's calls: create, read and delete the children and custom resources ----------------
+    # Every one raises ApiError (status, reason, the object, what to do), never the client's own.
 
     def create_deployment(self, body: dict[str, Any]) -> Any:
-        return self.apps.create_namespaced_deployment(self._ns(body), body)
+        return call(self._what("creating", "Deployment", body), self.apps.create_namespaced_deployment, self._ns(body), body)
 
     def create_service(self, body: dict[str, Any]) -> Any:
-        return self.core.create_namespaced_service(self._ns(body), body)
+        return call(self._what("creating", "Service", body), self.core.create_namespaced_service, self._ns(body), body)
 
     def create_ingress(self, body: dict[str, Any]) -> Any:
-        return self.networking.create_namespaced_ingress(self._ns(body), body)
+        return call(self._what("creating", "Ingress", body), self.networking.create_namespaced_ingress, self._ns(body), body)
 
-    def create_custom_resource(self, body: dict[str, Any]) -> dict[str, Any]:
-        """Create a SingleUserInstance; the API server's schema and CEL errors come back readable."""
-        try:
-            return self.custom.create_namespaced_custom_object(api.GROUP, api.VERSION, self._ns(body), api.PLURAL, body)
-        except ApiException as exc:
-            what = f"creating SingleUserInstance {self._ns(body)}/{body.get('metadata', {}).get('name')}"
-            raise describe_api_exception(exc, what) from None
+    def create_custom_resource(
+        self, body: dict[str, Any], group: str = api.GROUP, version: str = api.VERSION, plural: str = api.PLURAL
+    ) -> dict[str, Any]:
+        """Create a custom resource (a SingleUserInstance unless told otherwise); the API server's
+        schema and CEL errors come back readable."""
+        what = self._what("creating", body.get("kind") or api.KIND, body)
+        return call(what, self.custom.create_namespaced_custom_object, group, version, self._ns(body), plural, body)
 
     def read_deployment(self, name: str) -> Any:
-        return self.apps.read_namespaced_deployment(name, self.namespace)
+        return call(f"reading Deployment {self.namespace}/{name}", self.apps.read_namespaced_deployment, name, self.namespace)
+
+    def read_service(self, name: str) -> Any:
+        return call(f"reading Service {self.namespace}/{name}", self.core.read_namespaced_service, name, self.namespace)
+
+    def read_ingress(self, name: str) -> Any:
+        return call(f"reading Ingress {self.namespace}/{name}", self.networking.read_namespaced_ingress, name, self.namespace)
+
+    def read_custom_resource(
+        self, name: str, group: str = api.GROUP, version: str = api.VERSION, plural: str = api.PLURAL
+    ) -> dict[str, Any]:
+        what = f"reading {plural}.{group} {self.namespace}/{name}"
+        return call(what, self.custom.get_namespaced_custom_object, group, version, self.namespace, plural, name)
+
+    def delete_deployment(self, name: str) -> Any:
+        return call(
+            f"deleting Deployment {self.namespace}/{name}", self.apps.delete_namespaced_deployment, name,
+            self.namespace, propagation_policy="Background",
+        )  # fmt: skip
+
+    def delete_service(self, name: str) -> Any:
+        return call(f"deleting Service {self.namespace}/{name}", self.core.delete_namespaced_service, name, self.namespace)
+
+    def delete_ingress(self, name: str) -> Any:
+        return call(f"deleting Ingress {self.namespace}/{name}", self.networking.delete_namespaced_ingress, name, self.namespace)
+
+    def delete_custom_resource(
+        self, name: str, group: str = api.GROUP, version: str = api.VERSION, plural: str = api.PLURAL
+    ) -> dict[str, Any]:
+        """Delete; an instance's children follow by garbage collection, its pod saves the user's
+        data first. A missing object is an ApiError 404 (``delete_instance`` tolerates it)."""
+        what = f"deleting {plural}.{group} {self.namespace}/{name}"
+        return call(
+            what, self.custom.delete_namespaced_custom_object, group, version, self.namespace, plural, name,
+            propagation_policy="Background",
+        )  # fmt: skip
 
     def list_pods(self, label_selector: str = "app=cellxgene") -> Any:
-        return self.core.list_namespaced_pod(self.namespace, label_selector=label_selector)
+        what = f"listing pods ({label_selector or 'all'}) in namespace {self.namespace}"
+        return call(what, self.core.list_namespaced_pod, self.namespace, label_selector=label_selector)
+
+    def list_services(self, label_selector: str = "app=cellxgene") -> Any:
+        what = f"listing services ({label_selector or 'all'}) in namespace {self.namespace}"
+        return call(what, self.core.list_namespaced_service, self.namespace, label_selector=label_selector)
+
+    def _what(self, verb: str, kind: str, body: Mapping[str, Any]) -> str:
+        return f"{verb} {kind} {self._ns(body)}/{body.get('metadata', {}).get('name') or '(no name)'}"
 
     # --- instances -----------------------------------------------------------------------------
 
@@ -234,3 +331,25 @@ class K8ApiHandler:
 
     def _ns(self, body: Mapping[str, Any]) -> str:
         return body.get("metadata", {}).get("namespace") or self.namespace
+
+    def read_owner_references(self, kind: str, namespace: str, name: str) -> list[dict[str, Any]] | None:
+        """An instance child's ownerReferences as dicts (kind, name, uid); [] when nobody owns it,
+        None when it does not exist. The operator takes over nothing it does not own."""
+        readers = {
+            "Deployment": self.apps.read_namespaced_deployment,
+            "Service": self.core.read_namespaced_service,
+            "Ingress": self.networking.read_namespaced_ingress,
+            "NetworkPolicy": self.networking.read_namespaced_network_policy,
+        }
+        if kind not in readers:
+            raise ApiError(f"{kind or 'an object without kind'} cannot be read by this handler")
+        try:
+            found = readers[kind](name, namespace)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise describe_api_exception(exc, f"reading {kind} {namespace}/{name}") from None
+        return [
+            {"kind": ref.kind, "name": ref.name, "uid": ref.uid}
+            for ref in (found.metadata.owner_references or [])
+        ]

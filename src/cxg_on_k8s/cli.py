@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from cxg_on_k8s import manifests
+from cxg_on_k8s import envfile, manifests
 from cxg_on_k8s import spec as api
 from cxg_on_k8s.api import ApiError, K8ApiHandler, load_client
 from cxg_on_k8s.settings import Settings, SettingsError
@@ -39,6 +39,15 @@ app = typer.Typer(
 )
 console = Console(stderr=True)
 out = Console()
+
+
+@app.callback()
+def read_env_file() -> None:
+    """Read the PoC's .env in the current directory (variables already set win)."""
+    try:
+        envfile.load(".env")
+    except (envfile.EnvFileError, OSError) as exc:
+        raise fail(f"cannot read .env: {exc}", EXIT_USAGE) from None
 
 
 class Output(str, Enum):
@@ -290,10 +299,17 @@ def cleanup(
 
 
 def install_objects(settings: Settings, image: str) -> list[dict[str, Any]]:
-    """What `install` applies, in order: namespace, CRD, RBAC, operator."""
-    namespace = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": settings.namespace}}
-    return [namespace, api.crd(), *manifests.operator_rbac(settings), *manifests.portal_rbac(settings),
+    """What `install` applies, in order: namespace, the CRDs (this project's and kopf's peering
+    CRD), RBAC, the ingress-nginx metrics Service (when metrics_service names one), operator."""
+    metrics = [manifests.ingress_metrics_service(settings)] if settings.metrics_service else []
+    return [manifests.namespace(settings.namespace), api.crd(), manifests.kopf_peering_crd(),
+            *manifests.operator_rbac(settings), *manifests.portal_rbac(settings), *metrics,
             manifests.operator_deployment(settings, image)]  # fmt: skip
+
+
+def crd_objects() -> list[dict[str, Any]]:
+    """`install --crd-only`: what an operator run from a laptop needs, peering included."""
+    return [api.crd(), manifests.kopf_peering_crd()]
 
 
 @app.command()
@@ -308,7 +324,7 @@ def install(
     from kubernetes.dynamic.exceptions import DynamicApiError
 
     settings = settings_or_exit()
-    objects = [api.crd()] if crd_only else install_objects(settings, image)
+    objects = crd_objects() if crd_only else install_objects(settings, image)
     dynamic = DynamicClient(load_client(kubeconfig, context))
     for obj in objects:
         resource = dynamic.resources.get(api_version=obj["apiVersion"], kind=obj["kind"])
@@ -320,18 +336,19 @@ def install(
             raise fail(f"applying {obj['kind']} {meta['name']}: {exc.summary()}") from None
         console.print(f"applied {obj['kind']} {meta.get('namespace', '') + '/' if meta.get('namespace') else ''}{meta['name']}")
     if crd_only:
-        wait_crd_established(dynamic)
+        for obj in objects:
+            wait_crd_established(dynamic, obj["metadata"]["name"])
 
 
-def wait_crd_established(dynamic: Any, timeout: float = 30) -> None:
+def wait_crd_established(dynamic: Any, name: str = api.CRD_NAME, timeout: float = 30) -> None:
     crds = dynamic.resources.get(api_version="apiextensions.k8s.io/v1", kind="CustomResourceDefinition")
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        conditions = crds.get(name=api.CRD_NAME).to_dict().get("status", {}).get("conditions", [])
+        conditions = crds.get(name=name).to_dict().get("status", {}).get("conditions", [])
         if any(c["type"] == "Established" and c["status"] == "True" for c in conditions):
             return
         time.sleep(0.2)
-    raise fail(f"CRD {api.CRD_NAME} not Established after {timeout:.0f} s", EXIT_TIMEOUT)
+    raise fail(f"CRD {name} not Established after {timeout:.0f} s", EXIT_TIMEOUT)
 
 
 @app.command()
@@ -340,16 +357,23 @@ def uninstall(
     kubeconfig: Kubeconfig = None,
     context: Context = None,
 ) -> None:
-    """Remove the operator, its RBAC and the CRD (which deletes every instance)."""
+    """Remove the operator, its RBAC and the CRD (which deletes every instance).
+
+    The namespace stays, and so does kopf's peering CRD, which other kopf operators may share."""
     from kubernetes.dynamic import DynamicClient
-    from kubernetes.dynamic.exceptions import NotFoundError
+    from kubernetes.dynamic.exceptions import NotFoundError, ResourceNotFoundError
 
     settings = settings_or_exit()
     if not yes and not typer.confirm("this deletes the CRD and with it every SingleUserInstance; continue?"):
         raise typer.Exit(EXIT_FAILED)
     dynamic = DynamicClient(load_client(kubeconfig, context))
-    for obj in reversed(install_objects(settings, "unused")[1:]):
-        resource = dynamic.resources.get(api_version=obj["apiVersion"], kind=obj["kind"])
+    kept = {("Namespace", settings.namespace), ("CustomResourceDefinition", manifests.KOPF_PEERING_CRD_NAME)}
+    objects = [o for o in install_objects(settings, "unused") if (o["kind"], o["metadata"]["name"]) not in kept]
+    for obj in [manifests.kopf_peering(settings), *reversed(objects)]:
+        try:
+            resource = dynamic.resources.get(api_version=obj["apiVersion"], kind=obj["kind"])
+        except ResourceNotFoundError:  # the KopfPeering kind, when its CRD is not installed
+            continue
         try:
             resource.delete(name=obj["metadata"]["name"], namespace=obj["metadata"].get("namespace"))
             console.print(f"deleted {obj['kind']} {obj['metadata']['name']}")
@@ -361,8 +385,9 @@ def uninstall(
 def operator(
     verbose: Annotated[bool, typer.Option(help="debug logging.")] = False,
     liveness: Annotated[str | None, typer.Option(help="liveness endpoint, e.g. http://0.0.0.0:8080/healthz.")] = None,
+    standalone: Annotated[bool, typer.Option(help="no kopf peering: work even while another operator for the namespace runs (default: peer, and pause while one with a higher priority, CXG_PEERING_PRIORITY, runs).")] = False,
 ) -> None:
-    """Run the operator in the foreground (in a pod, or locally against your kubeconfig)."""
+    """Run the operator in the foreground (in a pod, or locally); it pauses while one with a higher peering priority runs."""
     import asyncio
     import logging
 
@@ -372,7 +397,7 @@ def operator(
 
     settings = settings_or_exit()
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO)
-    asyncio.run(kopf.operator(namespaces=[settings.namespace], standalone=True, liveness_endpoint=liveness))
+    asyncio.run(kopf.operator(namespaces=[settings.namespace], standalone=standalone, liveness_endpoint=liveness))
 
 
 @app.command("keycloak-setup")

@@ -9,7 +9,9 @@ rate-limited, so a thousand expiries at once do not flood the API server.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import datetime as dt
+import functools
 import logging
 import time
 from collections.abc import Callable, MutableMapping
@@ -99,8 +101,13 @@ class Culler:
         handler: K8ApiHandler,
         instances: Instances,
         source: ActivitySource | None = None,
+        standby: Callable[[], str | None] | None = None,
     ) -> None:
         self.settings = settings
+        # kopf pauses its handlers in favour of a higher-priority peer, but not this loop: it asks
+        # ``standby`` before every pass and skips the pass while it gives a reason.
+        self.standby = standby
+        self.standing_by: str | None = None
         self.api = handler
         self.instances = instances
         self.source = source or MetricsSource(metrics_urls_provider(settings, handler), settings.metrics_timeout)
@@ -116,6 +123,9 @@ class Culler:
         self.last_pass: str | None = None
         self._task: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
+        # Threads of its own: behind a burst of creations in the shared executor, culling (and
+        # the liveness it reports) would wait for minutes. One more than the API slots: the scrape.
+        self._threads = concurrent.futures.ThreadPoolExecutor(API_CONCURRENCY + 1, thread_name_prefix="culler")
         self._api_slots = asyncio.Semaphore(API_CONCURRENCY)
         self._deletes = RateLimiter(settings.delete_rate)
 
@@ -126,11 +136,17 @@ class Culler:
         self._stop.set()
         if self._task:
             await self._task
+        self._threads.shutdown(wait=False)
+
+    async def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(*args)`` (a blocking API call or scrape) in the culler's own threads."""
+        return await asyncio.get_running_loop().run_in_executor(self._threads, functools.partial(fn, *args))
 
     async def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                await self.cull_once()
+                if not await self._standing_by():
+                    await self.cull_once()
             except Exception:  # one bad pass must not end culling for the operator's life
                 log.exception("culling pass failed; retrying next tick")
             try:
@@ -138,10 +154,21 @@ class Culler:
             except TimeoutError:
                 pass
 
+    async def _standing_by(self) -> bool:
+        """True while another operator has precedence; says so once when it starts and ends."""
+        reason = await self._call(self.standby) if self.standby else None
+        if reason != self.standing_by:
+            if reason:
+                log.info("culling paused: %s", reason)
+            else:
+                log.info("culling resumed: no operator with precedence is running")
+            self.standing_by = reason
+        return bool(reason)
+
     async def _scrape(self) -> tuple[bool, set[IngressKey]]:
         """(reliable, active ingresses). A failure is 'unknown', never 'nobody came'."""
         try:
-            snapshot = await asyncio.to_thread(self.source.scrape)
+            snapshot = await self._call(self.source.scrape)
         except Exception as exc:  # MetricsError, or any other source's failure: both are "unknown"
             if not isinstance(exc, MetricsError):
                 log.exception("activity source %r failed unexpectedly", self.source)
@@ -199,7 +226,7 @@ class Culler:
     async def _patch(self, key: tuple[str, str], status: dict[str, Any]) -> None:
         async with self._api_slots:
             try:
-                await asyncio.to_thread(self.api.patch_instance_status, key[1], status, key[0])
+                await self._call(self.api.patch_instance_status, key[1], status, key[0])
             except Exception as exc:  # an instance deleted meanwhile, or a transient API error
                 log.warning("could not update status of %s/%s: %s", key[0], key[1], exc)
 
@@ -213,11 +240,11 @@ class Culler:
         )
         async with self._api_slots:
             try:
-                await asyncio.to_thread(self._event, body, "Normal", "Culled", f"{reason}: {decision.message}")
+                await self._call(self._event, body, "Normal", "Culled", f"{reason}: {decision.message}")
             except Exception as exc:  # best effort: status.cullReason already says why
                 log.warning("could not post the Culled event of %s/%s: %s", key[0], key[1], exc)
             try:
-                await asyncio.to_thread(self.api.delete_instance, key[1], key[0])
+                await self._call(self.api.delete_instance, key[1], key[0])
             except Exception as exc:  # ApiError, a connection error, ...: decided again next tick
                 log.warning("could not cull %s/%s (retrying next tick): %s", key[0], key[1], exc)
                 return
@@ -234,7 +261,7 @@ class Culler:
         async def warn(key: tuple[str, str], body: dict[str, Any]) -> None:
             async with self._api_slots:
                 try:
-                    await asyncio.to_thread(self._event, body, "Warning", reason, message)
+                    await self._call(self._event, body, "Warning", reason, message)
                 except Exception as exc:  # an Event is best effort; the log line already says it
                     log.debug("could not post %s event: %s", reason, exc)
                     return

@@ -28,6 +28,16 @@ OAUTH2_PROXY_METRICS_PORT = 9091
 OPERATOR_NAME = "sui-operator"
 PORTAL_ACCOUNT = "omicsdm"
 NONROOT_UID = 1000
+# kopf's peering: the KopfPeering object the operators of one namespace meet in.
+PEERING_NAME = "cxg-on-k8s"
+KOPF_GROUP = "kopf.dev"
+KOPF_PEERING_PLURAL = "kopfpeerings"
+KOPF_PEERING_CRD_NAME = f"{KOPF_PEERING_PLURAL}.{KOPF_GROUP}"
+# The ingress-nginx controller's pods (the labels its official manifests and chart set) and the
+# port of its Prometheus metrics.
+INGRESS_CONTROLLER_LABELS = {"app.kubernetes.io/name": "ingress-nginx", "app.kubernetes.io/component": "controller"}
+INGRESS_METRICS_PORT = 10254
+PLACEHOLDER = "REPLACE_ME"
 
 NAME_PATTERN = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 
@@ -525,18 +535,26 @@ def oauth2_proxy_client_secret_manifest(settings: Settings, client_id: str, clie
 
 
 def operator_rbac(settings: Settings) -> list[Manifest]:
-    """Least privilege: the operator touches instances and their children in one namespace, reads
-    EndpointSlices of the metrics Service, and writes Events. Nothing cluster-wide but the CRD read."""
+    """Least privilege: exactly the verbs the operator uses, in one namespace, plus listing the
+    metrics Service's EndpointSlices. Nothing cluster-wide but the CRD and Namespace reads.
+
+    Instances: kopf lists and watches them and patches its annotations and the status, the culler
+    deletes. Children are read (whose are they? no takeover) and created when absent; garbage
+    collection deletes them. Pods
+    are watched for their readiness. Events are created. kopf's KopfPeering object is created at
+    start-up when absent, then listed, watched and patched (keep-alives) by kopf, and read by the
+    culling loop, which kopf's pause does not stop."""
     ns = settings.namespace
     meta = {"name": OPERATOR_NAME, "namespace": ns, "labels": {"app": OPERATOR_NAME}}
     rules = [
-        {"apiGroups": [api.GROUP], "resources": [api.PLURAL], "verbs": ["get", "list", "watch", "patch", "delete"]},
-        {"apiGroups": [api.GROUP], "resources": [f"{api.PLURAL}/status"], "verbs": ["get", "patch"]},
-        {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": ["get", "list", "watch", "create", "patch"]},
-        {"apiGroups": [""], "resources": ["services"], "verbs": ["get", "list", "watch", "create", "patch"]},
-        {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
-        {"apiGroups": ["networking.k8s.io"], "resources": ["ingresses", "networkpolicies"], "verbs": ["get", "list", "watch", "create", "patch"]},
-        {"apiGroups": ["", "events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
+        {"apiGroups": [api.GROUP], "resources": [api.PLURAL], "verbs": ["list", "watch", "patch", "delete"]},
+        {"apiGroups": [api.GROUP], "resources": [f"{api.PLURAL}/status"], "verbs": ["patch"]},
+        {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": ["get", "create"]},
+        {"apiGroups": [""], "resources": ["services"], "verbs": ["get", "create"]},
+        {"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch"]},
+        {"apiGroups": ["networking.k8s.io"], "resources": ["ingresses", "networkpolicies"], "verbs": ["get", "create"]},
+        {"apiGroups": ["", "events.k8s.io"], "resources": ["events"], "verbs": ["create"]},
+        {"apiGroups": [KOPF_GROUP], "resources": [KOPF_PEERING_PLURAL], "verbs": ["get", "list", "watch", "patch", "create"]},
     ]  # fmt: skip
     objects: list[Manifest] = [
         {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": meta},
@@ -554,9 +572,10 @@ def operator_rbac(settings: Settings) -> list[Manifest]:
             # Named per namespace: two installs (say cellxgene and testing) must not share one.
             "metadata": {"name": f"{OPERATOR_NAME}-{ns}", "labels": {"app": OPERATOR_NAME}},
             "rules": [
-                # kopf scans CRDs and namespaces at start-up to know what it may watch.
+                # kopf lists and watches CRDs and namespaces to know what it may watch; the operator
+                # reads kopf's peering CRD at start-up.
                 {"apiGroups": ["apiextensions.k8s.io"], "resources": ["customresourcedefinitions"], "verbs": ["get", "list", "watch"]},
-                {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get", "list", "watch"]},
+                {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["list", "watch"]},
             ],
         },  # fmt: skip
         {
@@ -575,7 +594,7 @@ def operator_rbac(settings: Settings) -> list[Manifest]:
                 "apiVersion": "rbac.authorization.k8s.io/v1",
                 "kind": "Role",
                 "metadata": metrics_meta,
-                "rules": [{"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["get", "list"]}],
+                "rules": [{"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["list"]}],
             },
             {
                 "apiVersion": "rbac.authorization.k8s.io/v1",
@@ -617,12 +636,17 @@ def portal_rbac(settings: Settings) -> list[Manifest]:
 
 
 def operator_deployment(settings: Settings, image: str) -> Manifest:
-    """The operator itself: one replica (kopf peering is off; a second would double-cull)."""
-    env = [
+    """The operator itself: one replica, non-root, with a liveness probe and bounded resources.
+
+    kopf peering (the KopfPeering object :data:`PEERING_NAME`) keeps a second operator for the
+    namespace (a laptop's, or a stray replica) paused while this one runs; POD_ID makes the pod's
+    name its identity there, so ``kubectl get kopfpeering -o yaml`` says which pod holds it."""
+    env: list[dict[str, Any]] = [
         {"name": f"CXG_{name.upper()}", "value": str(value)}
         for name, value in settings.model_dump().items()
         if value != Settings.model_fields[name].default
     ]
+    env.append({"name": "POD_ID", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}})
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -653,3 +677,196 @@ def operator_deployment(settings: Settings, image: str) -> Manifest:
             },
         },
     }  # fmt: skip
+
+
+# --- the install's other objects -----------------------------------------------------------------
+
+
+def namespace(name: str) -> Manifest:
+    """A namespace of this project (``cellxgene`` for instances, ``testing`` for tests). Viewer and
+    operator pods meet the restricted Pod Security Standard; it warns and audits rather than
+    enforces, so that embedded-form instances rendered by older clients still start."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": {
+            "name": name,
+            "labels": {
+                "app": APP_LABEL,
+                "pod-security.kubernetes.io/warn": "restricted",
+                "pod-security.kubernetes.io/audit": "restricted",
+            },
+        },
+    }
+
+
+def aws_secret_template(namespace: str, settings: Settings) -> Manifest:
+    """The Secret the viewer pods read S3 credentials from, with placeholder values: a template
+    to fill in, never to apply as it is (it would replace real credentials with REPLACE_ME)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": settings.aws_secret, "namespace": namespace, "labels": {"app": APP_LABEL}},
+        "type": "Opaque",
+        "stringData": {
+            "AWS_ACCESS_KEY_ID": PLACEHOLDER,
+            "AWS_SECRET_ACCESS_KEY": PLACEHOLDER,
+            # Optional; e.g. eu-west-1. Delete the line to use the AWS default.
+            "AWS_DEFAULT_REGION": PLACEHOLDER,
+        },
+    }
+
+
+def ingress_metrics_service(settings: Settings) -> Manifest:
+    """A Service in front of the ingress-nginx controllers' Prometheus port, so that the operator
+    finds every replica (its EndpointSlices) and a port-forward reaches one:
+    ``kubectl -n ingress-nginx port-forward svc/metrics 10254:80``. Its namespace/name is the
+    setting metrics_service (default ``ingress-nginx/metrics``); when that is empty, ``metrics``
+    in ingress_namespace."""
+    ns, _, name = settings.metrics_service.partition("/")
+    if not name:
+        ns, name = settings.ingress_namespace, "metrics"
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": name, "namespace": ns, "labels": {"app": OPERATOR_NAME}},
+        "spec": {
+            "type": "ClusterIP",
+            "selector": dict(INGRESS_CONTROLLER_LABELS),
+            "ports": [{"name": "metrics", "protocol": "TCP", "port": 80, "targetPort": INGRESS_METRICS_PORT}],
+        },
+    }
+
+
+def kopf_peering_crd() -> Manifest:
+    """kopf's namespaced peering CRD (``KopfPeering``, kopf.dev/v1), as kopf's own peering.yaml
+    defines it: a free-form status where every operator writes its keep-alive and priority."""
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": KOPF_PEERING_CRD_NAME},
+        "spec": {
+            "scope": "Namespaced",
+            "group": KOPF_GROUP,
+            "names": {"kind": "KopfPeering", "plural": KOPF_PEERING_PLURAL, "singular": "kopfpeering"},
+            "versions": [
+                {
+                    "name": "v1",
+                    "served": True,
+                    "storage": True,
+                    "schema": {
+                        "openAPIV3Schema": {
+                            "type": "object",
+                            "properties": {
+                                "status": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
+                            },
+                        }
+                    },
+                }
+            ],
+        },
+    }
+
+
+def kopf_peering(settings: Settings) -> Manifest:
+    """The KopfPeering object the operators of the namespace meet in; the operator creates it at
+    start-up when the CRD exists and it does not."""
+    return {
+        "apiVersion": f"{KOPF_GROUP}/v1",
+        "kind": "KopfPeering",
+        "metadata": {"name": PEERING_NAME, "namespace": settings.namespace, "labels": {"app": OPERATOR_NAME}},
+    }
+
+
+# --- sample instances (manifests/templates/) -------------------------------------------------------
+
+
+SAMPLE_OWNER = "alice@example.org"
+SAMPLE_DATASET = "s3://cellxgene/datasets/pbmc3k.h5ad"
+POC_AWS_CLI_IMAGE = "aws-cli:1.46.3"
+
+
+def sample_portal_instance(settings: Settings, name: str = "cellxgene-example-portal") -> Manifest:
+    """What the portal creates: the owner and the dataset; the operator renders the rest."""
+    return instance(name, settings.namespace, SAMPLE_OWNER, SAMPLE_DATASET, lifespan=3600, title="PBMC 3k")
+
+
+def poc_embedded_spec(name: str, namespace: str, owner: str, dataset_id: str, settings: Settings, lifespan: int = 3600) -> dict[str, Any]:
+    """The embedded form as the proof of concept's client rendered it: an aws-cli init container
+    syncs ``s3://<bucket>/cxg_on_k8/<user>/<dataset>/`` to /data, cellxgene serves it on 5005, a
+    preStop hook uploads the annotations and gene sets back; the Ingress carries the sign-in
+    annotations. The operator relabels the three so that each instance selects only its own pods."""
+    prefix = f"s3://{settings.s3_bucket}/{settings.user_data_prefix}/{owner}/{dataset_id}/"
+
+    def poc_labels() -> dict[str, str]:  # the PoC's one shared label (fresh dicts: no YAML anchors)
+        return {"app": APP_LABEL}
+
+    def data() -> list[dict[str, str]]:
+        return [{"name": "data", "mountPath": DATA_DIR}]
+
+    upload = (
+        f"aws s3 cp {ANNOTATIONS_FILE} {prefix}annotations.csv; "
+        f"aws s3 cp {GENE_SETS_FILE} {prefix}gene_sets.csv"
+    )
+    deployment = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name, "namespace": namespace, "labels": poc_labels()},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": poc_labels()},
+            "template": {
+                "metadata": {"labels": poc_labels()},
+                "spec": {
+                    "initContainers": [
+                        {
+                            "name": "fetch",
+                            "image": POC_AWS_CLI_IMAGE,
+                            "command": ["aws", "s3", "sync", prefix, f"{DATA_DIR}/"],
+                            "env": _aws_env(settings),
+                            "volumeMounts": data(),
+                        }
+                    ],
+                    "containers": [
+                        {
+                            "name": "cellxgene",
+                            "image": settings.cellxgene_image,
+                            "command": [
+                                "cellxgene", "launch", "--verbose", "-p", str(VIEWER_PORT), "--host", "0.0.0.0",
+                                f"{DATA_DIR}/{dataset_id}", "--annotations-file", ANNOTATIONS_FILE,
+                                "--gene-sets-file", GENE_SETS_FILE,
+                            ],  # fmt: skip
+                            "ports": [{"containerPort": VIEWER_PORT}],
+                            "env": _aws_env(settings),
+                            "volumeMounts": data(),
+                            "lifecycle": {"preStop": {"exec": {"command": ["sh", "-c", upload]}}},
+                        }
+                    ],
+                    "volumes": [{"name": "data", "emptyDir": {}}],
+                },
+            },
+        },
+    }
+    service = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": name, "namespace": namespace, "labels": poc_labels()},
+        "spec": {"selector": poc_labels(), "ports": [{"port": VIEWER_PORT, "targetPort": VIEWER_PORT}]},
+    }
+    portal_spec = api.SingleUserInstanceSpec(owner=owner, dataset=f"s3://{settings.s3_bucket}/{dataset_id}")
+    ingress_doc = ingress(name, namespace, portal_spec, settings)
+    ingress_doc["metadata"]["labels"] = poc_labels()
+    ingress_doc["spec"]["rules"][0]["http"]["paths"][0]["backend"] = {
+        "service": {"name": name, "port": {"number": VIEWER_PORT}}
+    }
+    return {"lifespan": lifespan, "deployment": deployment, "service": service, "ingress": ingress_doc}
+
+
+def sample_embedded_instance(settings: Settings, name: str = "cellxgene-example-embedded") -> Manifest:
+    """An embedded-form instance as the proof of concept's clients created them."""
+    return {
+        "apiVersion": api.API_VERSION,
+        "kind": api.KIND,
+        "metadata": {"name": name, "namespace": settings.namespace, "labels": labels(name)},
+        "spec": poc_embedded_spec(name, settings.namespace, SAMPLE_OWNER, "pbmc3k.h5ad", settings),
+    }

@@ -1,8 +1,9 @@
 """The kopf operator: thin handlers that wire the spec, the renderers, the API and the culler.
 
-* create/resume: check the spec against the operator's limits, render the children, adopt them
-  (ownerReferences: deletion never waits on the operator, no finalizers) and create what is
-  missing, so a handler that runs twice leaves one set of children;
+* create/resume: check the spec against the operator's limits and the embedded form's policy,
+  render the children, adopt them (ownerReferences: deletion never waits on the operator, no
+  finalizers) and create what is missing, so a handler that runs twice leaves one set of
+  children; an existing child that this instance does not own fails it (no takeover);
 * pod events move ``status.phase`` to Ready, or to Failed with the fetch step's message;
 * one culling loop per operator (not one timer per instance) scrapes activity once per tick and
   asks :func:`cxg_on_k8s.culling.decide` about every instance.
@@ -11,23 +12,29 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import datetime as dt
 import logging
 import threading
-from typing import Any
+from typing import Any, NoReturn
 
 import kopf
 import prometheus_client
 
 from cxg_on_k8s import manifests
 from cxg_on_k8s import spec as api
-from cxg_on_k8s.api import ApiError, K8ApiHandler, load_client, rfc3339, utcnow
-from cxg_on_k8s.culler import Culler
+from cxg_on_k8s.api import ApiError, K8ApiHandler, load_client, rfc3339, utcnow, with_pool
+from cxg_on_k8s.culler import API_CONCURRENCY, Culler
+from cxg_on_k8s.manifests import PEERING_NAME
+from cxg_on_k8s.peering import ensure_peering_object, standby_check
 from cxg_on_k8s.pod_status import pod_phase
 from cxg_on_k8s.settings import Settings
 
 log = logging.getLogger("cxg_on_k8s.operator")
 RESOURCE = (api.GROUP, api.VERSION, api.PLURAL)
+WORKERS = 32  # threads for blocking API calls (see configure)
+# Retries (5 s apart) of a child the API server rejects before the instance is Failed.
+REJECTION_RETRIES = 3
 
 
 @kopf.on.startup()
@@ -39,14 +46,17 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: lo
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=api.GROUP, key="last-handled-configuration"
     )
-    # One operator replica; peering would need a cluster-wide CRD of kopf's own.
-    settings.peering.standalone = True
     # Reconnect watches before load balancers silently drop them; back off on API errors.
     settings.watching.server_timeout = 270
     settings.watching.client_timeout = 300
     settings.networking.error_backoffs = [1, 2, 5, 10, 20]
     # Children are created through the sync client in threads: enough threads for a class of 500.
-    settings.execution.max_workers = 32
+    # kopf's executor runs the sync handlers; asyncio.to_thread (children, status, Events) runs in
+    # the loop's default one, which is only min(32, CPUs + 4) threads: 6 on a 2-core node.
+    settings.execution.max_workers = WORKERS
+    asyncio.get_running_loop().set_default_executor(
+        concurrent.futures.ThreadPoolExecutor(WORKERS, thread_name_prefix="api")
+    )
     # Handler errors are Events on the instance; chatty progress stays in the log.
     settings.posting.level = logging.WARNING
     config = Settings.from_env()
@@ -59,7 +69,22 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: lo
                 f"cannot serve operator metrics on port {config.operator_metrics_port}: {exc}; "
                 "free the port or set CXG_OPERATOR_METRICS_PORT (0 = off)"
             ) from exc
-    handler = K8ApiHandler(client=load_client(), namespace=config.namespace)
+    # A connection per thread (ours and the culler's): past the pool's size (default 5 × CPUs)
+    # urllib3 drops each extra connection after one request, and the next pays a TLS handshake.
+    handler = K8ApiHandler(client=with_pool(load_client(), WORKERS + API_CONCURRENCY + 2), namespace=config.namespace)
+    if not settings.peering.standalone:  # `cxg-k8s operator --standalone` / `kopf run --standalone`
+        # Peering as in the PoC: of the operators for this namespace only the highest-priority one
+        # works, the others pause while it lives (kopf's keep-alives in a KopfPeering object), so a
+        # laptop's operator (priority 0) yields to the in-cluster one (100) and a stray second
+        # replica cannot double-handle or double-cull. Not mandatory: where kopf's CRD is absent
+        # the operator still runs, with a warning. Namespaced (KopfPeering, not the cluster-wide
+        # kind): the operator holds no cluster-wide write permission, and namespaces are separate.
+        settings.peering.name = PEERING_NAME
+        settings.peering.mandatory = False
+        settings.peering.clusterwide = False
+        settings.peering.priority = config.effective_peering_priority()
+        await asyncio.to_thread(ensure_peering_object, handler, config, logger)
+        logger.info("peering %r in namespace %s with priority %d", PEERING_NAME, config.namespace, settings.peering.priority)
     memo.config = config
     memo.api = handler
     memo.instances = {}
@@ -70,7 +95,8 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: lo
     # One lock per instance: pod and instance events of one instance must not both announce,
     # while hundreds of instances starting at once must not queue behind each other.
     memo.carry_locks = {}
-    memo.culler = Culler(config, handler, memo.instances)
+    standby = standby_check(handler, config, settings.peering.priority) if not settings.peering.standalone else None
+    memo.culler = Culler(config, handler, memo.instances, standby=standby)
     memo.culler.start()
     logger.info("operator configured for namespace %s, tick %.0f s", config.namespace, config.tick)
 
@@ -117,6 +143,7 @@ async def spawn(
     patch: kopf.Patch,
     memo: kopf.Memo,
     logger: logging.Logger,
+    retry: int,
     **_: Any,
 ) -> None:
     """Create the instance's children, or the missing ones after a crash."""
@@ -124,34 +151,18 @@ async def spawn(
     if status.get("phase") in (api.Phase.FAILED.value, api.Phase.TERMINATING.value):
         return
     model = api.SingleUserInstanceSpec.model_validate(dict(spec))
-    problems = api.problems(model, config)
+    # The embedded form's policy runs here too: nothing is created for a refused spec.
+    problems = api.problems(model, config, namespace)
     if problems:
-        message = f"SingleUserInstance {namespace}/{name}: " + "; ".join(problems)
-        patch.status.update(phase=api.Phase.FAILED.value, message=message, observedGeneration=meta.get("generation"))
-        await asyncio.to_thread(memo.api.post_event, body, "Warning", api.Phase.FAILED.value, message)
-        raise kopf.PermanentError(message)
-    if not status.get("phase"):
-        # Written now, before any pod can exist: in the handler's patch (applied after the
-        # handler) it could land after the pod's Ready and step the phase back.
-        starting = {"phase": api.Phase.STARTING.value, "message": "creating the viewer; waiting for it to become ready"}
-        try:
-            await asyncio.to_thread(memo.api.patch_instance_status, name, starting, namespace)
-        except Exception as exc:  # the API's own exception types; all mean "try again"
-            raise kopf.TemporaryError(f"could not set phase Starting: {exc}", delay=5) from None
+        await _refuse(body, f"SingleUserInstance {namespace}/{name}: " + "; ".join(problems), meta, patch, memo)
     children = manifests.children(name, namespace, model, config)
     kopf.adopt(children, owner=body)
+    # Every child is checked before any is created: one that another owner holds fails the
+    # instance with nothing of its own left running. Children it already owns are kept.
+    owned: set[str] = set()
     for child in children:
-        try:
-            created = await asyncio.to_thread(memo.api.create_if_absent, child)
-        except ApiError as exc:
-            if exc.status in (400, 403, 422) and not exc.transient:
-                patch.status.update(phase=api.Phase.FAILED.value, message=str(exc))
-                await asyncio.to_thread(memo.api.post_event, body, "Warning", api.Phase.FAILED.value, str(exc))
-                raise kopf.PermanentError(str(exc)) from None
-            raise kopf.TemporaryError(str(exc), delay=5) from None
-        except Exception as exc:  # connection refused or reset: the API server is away, soon back
-            raise kopf.TemporaryError(f"creating {child['kind']} {namespace}/{name}: {exc}", delay=5) from None
-        logger.debug("%s %s/%s", "created" if created else "kept existing", child["kind"], name)
+        if await _owned(child, body, retry, meta, patch, memo):
+            owned.add(child["kind"])
     lifespan = model.lifespan or config.default_lifespan
     created_at = dt.datetime.fromisoformat(meta["creationTimestamp"].replace("Z", "+00:00"))
     update: dict[str, Any] = {
@@ -159,7 +170,74 @@ async def spawn(
         "expiresAt": rfc3339(created_at + dt.timedelta(seconds=lifespan)),
         "observedGeneration": meta.get("generation"),
     }
-    patch.status.update(update)
+    if not status.get("phase"):
+        # Written now, before any pod can exist: in the handler's patch (applied after the
+        # handler) it could land after the pod's Ready and step the phase back. With the URL
+        # and expiry in the same write: one status write (and watch event) less per instance.
+        starting = {"phase": api.Phase.STARTING.value, "message": "creating the viewer; waiting for it to become ready",
+                    **update}  # fmt: skip
+        try:
+            await asyncio.to_thread(memo.api.patch_instance_status, name, starting, namespace)
+        except Exception as exc:  # the API's own exception types; all mean "try again"
+            raise kopf.TemporaryError(f"could not set phase Starting: {exc}", delay=5) from None
+        # The transition's Event, for the same reason now: posted after the children, it could
+        # follow the Ready Event of a pod that starts within a second.
+        kinds = ", ".join(c["kind"] for c in children if c["kind"] not in owned)
+        news = f"creating {kinds} {namespace}/{name}; waiting for the viewer to become ready"
+        try:
+            await asyncio.to_thread(memo.api.post_event, body, "Normal", api.Phase.STARTING.value, news)
+        except Exception as exc:  # an Event is best effort: status.phase already says Starting
+            logger.warning("could not post the Starting event: %s", exc)
+    for child in children:
+        if child["kind"] in owned:
+            continue
+        try:
+            created = await asyncio.to_thread(memo.api.create_if_absent, child)
+        except ApiError as exc:
+            # A rejection is final only once it persists: an API server that is restarting answers
+            # 403 (admission not ready) or 422 (its IP allocator unreachable) for a moment.
+            if exc.status in (400, 403, 422) and not exc.transient and retry >= REJECTION_RETRIES:
+                patch.status.update(phase=api.Phase.FAILED.value, message=str(exc))
+                await asyncio.to_thread(memo.api.post_event, body, "Warning", api.Phase.FAILED.value, str(exc))
+                raise kopf.PermanentError(str(exc)) from None
+            raise kopf.TemporaryError(str(exc), delay=5) from None
+        except Exception as exc:  # connection refused or reset: the API server is away, soon back
+            raise kopf.TemporaryError(f"creating {child['kind']} {namespace}/{name}: {exc}", delay=5) from None
+        if not created and not await _owned(child, body, retry, meta, patch, memo):  # 409, then gone
+            raise kopf.TemporaryError(f"{child['kind']} {namespace}/{name} vanished; creating it again", delay=1)
+        logger.debug("%s %s/%s", "created" if created else "kept existing", child["kind"], name)
+    if status.get("phase") and any(status.get(key) != value for key, value in update.items()):
+        patch.status.update(update)  # a resumed instance written by an older operator
+
+
+async def _refuse(body: kopf.Body, message: str, meta: kopf.Meta, patch: kopf.Patch, memo: kopf.Memo) -> NoReturn:
+    """Failed for good: the message in status and in a Warning Event, and no retry."""
+    patch.status.update(phase=api.Phase.FAILED.value, message=message, observedGeneration=meta.get("generation"))
+    await asyncio.to_thread(memo.api.post_event, body, "Warning", api.Phase.FAILED.value, message)
+    raise kopf.PermanentError(message)
+
+
+# Tries (3 s apart) to wait for the garbage collector to remove the children of an earlier
+# instance of the same name before the name clash is reported as a conflict.
+PREDECESSOR_RETRIES = 20
+
+
+async def _owned(
+    child: dict[str, Any], body: kopf.Body, retry: int, meta: kopf.Meta, patch: kopf.Patch, memo: kopf.Memo
+) -> bool:
+    """True: the child exists and this instance owns it; False: it does not exist. A child owned
+    by something else (or by nothing) fails the instance: no takeover."""
+    kind, namespace, name = child["kind"], child["metadata"]["namespace"], child["metadata"]["name"]
+    try:
+        owners = await asyncio.to_thread(memo.api.read_owner_references, kind, namespace, name)
+    except Exception as exc:  # ApiError or a connection error: both mean "try again"
+        raise kopf.TemporaryError(f"checking the owner of {kind} {namespace}/{name}: {exc}", delay=5) from None
+    conflict = api.child_conflict(kind, namespace, name, owners, body["metadata"]["uid"], body["metadata"]["name"])
+    if conflict is None:
+        return owners is not None
+    if conflict.transient and retry < PREDECESSOR_RETRIES:
+        raise kopf.TemporaryError(conflict.message, delay=3)
+    await _refuse(body, f"SingleUserInstance {namespace}/{body['metadata']['name']}: {conflict.message}", meta, patch, memo)
 
 
 @kopf.on.update(*RESOURCE, field="spec.lifespan")
@@ -203,7 +281,24 @@ def carry_pod_state(memo: kopf.Memo, key: tuple[str, str], logger: logging.Logge
         current = instance.setdefault("status", {})
         if current.get("phase") in (phase.value, api.Phase.TERMINATING.value, api.Phase.FAILED.value):
             return
-        now = rfc3339(utcnow())
+        previous = memo.announced.get(key)
+        if previous and previous[0] == phase:
+            # Carried before, and a stale cached body (or status write) says otherwise: write the
+            # same news again, with the same times, and no second Event.
+            update = previous[1]
+            memo.api.patch_instance_status(key[1], update, key[0])
+            current.update(update)
+            return
+        moment = utcnow()
+        now = rfc3339(moment)
+        first_ready = phase == api.Phase.READY and not current.get("readyAt")
+        created = instance.get("metadata", {}).get("creationTimestamp")
+        startup = None
+        if first_ready and created:
+            # Time to Ready, for the user (message, Event) and for bench/ (status.startupSeconds).
+            elapsed = moment - dt.datetime.fromisoformat(created.replace("Z", "+00:00"))
+            startup = round(max(0.0, elapsed.total_seconds()), 1)
+            message = f"{message} {startup:.1f} s after creation"
         condition = {
             "type": "Ready",
             "status": "True" if phase == api.Phase.READY else "False",
@@ -212,12 +307,14 @@ def carry_pod_state(memo: kopf.Memo, key: tuple[str, str], logger: logging.Logge
             "lastTransitionTime": now,
         }
         update: dict[str, Any] = {"phase": phase.value, "message": message, "conditions": [condition]}
-        if phase == api.Phase.READY and not current.get("readyAt"):
+        if first_ready:
             update["readyAt"] = now
+        if startup is not None:
+            update["startupSeconds"] = startup
         memo.api.patch_instance_status(key[1], update, key[0])
         current.update(update)
-        if memo.announced.get(key) != phase:
-            memo.announced[key] = phase
-            event_type = "Normal" if phase == api.Phase.READY else "Warning"
-            memo.api.post_event({**instance, "apiVersion": api.API_VERSION, "kind": api.KIND}, event_type, phase.value, message)
+        # (phase, the status written): one Event per transition, and the same times if re-carried.
+        memo.announced[key] = (phase, update)
+        event_type = "Normal" if phase == api.Phase.READY else "Warning"
+        memo.api.post_event({**instance, "apiVersion": api.API_VERSION, "kind": api.KIND}, event_type, phase.value, message)
     logger.info("instance %s/%s is %s: %s", key[0], key[1], phase.value, message)

@@ -12,7 +12,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 ENV_PREFIX = "CXG_"
 
@@ -27,6 +27,9 @@ LEGACY_ENV = {
 
 IN_CLUSTER_METRICS_URL = "http://metrics.ingress-nginx.svc.cluster.local/metrics"
 LOCAL_METRICS_URL = "http://localhost:10254/metrics"
+# kopf peering priorities: the higher one works, the lower one pauses.
+IN_CLUSTER_PEERING_PRIORITY = 100
+LOCAL_PEERING_PRIORITY = 0
 
 
 class SettingsError(ValueError):
@@ -110,6 +113,13 @@ class Settings(BaseModel):
         description="Port of the operator's Prometheus /metrics (e.g. "
         "cxg_metrics_scrape_failures_total); 0 = off.",
     )
+    peering_priority: int | None = Field(
+        None,
+        description="kopf peering priority of this operator: of two operators for one namespace "
+        "only the higher-priority one works, the other pauses until it is gone (two with the same "
+        "priority both pause). Empty: 100 when running in a pod (KUBERNETES_SERVICE_HOST set), "
+        "else 0, so an in-cluster operator has priority over one run from a laptop.",
+    )
     termination_grace_period: int = Field(
         120,
         ge=10,
@@ -184,6 +194,19 @@ class Settings(BaseModel):
             return self.metrics_url
         env = os.environ if environ is None else environ
         return IN_CLUSTER_METRICS_URL if env.get("KUBERNETES_SERVICE_HOST") else LOCAL_METRICS_URL
+
+    @field_validator("peering_priority", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: Any) -> Any:
+        """An empty CXG_PEERING_PRIORITY (as the chart passes the default) means "unset"."""
+        return None if value == "" else value
+
+    def effective_peering_priority(self, environ: Mapping[str, str] | None = None) -> int:
+        """The setting, else 100 in a pod and 0 elsewhere (a laptop yields to the cluster)."""
+        if self.peering_priority is not None:
+            return self.peering_priority
+        env = os.environ if environ is None else environ
+        return IN_CLUSTER_PEERING_PRIORITY if env.get("KUBERNETES_SERVICE_HOST") else LOCAL_PEERING_PRIORITY
 
     @property
     def base_url(self) -> str:

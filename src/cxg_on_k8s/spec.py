@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from enum import Enum
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -35,6 +35,32 @@ FORM_MESSAGE = (
     "spec needs exactly one form: the portal form (spec.owner and spec.dataset) or the embedded "
     "form (spec.deployment, spec.service and spec.ingress), not both and not neither"
 )
+# The proof of concept required a lifespan with the embedded form; the portal form has a default.
+LIFESPAN_RULE = "!has(self.deployment) || has(self.lifespan)"
+LIFESPAN_MESSAGE = (
+    "the embedded form needs spec.lifespan (seconds the instance may live, at least 60): add it"
+)
+
+# The embedded form's three slots: (apiVersion, kind) each one takes, and nothing else.
+EMBEDDED_SLOTS = {
+    "deployment": ("apps/v1", "Deployment"),
+    "service": ("v1", "Service"),
+    "ingress": ("networking.k8s.io/v1", "Ingress"),
+}
+# Service accounts an embedded viewer may run as: the namespace's default (or none given, which
+# is the same). Any other account could carry RBAC that a client must not be able to borrow.
+ALLOWED_SERVICE_ACCOUNTS = ("", "default")
+
+
+def _slot_schema(schema: dict[str, Any], slot: str) -> None:
+    """An embedded manifest stays free-form, but its kind (and apiVersion, when given) is declared
+    so that the API server refuses a Pod in the deployment slot before the operator sees it."""
+    version, kind = EMBEDDED_SLOTS[slot]
+    schema["properties"] = {
+        "apiVersion": {"type": "string", "enum": [version]},
+        "kind": {"type": "string", "enum": [kind]},
+    }
+    schema["required"] = ["kind"]
 
 
 class Phase(str, Enum):
@@ -119,13 +145,21 @@ class SingleUserInstanceSpec(BaseModel):
         description="OIDC groups whose members may open the instance besides its owner.",
     )
     deployment: dict[str, Any] | None = Field(
-        None, description="Embedded form: the Deployment manifest the client rendered."
+        None,
+        description="Embedded form: the Deployment manifest the client rendered (kind Deployment; "
+        "refused if privileged, with host access or another service account: see the embedded-form "
+        "policy below).",
+        json_schema_extra=lambda schema: _slot_schema(schema, "deployment"),
     )
     service: dict[str, Any] | None = Field(
-        None, description="Embedded form: the Service manifest the client rendered."
+        None,
+        description="Embedded form: the Service manifest the client rendered (kind Service).",
+        json_schema_extra=lambda schema: _slot_schema(schema, "service"),
     )
     ingress: dict[str, Any] | None = Field(
-        None, description="Embedded form: the Ingress manifest the client rendered."
+        None,
+        description="Embedded form: the Ingress manifest the client rendered (kind Ingress).",
+        json_schema_extra=lambda schema: _slot_schema(schema, "ingress"),
     )
 
     @property
@@ -157,6 +191,12 @@ class SingleUserInstanceStatus(BaseModel):
     )
     cull_reason: str | None = Field(
         None, alias="cullReason", description="lifespan-exceeded, never-visited or idle."
+    )
+    startup_seconds: float | None = Field(
+        None,
+        alias="startupSeconds",
+        description="Seconds from creation to the first Ready (creationTimestamp has one-second "
+        "resolution: this may read up to a second more than it took).",
     )
     message: str | None = Field(None, description="Human-readable detail, e.g. why it failed.")
     conditions: list[Condition] | None = Field(None, description="Ready and Culled conditions.")
@@ -211,7 +251,10 @@ def _schema_of(model: type[BaseModel]) -> dict[str, Any]:
 def openapi_schema() -> dict[str, Any]:
     """The CRD's openAPIV3Schema for v1."""
     spec = _schema_of(SingleUserInstanceSpec)
-    spec["x-kubernetes-validations"] = [{"rule": FORM_RULE, "message": FORM_MESSAGE}]
+    spec["x-kubernetes-validations"] = [
+        {"rule": FORM_RULE, "message": FORM_MESSAGE},
+        {"rule": LIFESPAN_RULE, "message": LIFESPAN_MESSAGE},
+    ]
     status = _schema_of(SingleUserInstanceStatus)
     return {
         "type": "object",
@@ -284,12 +327,14 @@ def quantity(text: str) -> float:
     return float(match.group(1)) * _SUFFIX[match.group(2)]
 
 
-def problems(spec: SingleUserInstanceSpec, settings: Any) -> list[str]:
-    """What the API server's schema cannot know: limits that are operator settings.
+def problems(spec: SingleUserInstanceSpec, settings: Any, namespace: str | None = None) -> list[str]:
+    """What the API server's schema cannot know: limits that are operator settings, and the
+    embedded form's policy (:func:`embedded_problems`) for an instance in ``namespace`` (default:
+    the settings' namespace).
 
     Each problem names the field, the limit and the fix; an empty list means acceptable.
     """
-    found: list[str] = []
+    found: list[str] = embedded_problems(spec, namespace or settings.namespace)
     if spec.lifespan is not None and spec.lifespan > settings.max_lifespan:
         found.append(
             f"spec.lifespan {spec.lifespan} s exceeds the maximum {settings.max_lifespan} s "
@@ -304,6 +349,165 @@ def problems(spec: SingleUserInstanceSpec, settings: Any) -> list[str]:
                     f"(setting CXG_MAX_{field.upper()}); ask for less"
                 )
     return found
+
+
+def embedded_problems(spec: SingleUserInstanceSpec, namespace: str) -> list[str]:
+    """The embedded form's policy: refuse manifests that would raise privilege or leave the
+    instance's namespace. Pure; each problem names the exact field path and the fix.
+
+    Refused: a slot holding another kind (or apiVersion) than its own; a ``metadata.namespace``
+    other than the instance's; in the pod template, ``hostNetwork``/``hostPID``/``hostIPC``,
+    ``hostPath`` volumes, a service account other than the namespace's ``default``,
+    ``automountServiceAccountToken: true``, and in any container (``containers``,
+    ``initContainers``, ``ephemeralContainers``) ``privileged``, ``allowPrivilegeEscalation: true``,
+    ``capabilities.add``, ``hostPort`` and Windows ``hostProcess``.
+
+    ``automountServiceAccountToken`` left out is accepted: the proof of concept's clients never set
+    it, and the token is then the ``default`` account's, which this project binds to nothing. Set
+    to true it is refused: a viewer never talks to the API server, so asking for a token is asking
+    for access it does not need.
+    """
+    found: list[str] = []
+    for slot, (version, kind) in EMBEDDED_SLOTS.items():
+        doc = getattr(spec, slot)
+        if doc is None:
+            continue
+        where = f"spec.{slot}"
+        if doc.get("kind") != kind:
+            found.append(f"{where}.kind is {doc.get('kind')!r}: the {slot} slot takes a {kind} only; set kind: {kind}")
+        if "apiVersion" in doc and doc["apiVersion"] != version:
+            found.append(
+                f"{where}.apiVersion is {doc['apiVersion']!r}: the {slot} slot takes {version} {kind}; "
+                f"set apiVersion: {version}"
+            )
+        other = _mapping(doc.get("metadata")).get("namespace")
+        if other not in (None, "", namespace):
+            found.append(
+                f"{where}.metadata.namespace is {other!r}, not the instance's namespace {namespace!r}: "
+                f"children live next to their instance; remove metadata.namespace or set it to {namespace}"
+            )
+    template = _mapping(_mapping(_mapping(spec.deployment).get("spec")).get("template")).get("spec")
+    found += _pod_problems(_mapping(template), "spec.deployment.spec.template.spec")
+    return found
+
+
+_HOST_NAMESPACES = {"hostNetwork": "network", "hostPID": "process", "hostIPC": "IPC"}
+
+
+def _mapping(value: Any) -> dict[str, Any]:
+    """A manifest's sub-object, or {} where the client put nothing (or something malformed, which
+    the API server refuses with its own message when the child is created)."""
+    return value if isinstance(value, dict) else {}
+
+
+def _listed(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def _pod_problems(pod: dict[str, Any], where: str) -> list[str]:
+    found: list[str] = []
+    for field, shared in _HOST_NAMESPACES.items():
+        if pod.get(field) is True:
+            found.append(
+                f"{where}.{field} is true: a viewer must not share the node's {shared} namespace; "
+                "remove it or set it to false"
+            )
+    for field in ("serviceAccountName", "serviceAccount"):  # serviceAccount: the deprecated alias
+        account = pod.get(field)
+        if account is not None and account not in ALLOWED_SERVICE_ACCOUNTS:
+            found.append(
+                f"{where}.{field} is {account!r}: an embedded viewer runs as the namespace's default "
+                f"service account only; remove {field}"
+            )
+    if pod.get("automountServiceAccountToken") is True:
+        found.append(
+            f"{where}.automountServiceAccountToken is true: a viewer never talks to the Kubernetes "
+            "API; remove it or set it to false"
+        )
+    if _mapping(_mapping(pod.get("securityContext")).get("windowsOptions")).get("hostProcess") is True:
+        found.append(
+            f"{where}.securityContext.windowsOptions.hostProcess is true: host processes are not "
+            "allowed; remove it"
+        )
+    for i, volume in enumerate(_listed(pod.get("volumes"))):
+        if "hostPath" in _mapping(volume):
+            found.append(
+                f"{where}.volumes[{i}].hostPath: directories of the node are not allowed; use an "
+                "emptyDir (the pod fetches its data from S3) instead"
+            )
+    for group in ("containers", "initContainers", "ephemeralContainers"):
+        for i, container in enumerate(_listed(pod.get(group))):
+            found += _container_problems(_mapping(container), f"{where}.{group}[{i}]")
+    return found
+
+
+def _container_problems(container: dict[str, Any], where: str) -> list[str]:
+    found: list[str] = []
+    security = _mapping(container.get("securityContext"))
+    if security.get("privileged") is True:
+        found.append(
+            f"{where}.securityContext.privileged is true: privileged containers are not allowed; "
+            "remove it or set it to false"
+        )
+    if security.get("allowPrivilegeEscalation") is True:
+        found.append(
+            f"{where}.securityContext.allowPrivilegeEscalation is true: a viewer must not gain "
+            "privileges; remove it or set it to false"
+        )
+    added = _mapping(security.get("capabilities")).get("add")
+    if added:
+        found.append(
+            f"{where}.securityContext.capabilities.add is {added!r}: added capabilities are not "
+            "allowed; remove capabilities.add (drop: [ALL] is what a viewer needs)"
+        )
+    if _mapping(security.get("windowsOptions")).get("hostProcess") is True:
+        found.append(
+            f"{where}.securityContext.windowsOptions.hostProcess is true: host processes are not "
+            "allowed; remove it"
+        )
+    for j, port in enumerate(_listed(container.get("ports"))):
+        if _mapping(port).get("hostPort"):
+            found.append(
+                f"{where}.ports[{j}].hostPort is {_mapping(port)['hostPort']}: ports of the node are "
+                "not allowed (the viewer is reached through its Service and Ingress); remove hostPort"
+            )
+    return found
+
+
+class Conflict(NamedTuple):
+    """Why an existing object cannot serve as an instance's child; transient: it belongs to an
+    earlier instance of the same name and the garbage collector is about to remove it."""
+
+    message: str
+    transient: bool = False
+
+
+def child_conflict(
+    kind: str,
+    namespace: str,
+    name: str,
+    owners: list[dict[str, Any]] | None,
+    instance_uid: str,
+    instance_name: str,
+) -> Conflict | None:
+    """Whether an instance may use the existing ``kind namespace/name`` whose ownerReferences are
+    ``owners`` (None: it does not exist). Only what the instance owns is used: nothing is taken
+    over, so an instance can never capture another's (or a hand-made) Deployment or Ingress."""
+    if owners is None or any(ref.get("uid") == instance_uid for ref in owners):
+        return None
+    what = f"{kind} {namespace}/{name}"
+    if any(ref.get("kind") == KIND and ref.get("name") == instance_name for ref in owners):
+        return Conflict(
+            f"{what} belongs to an earlier SingleUserInstance of the same name and waits for the "
+            "garbage collector; if it stays, delete it or give the instance another name",
+            transient=True,
+        )
+    holders = ", ".join(f"{ref.get('kind')} {ref.get('name')}" for ref in owners) or "nothing"
+    return Conflict(
+        f"{what} already exists and is owned by {holders}, not by this instance, and is not taken "
+        f"over. Fix: delete it (kubectl -n {namespace} delete {kind.lower()} {name}) or rename this "
+        "instance, then create the instance again"
+    )
 
 
 def markdown_cell(text: str) -> str:

@@ -33,9 +33,12 @@ an empty userdata_image replaced by the operator image.
 {{/*
 A setting as an environment string. Helm reads numbers from values files as floats, which print as
 1e+06 past six digits; whole numbers are printed as integers so that the operator parses them.
+null is printed as the empty string.
 */}}
 {{- define "cxg.envValue" -}}
-{{- if and (kindIs "float64" .) (eq (floor .) .) -}}
+{{- if kindIs "invalid" . -}}
+{{- /* null (e.g. peering_priority): empty, which the operator reads as "unset" */ -}}
+{{- else if and (kindIs "float64" .) (eq (floor .) .) -}}
 {{- int64 . -}}
 {{- else -}}
 {{- . -}}

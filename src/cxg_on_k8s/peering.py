@@ -1,0 +1,110 @@
+"""kopf peering, as in the proof of concept: of the operators serving one namespace, only the one
+with the highest priority works; the others pause until it is gone.
+
+kopf does the pausing itself (its watchers stop handing events to handlers). This module holds what
+kopf leaves to the operator: the peering object must exist before anyone can meet in it, and a
+missing peering CRD is only a warning (peering is not mandatory), because a cluster without it still
+deserves a working operator — just not two of them.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from cxg_on_k8s import manifests
+from cxg_on_k8s.api import ApiError, K8ApiHandler, call
+from cxg_on_k8s.settings import Settings
+
+
+def ensure_peering_object(handler: K8ApiHandler, settings: Settings, logger: logging.Logger) -> bool:
+    """Create the namespace's KopfPeering object when kopf's CRD exists and the object does not.
+
+    True when peering can work; False (with a warning saying what to do) when the CRD is absent or
+    the object cannot be created. Never raises: the operator runs either way.
+    """
+    try:
+        call(f"reading CRD {manifests.KOPF_PEERING_CRD_NAME}", handler.extensions.read_custom_resource_definition,
+             manifests.KOPF_PEERING_CRD_NAME)  # fmt: skip
+    except ApiError as exc:
+        if exc.status == 404:
+            logger.warning(
+                "kopf's peering CRD %s is not installed: running without peering, so a second operator "
+                "for namespace %s would handle every instance too. Install it with `cxg-k8s install` or "
+                "`kubectl apply -f manifests/crd_kopf-peering.yaml`.",
+                manifests.KOPF_PEERING_CRD_NAME, settings.namespace,
+            )  # fmt: skip
+        else:
+            logger.warning("cannot tell whether kopf's peering CRD is installed (%s); peering may not work", exc)
+        return False
+    body = manifests.kopf_peering(settings)
+    what = f"creating KopfPeering {settings.namespace}/{manifests.PEERING_NAME}"
+    created = True
+    try:
+        call(what, handler.custom.create_namespaced_custom_object, manifests.KOPF_GROUP, "v1", settings.namespace,
+             manifests.KOPF_PEERING_PLURAL, body)  # fmt: skip
+    except ApiError as exc:
+        if exc.status == 409:
+            created = False
+        else:
+            logger.warning(
+                "cannot create the peering object KopfPeering %s/%s (%s): peering works only if it exists; "
+                "grant the operator `create` on kopfpeerings.kopf.dev or create it yourself",
+                settings.namespace, manifests.PEERING_NAME, exc,
+            )  # fmt: skip
+            return False
+    if created:
+        logger.info("created the peering object KopfPeering %s/%s", settings.namespace, manifests.PEERING_NAME)
+    return True
+
+
+def outranked(peers: Mapping[str, Any], priority: int, now: dt.datetime) -> str | None:
+    """Why an operator with ``priority`` should stand by, from a KopfPeering's status, or None.
+
+    kopf's own rule: a live peer with a higher priority pauses this one; two live peers with the
+    same priority pause each other. This operator's own record counts as one of the latter, so
+    "more than one at my priority" means another one is there. A record is live until its
+    ``lastseen`` plus ``lifetime`` (seconds, 60 when absent) has passed.
+    """
+    live: list[tuple[str, int]] = []
+    for identity, record in peers.items():
+        if not isinstance(record, Mapping):
+            continue
+        try:
+            seen = dt.datetime.fromisoformat(str(record["lastseen"]).replace("Z", "+00:00"))
+            if seen.tzinfo is None:
+                seen = seen.replace(tzinfo=dt.UTC)
+            lifetime = float(record.get("lifetime", 60))
+            peer_priority = int(record.get("priority", 0))
+        except (KeyError, TypeError, ValueError):
+            continue
+        if seen + dt.timedelta(seconds=lifetime) > now:
+            live.append((identity, peer_priority))
+    higher = sorted(identity for identity, p in live if p > priority)
+    if higher:
+        return f"operator(s) with a higher priority than {priority} are running: {', '.join(higher)}"
+    same = sorted(identity for identity, p in live if p == priority)
+    if len(same) > 1:
+        return f"operators with the same priority {priority} are running: {', '.join(same)}"
+    return None
+
+
+def standby_check(handler: K8ApiHandler, settings: Settings, priority: int) -> Callable[[], str | None]:
+    """For the culling loop, which kopf does not pause: the reason to skip a pass, or None.
+
+    Reads the KopfPeering object once per tick; when it cannot be read (no CRD, no object, an API
+    error) kopf does not peer either, and neither does this check.
+    """
+
+    def check() -> str | None:
+        try:
+            body = handler.custom.get_namespaced_custom_object(
+                manifests.KOPF_GROUP, "v1", settings.namespace, manifests.KOPF_PEERING_PLURAL, manifests.PEERING_NAME
+            )
+        except Exception:  # noqa: BLE001 - absent or unreadable: not peering, so not paused
+            return None
+        return outranked(body.get("status") or {}, priority, dt.datetime.now(dt.UTC))
+
+    return check

@@ -1,0 +1,206 @@
+"""kopf peering, as in the proof of concept: of two operators for one namespace only the one with
+the higher priority works; the other pauses, and takes over when the first one stops.
+
+Real operators (``cxg-k8s operator`` processes) against the real control plane, with kopf's own
+peering CRD installed for this module only (it is removed afterwards, so that the rest of the
+session runs as a cluster without it would).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from cxg_on_k8s import manifests
+from cxg_on_k8s import spec as api
+from cxg_on_k8s.api import ApiError, K8ApiHandler
+from cxg_on_k8s.devcluster import DevCluster, free_port
+from cxg_on_k8s.peering import outranked
+from cxg_on_k8s.settings import Settings
+from tests import service_accounts
+from tests.conftest import OperatorProcess, _healthy, wait_for
+
+StartOperator = Callable[..., OperatorProcess]
+OWNER = "alice@example.org"
+DATASET = "s3://omics-data/projects/p1/pbmc3k.h5ad"
+# kopf's own log lines (kopf/_core/engines/peering.py), what an administrator sees.
+PAUSED = "Pausing operations in favour of"
+RESUMED = "Resuming operations after the pause"
+SPAWNED = "Handler 'spawn' succeeded"
+
+
+# --- helpers ---------------------------------------------------------------------------------------
+
+
+def install_peering_crd(cluster: DevCluster) -> None:
+    crd = manifests.kopf_peering_crd()
+    cluster.kubectl("apply", "--server-side", "-f", "-", input=yaml.safe_dump(crd))
+    cluster.kubectl("wait", "--for=condition=Established", f"crd/{manifests.KOPF_PEERING_CRD_NAME}", "--timeout=60s")
+
+
+def remove_peering_crd(cluster: DevCluster) -> None:
+    cluster.kubectl("delete", "crd", manifests.KOPF_PEERING_CRD_NAME, "--ignore-not-found", "--wait=true", "--timeout=60s")
+
+
+@pytest.fixture
+def peering_crd(cluster: DevCluster) -> Iterator[None]:
+    install_peering_crd(cluster)
+    yield
+    remove_peering_crd(cluster)
+
+
+def create_instance(k8s: K8ApiHandler) -> str:
+    name = manifests.new_instance_name()
+    k8s.create_custom_resource(manifests.instance(name, k8s.namespace, OWNER, DATASET))
+    return name
+
+
+def wait_ready(k8s: K8ApiHandler, name: str, timeout: float = 60) -> dict[str, Any]:
+    def ready() -> dict[str, Any] | None:
+        body = k8s.get_instance(name)
+        return body if body.get("status", {}).get("phase") == api.Phase.READY.value else None
+
+    return wait_for(ready, timeout, f"SingleUserInstance {k8s.namespace}/{name} to be Ready")
+
+
+def peering_status(k8s: K8ApiHandler) -> dict[str, Any]:
+    try:
+        body = k8s.custom.get_namespaced_custom_object(
+            manifests.KOPF_GROUP, "v1", k8s.namespace, manifests.KOPF_PEERING_PLURAL, manifests.PEERING_NAME
+        )
+    except Exception:  # noqa: BLE001 - not there yet
+        return {}
+    return body.get("status") or {}
+
+
+def priorities(k8s: K8ApiHandler) -> list[int]:
+    return sorted(record["priority"] for record in peering_status(k8s).values())
+
+
+def start_cli_operator(cluster: DevCluster, namespace: str, log: Path, *args: str) -> OperatorProcess:
+    """``cxg-k8s operator ARGS`` with the conftest fixture's settings, for options it does not pass."""
+    port = free_port()
+    env = {
+        **os.environ, "KUBECONFIG": str(cluster.kubeconfig), "CXG_NAMESPACE": namespace, "CXG_URL_SCHEME": "http",
+        "CXG_HOST_NAME": "cxg.localtest", "CXG_METRICS_SERVICE": "", "CXG_METRICS_URL": "http://127.0.0.1:9/metrics",
+        "CXG_OPERATOR_METRICS_PORT": "0",
+    }  # fmt: skip
+    with log.open("wb") as handle:
+        popen = subprocess.Popen(
+            [sys.executable, "-m", "cxg_on_k8s", "operator", "--liveness", f"http://127.0.0.1:{port}/healthz", *args],
+            env=env, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    proc = OperatorProcess(popen, log, env)
+    wait_for(lambda: _healthy(port) or popen.poll() is not None, 60, "the operator's liveness endpoint")
+    assert popen.poll() is None, proc.text()[-3000:]
+    return proc
+
+
+# --- the decision the culling loop shares with kopf (pure) ------------------------------------------
+
+
+NOW = dt.datetime(2025, 1, 1, 12, 0, tzinfo=dt.UTC)
+
+
+def record(priority: int, seen_ago: float = 5, lifetime: int = 60) -> dict[str, Any]:
+    return {"priority": priority, "lifetime": lifetime, "lastseen": (NOW - dt.timedelta(seconds=seen_ago)).isoformat()}
+
+
+@pytest.mark.parametrize(
+    ("peers", "priority", "expected"),
+    [
+        ({}, 0, None),
+        ({"me": record(0)}, 0, None),
+        ({"me": record(0), "pod-a": record(100)}, 0, "higher priority than 0 are running: pod-a"),
+        ({"pod-a": record(100), "laptop": record(0)}, 100, None),
+        ({"me": record(0), "other": record(0)}, 0, "same priority 0 are running: me, other"),
+        ({"me": record(0), "pod-a": record(100, seen_ago=61)}, 0, None),  # its keep-alive expired
+        ({"me": record(0), "pod-a": record(100, lifetime=0)}, 0, None),  # it said goodbye
+        ({"me": record(0), "junk": {"priority": "x"}}, 0, None),
+    ],
+    ids=["nobody", "alone", "outranked", "outranking", "same-priority", "expired", "goodbye", "unreadable"],
+)
+def test_outranked_follows_kopfs_rule(peers: dict[str, Any], priority: int, expected: str | None) -> None:
+    reason = outranked(peers, priority, NOW)
+    if expected is None:
+        assert reason is None
+    else:
+        assert reason is not None and expected in reason
+
+
+def test_peering_priority_defaults_to_100_in_a_pod_and_0_elsewhere() -> None:
+    assert Settings().effective_peering_priority({"KUBERNETES_SERVICE_HOST": "10.0.0.1"}) == 100
+    assert Settings().effective_peering_priority({}) == 0
+    assert Settings(peering_priority=7).effective_peering_priority({"KUBERNETES_SERVICE_HOST": "10.0.0.1"}) == 7
+    assert Settings.from_env({"CXG_PEERING_PRIORITY": ""}).peering_priority is None  # as the chart passes it
+
+
+# --- real operators against the real control plane ------------------------------------------------------
+
+
+def test_without_the_peering_crd_the_operator_warns_and_works(
+    cluster: DevCluster, k8s: K8ApiHandler, start_operator: StartOperator
+) -> None:
+    remove_peering_crd(cluster)
+    operator = start_operator()
+    name = create_instance(k8s)
+    wait_ready(k8s, name)
+    log = operator.text()
+    assert f"kopf's peering CRD {manifests.KOPF_PEERING_CRD_NAME} is not installed: running without peering" in log
+    assert "cxg-k8s install" in log
+
+
+def test_the_higher_priority_operator_works_and_the_lower_one_takes_over_when_it_stops(
+    cluster: DevCluster, k8s: K8ApiHandler, start_operator: StartOperator, peering_crd: None, tmp_path: Path
+) -> None:
+    ns = k8s.namespace
+    # The in-cluster one runs with nothing but its own service account: its RBAC covers peering.
+    rbac = manifests.operator_rbac(Settings(namespace=ns, metrics_service=""))
+    service_accounts.apply(cluster, rbac)
+    try:
+        sa_kubeconfig = service_accounts.kubeconfig(cluster, ns, manifests.OPERATOR_NAME, tmp_path / "sa.kubeconfig")
+        high = start_operator(kubeconfig=sa_kubeconfig, peering_priority=100)
+        wait_for(lambda: priorities(k8s) == [100], 30, "the in-cluster operator's keep-alive in the KopfPeering")
+        low = start_operator(peering_priority=0, tick=1)
+        wait_for(lambda: PAUSED in low.text(), 30, "the laptop operator to pause in favour of the other")
+        wait_for(lambda: priorities(k8s) == [0, 100], 30, "both keep-alives")
+        # kopf pauses handlers; the culling loop, which kopf does not know, stands by too
+        wait_for(lambda: "culling paused: operator(s) with a higher priority than 0" in low.text(), 30, "the culler to stand by")
+
+        first = create_instance(k8s)
+        wait_ready(k8s, first)
+        assert SPAWNED in high.text() and first in high.text()
+        assert first not in low.text(), low.text()[-3000:]
+        assert "Forbidden" not in high.text() and " 403" not in high.text(), high.text()[-3000:]
+
+        high.stop()
+        wait_for(lambda: RESUMED in low.text(), 30, "the laptop operator to resume")
+        wait_for(lambda: priorities(k8s) == [0], 30, "the stopped operator's record to be gone")
+        second = create_instance(k8s)
+        wait_ready(k8s, second)
+        assert SPAWNED in low.text() and second in low.text()
+        wait_for(lambda: "culling resumed" in low.text(), 30, "the culler to resume")
+    finally:
+        service_accounts.delete_cluster_scoped(cluster, rbac)
+
+
+def test_standalone_ignores_peering(cluster: DevCluster, k8s: K8ApiHandler, peering_crd: None, tmp_path: Path) -> None:
+    """`cxg-k8s operator --standalone`, the old behaviour: no peering object, no keep-alives."""
+    operator = start_cli_operator(cluster, k8s.namespace, tmp_path / "standalone.log", "--standalone")
+    try:
+        name = create_instance(k8s)
+        wait_ready(k8s, name)
+        with pytest.raises(ApiError) as missing:
+            k8s.read_custom_resource(manifests.PEERING_NAME, manifests.KOPF_GROUP, "v1", manifests.KOPF_PEERING_PLURAL)
+        assert missing.value.status == 404
+        assert "peering" not in operator.text().lower(), operator.text()[-3000:]
+    finally:
+        operator.stop()

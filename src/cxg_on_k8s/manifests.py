@@ -260,23 +260,21 @@ def ingress(name: str, namespace: str, spec: api.SingleUserInstanceSpec, setting
         "apiVersion": "networking.k8s.io/v1",
         "kind": "Ingress",
         "metadata": _metadata(name, namespace, name, annotations=annotations),
-        "spec": {
-            "ingressClassName": settings.ingress_class,
-            "rules": [
-                {
-                    "host": ingress_host(settings),
-                    "http": {
-                        "paths": [
-                            {
-                                "path": f"/{name}(/|$)(.*)",
-                                "pathType": "ImplementationSpecific",
-                                "backend": {"service": {"name": name, "port": {"name": "http"}}},
-                            }
-                        ]
-                    },
-                }
-            ],
-        },
+        "spec": _ingress_spec(settings, f"/{name}(/|$)(.*)", "ImplementationSpecific", name),
+    }
+
+
+def _ingress_spec(settings: Settings, path: str, path_type: str, service_name: str) -> dict[str, Any]:
+    """One host, one path, to a Service's port named http: every Ingress this project makes."""
+    backend = {"service": {"name": service_name, "port": {"name": "http"}}}
+    return {
+        "ingressClassName": settings.ingress_class,
+        "rules": [
+            {
+                "host": ingress_host(settings),
+                "http": {"paths": [{"path": path, "pathType": path_type, "backend": backend}]},
+            }
+        ],
     }
 
 
@@ -478,25 +476,7 @@ def oauth2_proxy(settings: Settings) -> list[Manifest]:
         "apiVersion": "networking.k8s.io/v1",
         "kind": "Ingress",
         "metadata": {**meta, "annotations": {"nginx.ingress.kubernetes.io/proxy-buffer-size": "64k"}},
-        "spec": {
-            "ingressClassName": settings.ingress_class,
-            "rules": [
-                {
-                    "host": ingress_host(settings),
-                    "http": {
-                        "paths": [
-                            {
-                                "path": "/oauth2",
-                                "pathType": "Prefix",
-                                "backend": {
-                                    "service": {"name": OAUTH2_PROXY_NAME, "port": {"name": "http"}}
-                                },
-                            }
-                        ]
-                    },
-                }
-            ],
-        },
+        "spec": _ingress_spec(settings, "/oauth2", "Prefix", OAUTH2_PROXY_NAME),
     }
     return [deploy, svc, ing]
 

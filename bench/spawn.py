@@ -58,7 +58,6 @@ import tempfile
 import threading
 import time
 import urllib.request
-import uuid
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -484,7 +483,8 @@ def table(results: list[dict[str, Any]]) -> str:
         rows.append(
             f"| {r['operator']} | {r['n']} | {fmt(r['client_create_s'])} | {ppm('children')} | {ppm('pod_ready')} "
             f"| {ppm('ready')} | {fmt(r['all_ready_wall_s'])} | {fmt(r['operator_cpu_s'])} "
-            f"| {fmt(r['operator_peak_rss_mib'], 0)} | {fmt(r['api_requests_per_instance'])} "
+            f"| {fmt(r['operator_peak_rss_mib'], 0)} | {fmt(r['api_requests_per_instance'])}"
+            f"{'' if r['ready']['count'] == r['n'] else ' (unfinished)'} "
             f"| {fmt(r.get('server_cpu_s'))} | {fmt(r['steady_cpu_s_per_tick'], 2)} | {fmt(r['steady_requests_per_tick'])} |"
         )
     return "\n".join(rows)
@@ -501,13 +501,14 @@ def ratios(results: list[dict[str, Any]]) -> str:
             continue
 
         def ratio(a: float | None, b: float | None) -> str:
-            return "—" if not a or not b else f"{a / b:.2f}"
+            return "—" if not a or not b else f"{a / b:.2g}"
 
         rows.append(
             f"| {n} | {ratio(ours['all_ready_wall_s'], poc['all_ready_wall_s'])} "
-            f"| {ratio(ours['ready']['p95'], poc['ready']['p95'])} | {ratio(ours['operator_cpu_s'], poc['operator_cpu_s'])} "
+            f"| {ratio(ours['ready']['p95'], poc['ready']['p95'] if poc['all_ready_wall_s'] else None)} "
+            f"| {ratio(ours['operator_cpu_s'], poc['operator_cpu_s'])} "
             f"| {ratio(ours['operator_peak_rss_mib'], poc['operator_peak_rss_mib'])} "
-            f"| {ratio(ours['api_requests_per_instance'], poc['api_requests_per_instance'])} "
+            f"| {ratio(ours['api_requests_per_instance'], poc['api_requests_per_instance'] if poc['all_ready_wall_s'] else None)} "
             f"| {ratio(ours['steady_cpu_s_per_tick'], poc['steady_cpu_s_per_tick'])} |"
         )
     return "\n".join(rows)

@@ -33,7 +33,7 @@ from cxg_on_k8s import spec as api
 from cxg_on_k8s.api import K8ApiHandler, load_client
 from cxg_on_k8s.devcluster import DevCluster
 from tests.conftest import OperatorProcess, _healthy, wait_for
-from tests.metrics_server import MetricsServer, Mode, metrics_server
+from tests.metrics_server import Mode, metrics_server
 
 OWNER = "alice@example.org"
 DATASET = "s3://omics-data/projects/p1/pbmc3k.h5ad"
@@ -245,39 +245,56 @@ def test_flapping_metrics_cull_nobody_wrongly(cluster: DevCluster, k8s: K8ApiHan
 
 
 class DeletionWatch:
-    """Every instance deletion as a watch delivers it: when (wall clock) and the last status."""
+    """Every instance deletion as a watch delivers it: when (wall clock) and the last status.
+
+    The watch resumes from the last resourceVersion it saw when the API server ends it or answers
+    an error (a fresh API server says 429 "storage is (re)initializing" for a moment)."""
 
     def __init__(self, k8s: K8ApiHandler) -> None:
         self.k8s = k8s
         self.deleted: dict[str, tuple[float, dict[str, Any]]] = {}
-        self._watch = watch.Watch()
-        version = k8s.custom.list_namespaced_custom_object(api.GROUP, api.VERSION, k8s.namespace, api.PLURAL)
-        self._version = version["metadata"]["resourceVersion"]
+        self.errors: list[str] = []
+        self._stopped = False
+        self._watch: watch.Watch | None = None
+        listed = k8s.custom.list_namespaced_custom_object(api.GROUP, api.VERSION, k8s.namespace, api.PLURAL)
+        self._version = listed["metadata"]["resourceVersion"]
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
-        stream = self._watch.stream(
-            self.k8s.custom.list_namespaced_custom_object, api.GROUP, api.VERSION, self.k8s.namespace, api.PLURAL,
-            resource_version=self._version, timeout_seconds=900,
-        )  # fmt: skip
-        for event in stream:
-            if event["type"] == "DELETED":
-                obj = event["object"]
-                self.deleted[obj["metadata"]["name"]] = (time.time(), obj.get("status", {}))
+        while not self._stopped:
+            self._watch = watch.Watch()
+            try:
+                stream = self._watch.stream(
+                    self.k8s.custom.list_namespaced_custom_object, api.GROUP, api.VERSION, self.k8s.namespace,
+                    api.PLURAL, resource_version=self._version, timeout_seconds=300,
+                )  # fmt: skip
+                for event in stream:
+                    obj = event["object"]
+                    if event["type"] == "ERROR":
+                        raise RuntimeError(f"watch error: {obj}")
+                    self._version = obj["metadata"]["resourceVersion"]
+                    if event["type"] == "DELETED":
+                        self.deleted[obj["metadata"]["name"]] = (time.time(), obj.get("status", {}))
+            except Exception as exc:  # ended or refused: resume from the last version seen
+                self.errors.append(repr(exc)[:300])
+                time.sleep(0.5)
 
     def stop(self) -> None:
-        self._watch.stop()
+        self._stopped = True
+        if self._watch is not None:
+            self._watch.stop()
 
 
 def test_a_thousand_expired_instances_are_culled_within_two_ticks_at_the_delete_rate(
     cluster: DevCluster, k8s: K8ApiHandler, start_operator: StartOperator
 ) -> None:
-    """tick 20 s and delete_rate 100/s: one pass deletes the thousand in 10 s, half a tick, so
-    all are gone within two ticks of the last expiry even when the first pass after it only
-    catches part of them; and 100 deletions a second (each with a status patch and an Event
-    before it) is a load the API server of a 2-core machine carries next to its other work."""
-    tick, rate, n, lifespan = 20.0, 100.0, 1000, 60
+    """tick 40 s and delete_rate 50/s. At 50/s one pass deletes the thousand in 20 s, half a
+    tick; each cull is three writes (status reason, Event, delete) and the garbage collector adds
+    about six more (children, ReplicaSet, pod), which this 2-core machine's API server carries at
+    ~30 culls/s under load (measured: 31/s), still ~33 s, under a tick. Passes start a tick apart,
+    so the first pass after the last expiry starts within one tick and ends within the second."""
+    tick, rate, n, lifespan = 40.0, 50.0, 1000, 60
     with metrics_server() as metrics:  # answers, with no visits: no ActivityUnknown Event storm
         start_operator(tick=tick, delete_rate=rate, metrics_url=metrics.url)
         deletions = DeletionWatch(k8s)
@@ -291,18 +308,23 @@ def test_a_thousand_expired_instances_are_culled_within_two_ticks_at_the_delete_
             # creationTimestamp is whole seconds: an instance is past its lifespan at most 1 s later.
             last_expiry = max(created) + lifespan + 1
             budget = last_expiry + 2 * tick
-            wait_for(lambda: len(deletions.deleted) >= n or time.time() > budget + 30, budget + 60 - time.time(),
+            wait_for(lambda: len(deletions.deleted) >= n or time.time() > budget + 10, budget + 30 - time.time(),
                      "the deletions")  # fmt: skip
         finally:
             deletions.stop()
     missing = set(names) - set(deletions.deleted)
-    assert not missing, f"{len(missing)} of {n} expired instances not deleted within two ticks + 30 s"
+    assert not missing, (f"{len(missing)} of {n} expired instances not deleted within two ticks + 10 s "
+                         f"(watch errors: {deletions.errors[-3:]})")  # fmt: skip
     times = sorted(at for at, _ in deletions.deleted.values())
+    story = (f"deletions from {times[0] - last_expiry:+.1f} s to {times[-1] - last_expiry:+.1f} s after the last "
+             f"expiry, mean {(len(times) - 1) / max(times[-1] - times[0], 1e-3):.0f}/s")  # fmt: skip
+    print(story)
     late = [t for t in times if t > budget]
-    assert not late, f"{len(late)} deletions came later than two ticks ({2 * tick:.0f} s) after the last expiry"
-    # Rate: the limiter spaces the starts of culls 1/rate apart; at most 8 API calls are in flight,
-    # so a stalled API server can release a burst of up to 8 at once. Over any 2 s window:
-    window = 2.0
+    assert not late, f"{len(late)} deletions came later than two ticks ({2 * tick:.0f} s) after the last expiry; {story}"
+    # Rate: the culler takes a token (1/rate apart) right before each cull's requests, with one of
+    # its 8 API slots in hand, so at most 8 deletions can land together after a stall; the watch
+    # may bunch deliveries a little more. Over any 4 s window:
+    window = 4.0
     worst = max(sum(1 for u in times[i:] if u - t < window) for i, t in enumerate(times))
     assert worst <= rate * window * 1.1 + 8, f"{worst} deletions within {window:.0f} s: above delete_rate {rate:.0f}/s"
     mean = (len(times) - 1) / (times[-1] - times[0])

@@ -143,14 +143,18 @@ class Culler:
         return await asyncio.get_running_loop().run_in_executor(self._threads, functools.partial(fn, *args))
 
     async def _run(self) -> None:
+        # Passes start a tick apart (not a tick after the previous one ended): a pass that spends
+        # seconds on rate-limited deletions must not push the next expiries a tick further.
+        next_pass = time.monotonic()
         while not self._stop.is_set():
             try:
                 if not await self._standing_by():
                     await self.cull_once()
             except Exception:  # one bad pass must not end culling for the operator's life
                 log.exception("culling pass failed; retrying next tick")
+            next_pass = max(next_pass + self.settings.tick, time.monotonic())
             try:
-                await asyncio.wait_for(self._stop.wait(), self.settings.tick)
+                await asyncio.wait_for(self._stop.wait(), next_pass - time.monotonic())
             except TimeoutError:
                 pass
 
@@ -231,14 +235,20 @@ class Culler:
                 log.warning("could not update status of %s/%s: %s", key[0], key[1], exc)
 
     async def _cull(self, key: tuple[str, str], body: dict[str, Any], decision: Decision) -> None:
-        """Reason first (status and Event), then delete: the user can always learn why."""
+        """Reason first (status and Event), then delete: the user can always learn why.
+
+        The rate token is taken with an API slot in hand: taken before queueing for a slot, the
+        tokens of culls stuck behind a slow API server would all be spent by the time it recovers,
+        and the queue would then run at full speed, far above ``delete_rate``.
+        """
         reason = decision.reason.value if decision.reason else "unknown"
-        await self._deletes.acquire()
-        await self._patch(
-            key,
-            {"phase": api.Phase.TERMINATING.value, "cullReason": reason, "message": decision.message},
-        )
+        terminating = {"phase": api.Phase.TERMINATING.value, "cullReason": reason, "message": decision.message}
         async with self._api_slots:
+            await self._deletes.acquire()
+            try:
+                await self._call(self.api.patch_instance_status, key[1], terminating, key[0])
+            except Exception as exc:  # an instance deleted meanwhile, or a transient API error
+                log.warning("could not update status of %s/%s: %s", key[0], key[1], exc)
             try:
                 await self._call(self._event, body, "Normal", "Culled", f"{reason}: {decision.message}")
             except Exception as exc:  # best effort: status.cullReason already says why

@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import datetime as dt
 import logging
 import threading
@@ -32,7 +31,7 @@ from cxg_on_k8s.settings import Settings
 
 log = logging.getLogger("cxg_on_k8s.operator")
 RESOURCE = (api.GROUP, api.VERSION, api.PLURAL)
-WORKERS = 32  # threads for blocking API calls (see configure)
+WORKERS = 32  # kopf's threads for sync handlers (see configure)
 # Retries (5 s apart) of a child the API server rejects before the instance is Failed.
 REJECTION_RETRIES = 3
 
@@ -50,13 +49,12 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: lo
     settings.watching.server_timeout = 270
     settings.watching.client_timeout = 300
     settings.networking.error_backoffs = [1, 2, 5, 10, 20]
-    # Children are created through the sync client in threads: enough threads for a class of 500.
-    # kopf's executor runs the sync handlers; asyncio.to_thread (children, status, Events) runs in
-    # the loop's default one, which is only min(32, CPUs + 4) threads: 6 on a 2-core node.
+    # kopf's executor runs the sync handlers. asyncio.to_thread (children, status, Events) runs in
+    # the loop's default one, min(32, CPUs + 4) threads: 6 on a 2-core node. Measured with 500
+    # instances at once on 2 cores, 32 threads there were slower than 6 (26.6-29.9 s vs 24.9-25.0 s
+    # to all Ready, more operator and API server CPU): the API server is the bottleneck, so it
+    # stays at the default, which grows with the node.
     settings.execution.max_workers = WORKERS
-    asyncio.get_running_loop().set_default_executor(
-        concurrent.futures.ThreadPoolExecutor(WORKERS, thread_name_prefix="api")
-    )
     # Handler errors are Events on the instance; chatty progress stays in the log.
     settings.posting.level = logging.WARNING
     config = Settings.from_env()
@@ -69,9 +67,10 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: lo
                 f"cannot serve operator metrics on port {config.operator_metrics_port}: {exc}; "
                 "free the port or set CXG_OPERATOR_METRICS_PORT (0 = off)"
             ) from exc
-    # A connection per thread (ours and the culler's): past the pool's size (default 5 × CPUs)
-    # urllib3 drops each extra connection after one request, and the next pays a TLS handshake.
-    handler = K8ApiHandler(client=with_pool(load_client(), WORKERS + API_CONCURRENCY + 2), namespace=config.namespace)
+    # A connection per thread (kopf's, the default executor's, the culler's): past the pool's size
+    # (default 5 × CPUs) urllib3 drops each extra connection after one request, and the next pays
+    # a TLS handshake.
+    handler = K8ApiHandler(client=with_pool(load_client(), 2 * WORKERS + API_CONCURRENCY + 2), namespace=config.namespace)
     if not settings.peering.standalone:  # `cxg-k8s operator --standalone` / `kopf run --standalone`
         # Peering as in the PoC: of the operators for this namespace only the highest-priority one
         # works, the others pause while it lives (kopf's keep-alives in a KopfPeering object), so a
@@ -92,6 +91,8 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: lo
     # pod's event came first (operator restart) or a stale status write undid it.
     memo.pod_states = {}
     memo.announced = {}
+    # The resourceVersion of each instance's last carried status write (see carry_pod_state).
+    memo.carried = {}
     # One lock per instance: pod and instance events of one instance must not both announce,
     # while hundreds of instances starting at once must not queue behind each other.
     memo.carry_locks = {}
@@ -120,6 +121,7 @@ def remember(event: dict[str, Any], body: kopf.Body, memo: kopf.Memo, logger: lo
         memo.instances.pop(key, None)
         memo.pod_states.pop(key, None)
         memo.announced.pop(key, None)
+        memo.carried.pop(key, None)
         memo.carry_locks.pop(key, None)
     else:
         memo.instances[key] = {
@@ -269,6 +271,18 @@ async def pod_changed(event: dict[str, Any], body: kopf.Body, memo: kopf.Memo, l
     await asyncio.to_thread(carry_pod_state, memo, key, logger)
 
 
+def _remember_write(memo: kopf.Memo, key: tuple[str, str], written: Any) -> None:
+    version = (written or {}).get("metadata", {}).get("resourceVersion") if isinstance(written, dict) else None
+    memo.carried[key] = version
+
+
+def _older(version: str | None, than: str | None) -> bool:
+    """Whether resourceVersion ``version`` predates ``than``. Versions are opaque to clients in
+    general; an etcd-backed API server's are revision numbers, and anything else reads as "not
+    older" (the news is then written again, which is only one request too many)."""
+    return bool(version and than and version.isdigit() and than.isdigit() and int(version) < int(than))
+
+
 def carry_pod_state(memo: kopf.Memo, key: tuple[str, str], logger: logging.Logger) -> None:
     """Write the pod's last news (memo.pod_states) into the instance's status unless it says so
     already; called on pod events and on instance events, so neither order loses it."""
@@ -283,10 +297,15 @@ def carry_pod_state(memo: kopf.Memo, key: tuple[str, str], logger: logging.Logge
             return
         previous = memo.announced.get(key)
         if previous and previous[0] == phase:
+            if _older(instance.get("metadata", {}).get("resourceVersion"), memo.carried.get(key)):
+                # A watch event from before the write: the events after it show the news. (Without
+                # this check each instance got its Ready written two or three times.)
+                current.update(previous[1])
+                return
             # Carried before, and a stale cached body (or status write) says otherwise: write the
             # same news again, with the same times, and no second Event.
             update = previous[1]
-            memo.api.patch_instance_status(key[1], update, key[0])
+            _remember_write(memo, key, memo.api.patch_instance_status(key[1], update, key[0]))
             current.update(update)
             return
         moment = utcnow()
@@ -311,7 +330,7 @@ def carry_pod_state(memo: kopf.Memo, key: tuple[str, str], logger: logging.Logge
             update["readyAt"] = now
         if startup is not None:
             update["startupSeconds"] = startup
-        memo.api.patch_instance_status(key[1], update, key[0])
+        _remember_write(memo, key, memo.api.patch_instance_status(key[1], update, key[0]))
         current.update(update)
         # (phase, the status written): one Event per transition, and the same times if re-carried.
         memo.announced[key] = (phase, update)

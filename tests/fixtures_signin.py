@@ -306,7 +306,7 @@ def signin_client(keycloak: Keycloak, signin_realm: Realm, signin_settings: Sett
         **os.environ,
         "KUBECONFIG": str(cluster.kubeconfig),
         "KEYCLOAK_ADMIN_PASSWORD": keycloak.admin_password,
-        **{f"CXG_{name.upper()}": str(value) for name, value in signin_settings.model_dump().items()},
+        **signin_settings.as_env(),
     }
     cluster.kubectl("create", "namespace", signin_settings.oauth2_proxy_namespace, check=False)
     run = subprocess.run(

@@ -356,7 +356,7 @@ def test_keycloak_setup_command_is_idempotent_and_refuses_a_wrong_password(
     env = {
         **os.environ,
         "KUBECONFIG": str(cluster.kubeconfig),
-        **{f"CXG_{k.upper()}": str(v) for k, v in signin_edge.settings.model_dump().items()},
+        **signin_edge.settings.as_env(),
     }
     command = [sys.executable, "-m", "cxg_on_k8s", "keycloak-setup", "--admin-user", keycloak.admin_user]
     again = subprocess.run(command, env={**env, "KEYCLOAK_ADMIN_PASSWORD": keycloak.admin_password},

@@ -622,9 +622,7 @@ def operator_deployment(settings: Settings, image: str) -> Manifest:
     namespace (a laptop's, or a stray replica) paused while this one runs; POD_ID makes the pod's
     name its identity there, so ``kubectl get kopfpeering -o yaml`` says which pod holds it."""
     env: list[dict[str, Any]] = [
-        {"name": f"CXG_{name.upper()}", "value": str(value)}
-        for name, value in settings.model_dump().items()
-        if value != Settings.model_fields[name].default
+        {"name": name, "value": value} for name, value in settings.as_env(changed_only=True).items()
     ]
     env.append({"name": "POD_ID", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}})
     return {

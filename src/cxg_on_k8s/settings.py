@@ -212,6 +212,15 @@ class Settings(BaseModel):
     def base_url(self) -> str:
         return f"{self.url_scheme}://{self.host_name}"
 
+    def as_env(self, changed_only: bool = False) -> dict[str, str]:
+        """The CXG_* variables that make :meth:`from_env` give these settings back; unset
+        options (None) are left out, as an empty string would not parse as a number."""
+        return {
+            ENV_PREFIX + name.upper(): str(value)
+            for name, value in self.model_dump().items()
+            if value is not None and not (changed_only and value == type(self).model_fields[name].default)
+        }
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         """Build settings from CXG_* (and the PoC's) variables; explicit overrides win."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import os
 import threading
 from typing import Any, NoReturn
 
@@ -31,7 +32,7 @@ from cxg_on_k8s.settings import Settings
 
 log = logging.getLogger("cxg_on_k8s.operator")
 RESOURCE = (api.GROUP, api.VERSION, api.PLURAL)
-WORKERS = 32  # kopf's threads for sync handlers (see configure)
+WORKERS = min(32, (os.cpu_count() or 1) + 4)  # threads of each executor (see configure)
 # Retries (5 s apart) of a child the API server rejects before the instance is Failed.
 REJECTION_RETRIES = 3
 
@@ -49,12 +50,11 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: lo
     settings.watching.server_timeout = 270
     settings.watching.client_timeout = 300
     settings.networking.error_backoffs = [1, 2, 5, 10, 20]
-    # kopf's executor runs the sync handlers. asyncio.to_thread (children, status, Events) runs in
-    # the loop's default one, min(32, CPUs + 4) threads: 6 on a 2-core node. Measured with 500
-    # instances at once on 2 cores, 32 threads there were slower than 6 (26.6-29.9 s vs 24.9-25.0 s
-    # to all Ready, more operator and API server CPU): the API server is the bottleneck, so it
-    # stays at the default, which grows with the node.
-    settings.execution.max_workers = WORKERS
+    # Threads: kopf's executor (sync handlers) and the loop's default one (asyncio.to_thread:
+    # children, status, Events) keep Python's default, min(32, CPUs + 4): 6 on a 2-core node.
+    # With 500 instances at once on 2 cores, 32 threads in both were slower than 6 (alternating
+    # runs, bench/spawn.py: 26.6, 29.9, 52.5, 55.2 s to all Ready vs 25.0, 24.9, 28.6, 42.9 s, and
+    # more operator CPU): the API server is the bottleneck, and more threads only contend.
     # Handler errors are Events on the instance; chatty progress stays in the log.
     settings.posting.level = logging.WARNING
     config = Settings.from_env()

@@ -297,9 +297,9 @@ def test_user_data_prefix_from_spec_wins_and_gets_a_trailing_slash() -> None:
     assert manifests.user_data_url(spec, SETTINGS) == "s3://lab-bucket/alice/pbmc/"
 
 
-def test_portal_form_children_are_deployment_service_ingress_networkpolicy() -> None:
+def test_portal_form_children_start_with_the_networkpolicy() -> None:
     children = manifests.children(NAME, NS, portal_spec(), SETTINGS)
-    assert [c["kind"] for c in children] == ["Deployment", "Service", "Ingress", "NetworkPolicy"]
+    assert [c["kind"] for c in children] == ["NetworkPolicy", "Deployment", "Service", "Ingress"]
     for child in children:
         assert child["metadata"]["name"] == NAME
         assert child["metadata"]["namespace"] == NS

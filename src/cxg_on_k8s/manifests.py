@@ -321,11 +321,12 @@ def children(name: str, namespace: str, spec: api.SingleUserInstanceSpec, settin
             for doc in (spec.deployment, spec.service, spec.ingress)
             if doc is not None
         ]
+    # The NetworkPolicy first: the viewer must never run, even briefly, reachable around the sign-in.
     return [
+        network_policy(name, namespace, settings),
         deployment(name, namespace, spec, settings),
         service(name, namespace),
         ingress(name, namespace, spec, settings),
-        network_policy(name, namespace, settings),
     ]
 
 

@@ -939,7 +939,7 @@ def test_starting_and_ready_events_and_the_time_from_creation_to_ready(
     starting = wait_event(k8s, name, "Starting", "Normal")
     ready = wait_event(k8s, name, "Ready", "Normal")
     assert starting.message == (
-        f"creating Deployment, Service, Ingress, NetworkPolicy {k8s.namespace}/{name}; "
+        f"creating NetworkPolicy, Deployment, Service, Ingress {k8s.namespace}/{name}; "
         "waiting for the viewer to become ready"
     )
     assert starting.last_timestamp <= ready.last_timestamp

@@ -106,6 +106,8 @@ class Server:
     process: subprocess.Popen[bytes]
     log_path: Path
     extra_logs: list[Path] = field(default_factory=list)  # files the program writes itself
+    started: float = field(default_factory=time.monotonic)
+    answered_after: float | None = None  # seconds from start to the first good answer
 
     @property
     def address(self) -> str:
@@ -128,6 +130,7 @@ class Server:
         while True:
             status = http_status(self.url + path)
             if status is not None and ok(status):
+                self.answered_after = time.monotonic() - self.started
                 return time.monotonic() - start
             if self.process.poll() is not None:
                 pytest.fail(
@@ -144,8 +147,34 @@ class Server:
                 next_note = now + 10
             time.sleep(0.25)
 
+    def peak_rss_mib(self) -> float | None:
+        """The largest peak resident memory (VmHWM) in the session we started: kc.sh runs java as
+        a child, and nginx forks workers, so the process we started is not always the big one."""
+        peaks = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+                if int(fields[3]) != self.process.pid:  # the session id, after state, ppid, pgrp
+                    continue
+                status = (stat.parent / "status").read_text()
+            except (OSError, IndexError, ValueError):
+                continue
+            peaks += [int(line.split()[1]) / 1024 for line in status.splitlines() if line.startswith("VmHWM:")]
+        return max(peaks, default=None)
+
+    def record(self) -> None:
+        """Keep start-up time and peak memory in test-artifacts/signin-stack.txt for the notes."""
+        peak = self.peak_rss_mib()
+        STACK_RECORD[self.name] = (
+            f"{self.name}\tanswered after {self.answered_after or float('nan'):.1f} s"
+            f"\tpeak RSS {peak or float('nan'):.0f} MiB\n"
+        )
+        ARTIFACTS.mkdir(exist_ok=True)
+        (ARTIFACTS / "signin-stack.txt").write_text("".join(STACK_RECORD.values()))
+
     def stop(self) -> None:
-        """SIGTERM to the process group we created, SIGKILL if it lingers."""
+        """Record, then SIGTERM to the process group we created, SIGKILL if it lingers."""
+        self.record()
         if self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGTERM)
             try:
@@ -156,6 +185,8 @@ class Server:
 
 
 RUNNING: list[Server] = []
+STACK_RECORD: dict[str, str] = {}
+ARTIFACTS = REPO / "test-artifacts"
 
 
 def start(name: str, url: str, command: list[str], log_path: Path, **popen: Any) -> Server:

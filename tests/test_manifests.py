@@ -10,6 +10,7 @@ import re
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
 from cxg_on_k8s import manifests
 from cxg_on_k8s import spec as api
@@ -162,12 +163,21 @@ def test_auth_url_names_the_owner_url_encoded(owner: str, query: str) -> None:
     assert manifests.auth_url(spec, SETTINGS) == f"{AUTH_BASE}?{query}"
 
 
-def test_auth_url_with_groups_checks_the_groups_instead() -> None:
-    spec = portal_spec(allowed_groups=["lab members", "/omics/admins"])
+def test_auth_url_with_groups_lists_the_owner_as_a_group_too() -> None:
+    # oauth2-proxy ANDs allowed_emails and allowed_groups, so the owner rides in the group list
+    # (keycloak-setup's groups-own-email mapper puts each user's e-mail into their groups claim).
+    spec = portal_spec(allowed_groups=["lab members", "/omics/admins", OWNER])
     assert (
         manifests.auth_url(spec, SETTINGS)
-        == f"{AUTH_BASE}?allowed_groups=lab%20members,/omics/admins"
+        == f"{AUTH_BASE}?allowed_groups=alice%2Blab@example.org,lab%20members,/omics/admins"
     )
+
+
+@pytest.mark.parametrize("field", ["owner", "allowedGroups"])
+def test_a_comma_cannot_smuggle_a_second_identity_into_the_auth_url(field: str) -> None:
+    fields = {"owner": "a@x.org,b@x.org"} if field == "owner" else {"allowedGroups": ["lab-a,admins"]}
+    with pytest.raises(ValidationError, match="pattern"):
+        api.SingleUserInstanceSpec(**{"owner": OWNER, "dataset": DATASET, **fields})
 
 
 # --- Deployment: the properties that matter --------------------------------------------------------

@@ -150,6 +150,13 @@ BAD_SPECS = [
     ("unknown flavor", {"owner": OWNER, "dataset": DATASET, "flavor": "jupyter"}, ["spec.flavor", "jupyter"]),
     ("cpu not a quantity", {"owner": OWNER, "dataset": DATASET, "resources": {"cpu": "lots"}}, ["spec.resources.cpu"]),
     ("empty owner", {"owner": "", "dataset": DATASET}, ["spec.owner"]),
+    # oauth2-proxy splits its allow lists on commas: a comma would let a second identity in.
+    ("comma in owner", {"owner": "a@x.org,b@x.org", "dataset": DATASET}, ["spec.owner", "^[^,]+$"]),
+    (
+        "comma in a group",
+        {"owner": OWNER, "dataset": DATASET, "allowedGroups": ["lab-a,admins"]},
+        ["spec.allowedGroups[0]", "^[^,]+$"],
+    ),
 ]
 
 

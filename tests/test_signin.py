@@ -12,6 +12,7 @@ import http.cookiejar
 import json
 import os
 import re
+import secrets
 import subprocess
 import sys
 import urllib.request
@@ -27,12 +28,16 @@ import requests.cookies
 
 pytest.register_assert_rewrite("tests.fixtures_signin")  # before the import below, so its asserts explain
 
-from cxg_on_k8s.keycloak_setup import KeycloakSetupError, SetupReport, setup_keycloak  # noqa: E402
-from tests.fixtures_signin import CELLS, REPO, Edge, Keycloak, User, free_port  # noqa: E402
+from cxg_on_k8s.keycloak_setup import (  # noqa: E402
+    KeycloakSetupError,
+    SetupReport,
+    desired_groups_mappers,
+    setup_keycloak,
+)
+from tests.fixtures_signin import ARTIFACTS, CELLS, Edge, Keycloak, User, free_port  # noqa: E402
 
 pytest_plugins = ["tests.fixtures_signin"]
 
-ARTIFACTS = REPO / "test-artifacts"
 BROWSER_DIR = Path(__file__).resolve().parent / "browser"
 CELLXGENE_PAGE = "window.CELLXGENE"
 OAUTH2_PROXY_COOKIE = "_oauth2_proxy"
@@ -207,10 +212,17 @@ def test_group_member_gets_into_an_instance_shared_with_the_group(signin_edge: E
     assert member.get(f"{group.url}api/v0.2/config").status_code == 200
     # The group opens only the instance that names it.
     assert member.get(owner_only.url, allow_redirects=False).status_code == 403
-    # Someone outside the group is refused. (With allowedGroups the group check replaces the
-    # e-mail check: see manifests.auth_url.)
+    # Someone outside the group is refused.
     other = Browser(signin_edge)
     assert other.sign_in(group.url, signin_edge.realm.other).status_code == 403
+
+
+def test_owner_outside_the_groups_still_gets_into_their_shared_instance(signin_edge: Edge) -> None:
+    # The owner is in no group: only the groups-own-email mapper lets them pass allowed_groups.
+    owner = Browser(signin_edge)
+    assert_cellxgene_page(owner.sign_in(signin_edge.group.url, signin_edge.realm.owner), signin_edge.group.url)
+    assert owner.get(f"{signin_edge.group.url}api/v0.2/config").status_code == 200
+    assert_cellxgene_page(owner.get(signin_edge.owner_only.url), signin_edge.owner_only.url)
 
 
 def test_setup_keycloak_twice_changes_nothing_the_second_time(
@@ -229,6 +241,30 @@ def test_setup_keycloak_twice_changes_nothing_the_second_time(
     assert second.unchanged == signin_client.created
     assert second.summary().endswith("nothing to change: already set up.")
     assert (second.client_id, second.client_secret) == (signin_client.client_id, signin_client.client_secret)
+
+
+def test_setup_keycloak_without_groups_mapper_removes_both_groups_mappers(
+    signin_edge: Edge, keycloak: Keycloak
+) -> None:
+    realm = f"mappers-{secrets.token_hex(4)}"  # a realm of its own: sign-in keeps its mappers
+    master = keycloak.admin()
+    master.create_realm({"realm": realm, "enabled": True})
+    try:
+        def run(groups_mapper: bool) -> SetupReport:
+            return setup_keycloak(keycloak.url, realm, keycloak.admin_user, keycloak.admin_password,
+                                  signin_edge.settings, groups_mapper=groups_mapper)  # fmt: skip
+
+        client = signin_edge.settings.oidc_client_id
+        labels = tuple(f"mapper {m['name']!r} of client {client!r}" for m in desired_groups_mappers())
+        assert set(labels) <= set(run(True).created)
+        assert run(False).removed == labels
+        assert not run(False).changed
+        uuid = keycloak.admin(realm).get_client_id(client)
+        assert {m["name"] for m in keycloak.admin(realm).get_mappers_from_client(uuid)}.isdisjoint(
+            m["name"] for m in desired_groups_mappers()
+        )
+    finally:
+        master.delete_realm(realm)
 
 
 def test_setup_keycloak_repairs_a_client_that_drifted(signin_edge: Edge, keycloak: Keycloak) -> None:

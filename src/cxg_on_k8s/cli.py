@@ -400,11 +400,17 @@ def operator(
     asyncio.run(kopf.operator(namespaces=[settings.namespace], standalone=standalone, liveness_endpoint=liveness))
 
 
+GROUPS_MAPPER_HELP = (
+    "fill the groups claim with the user's groups and own e-mail (what allowedGroups needs); "
+    "--no-groups-mapper removes both mappers."
+)
+
+
 @app.command("keycloak-setup")
 def keycloak_setup(
     admin_user: Annotated[str, typer.Option(envvar="KEYCLOAK_ADMIN", help="Keycloak admin user.")] = "admin",
     admin_password: Annotated[str, typer.Option(envvar="KEYCLOAK_ADMIN_PASSWORD", prompt=True, hide_input=True, help="Keycloak admin password.")] = "",
-    groups_mapper: Annotated[bool, typer.Option(help="add a groups claim (for allowedGroups); --no-groups-mapper removes it.")] = True,
+    groups_mapper: Annotated[bool, typer.Option(help=GROUPS_MAPPER_HELP)] = True,
     admin_realm: Annotated[str, typer.Option(help="realm the admin user belongs to.")] = "master",
     write_secret: Annotated[bool, typer.Option(help="store the client id and secret in the oauth2-proxy Secret.")] = True,
     kubeconfig: Kubeconfig = None,

@@ -13,8 +13,12 @@ What oauth2-proxy needs from the realm, and why each piece exists:
   URL as web origin;
 - an audience mapper putting the client id into ``aud`` of the access token, because Keycloak's
   access tokens otherwise name only ``account`` and oauth2-proxy rejects tokens not meant for it;
-- optionally a group-membership mapper (claim ``groups``, plain group names), which
-  ``allowedGroups`` of an instance needs: oauth2-proxy's ``allowed_groups`` compares those names.
+- optionally two mappers that fill the ``groups`` claim, which ``allowedGroups`` of an instance
+  needs: the user's groups (plain names) and the user's own e-mail. oauth2-proxy's ``/oauth2/auth``
+  ANDs ``allowed_emails`` with ``allowed_groups``, so "the owner or a member" can only be said as
+  one ``allowed_groups`` list that holds the owner's e-mail next to the group names. Both mappers
+  are multivalued, which makes Keycloak merge their values into one list instead of letting the
+  second overwrite the first.
 """
 
 from __future__ import annotations
@@ -29,7 +33,9 @@ from keycloak.exceptions import KeycloakConnectionError, KeycloakError
 from cxg_on_k8s.settings import Settings
 
 AUDIENCE_MAPPER = "audience"
+GROUPS_CLAIM = "groups"  # oauth2-proxy's default --oidc-groups-claim
 GROUPS_MAPPER = "groups"
+OWN_EMAIL_MAPPER = "groups-own-email"
 CLIENT_NAME = "cellxgene viewers (oauth2-proxy)"
 ADMIN_TIMEOUT = 30  # seconds per admin API call; a hung server fails the setup instead of hanging it
 
@@ -120,21 +126,35 @@ def desired_audience_mapper(settings: Settings) -> dict[str, Any]:
     }
 
 
-def desired_groups_mapper() -> dict[str, Any]:
-    """Plain group names (full path off): an instance's allowedGroups lists ``lab-a``, not ``/lab-a``."""
-    return {
-        "name": GROUPS_MAPPER,
-        "protocol": "openid-connect",
-        "protocolMapper": "oidc-group-membership-mapper",
-        "config": {
-            "claim.name": GROUPS_MAPPER,
-            "full.path": "false",
-            "id.token.claim": "true",
-            "access.token.claim": "true",
-            "userinfo.token.claim": "true",
-            "introspection.token.claim": "true",
-        },
+def desired_groups_mappers() -> list[dict[str, Any]]:
+    """The two mappers behind the ``groups`` claim, by name and kind (the kinds decide removal).
+
+    Group names are plain (full path off): an instance's allowedGroups lists ``lab-a``, not
+    ``/lab-a``. ``multivalued`` on both is what makes Keycloak add the second mapper's values to
+    the first one's list; without it the later mapper replaces the claim.
+    """
+    claim = {
+        "claim.name": GROUPS_CLAIM,
+        "multivalued": "true",
+        "id.token.claim": "true",
+        "access.token.claim": "true",
+        "userinfo.token.claim": "true",
+        "introspection.token.claim": "true",
     }
+    return [
+        {
+            "name": GROUPS_MAPPER,
+            "protocol": "openid-connect",
+            "protocolMapper": "oidc-group-membership-mapper",
+            "config": {**claim, "full.path": "false"},
+        },
+        {
+            "name": OWN_EMAIL_MAPPER,
+            "protocol": "openid-connect",
+            "protocolMapper": "oidc-usermodel-property-mapper",
+            "config": {**claim, "user.attribute": "email", "jsonType.label": "String"},
+        },
+    ]
 
 
 def drift(current: dict[str, Any], desired: dict[str, Any]) -> list[str]:
@@ -359,9 +379,9 @@ def setup_keycloak(
 ) -> SetupReport:
     """Create or update the oauth2-proxy client of ``realm`` and return its id, secret and a report.
 
-    ``groups_mapper`` is declarative like the rest: True makes sure the ``groups`` mapper is on
-    the client, False removes a ``groups`` mapper this setup made earlier, so the realm ends up
-    the same whatever it held before. Raises ``KeycloakSetupError`` naming the fix.
+    ``groups_mapper`` is declarative like the rest: True makes sure the two ``groups`` mappers are
+    on the client, False removes those this setup made earlier, so the realm ends up the same
+    whatever it held before. Raises ``KeycloakSetupError`` naming the fix.
     """
     server_url = server_url.rstrip("/")
     admin = _connect(server_url, realm, admin_user, admin_password, admin_realm)
@@ -383,24 +403,22 @@ def setup_keycloak(
     )
     run.ensure_default_scope(client_uuid, client_id, scope_id, scope_name)
 
-    label = f"mapper {GROUPS_MAPPER!r} of client {client_id!r}"
     client_mappers = run.call(
         f"list the mappers of client {client_id!r}", admin.get_mappers_from_client, client_uuid
     )
-    if groups_mapper:
-        run.ensure_mapper(
-            label,
-            desired_groups_mapper(),
-            client_mappers,
-            lambda payload: admin.add_mapper_to_client(client_uuid, payload),
-            lambda mapper_id, payload: admin.update_client_mapper(client_uuid, mapper_id, payload),
-        )
-    else:
+    for want in desired_groups_mappers():
+        label = f"mapper {want['name']!r} of client {client_id!r}"
+        if groups_mapper:
+            run.ensure_mapper(
+                label,
+                want,
+                client_mappers,
+                lambda payload: admin.add_mapper_to_client(client_uuid, payload),
+                lambda mapper_id, payload: admin.update_client_mapper(client_uuid, mapper_id, payload),
+            )
+            continue
         for mapper in client_mappers:
-            if (
-                mapper.get("name") == GROUPS_MAPPER
-                and mapper.get("protocolMapper") == "oidc-group-membership-mapper"
-            ):
+            if (mapper.get("name"), mapper.get("protocolMapper")) == (want["name"], want["protocolMapper"]):
                 run.call("remove " + label, admin.remove_client_mapper, client_uuid, mapper["id"])
                 run.removed.append(label)
 

@@ -218,19 +218,23 @@ def service(name: str, namespace: str) -> Manifest:
 
 
 def auth_url(spec: api.SingleUserInstanceSpec, settings: Settings) -> str:
-    """oauth2-proxy's /oauth2/auth, narrowed to this instance's audience.
+    """oauth2-proxy's /oauth2/auth, narrowed to who may open this instance.
 
-    oauth2-proxy ANDs its query constraints, so owner-or-group cannot be said in one URL: with
-    allowedGroups the group check replaces the e-mail check (the portal puts the owner in one of
-    the groups); without, only the owner's e-mail passes.
+    Without allowedGroups only the owner's e-mail passes. With them, the owner must still get in,
+    but oauth2-proxy ANDs ``allowed_emails`` with ``allowed_groups``; so the owner's e-mail goes
+    into the group list, where ``keycloak-setup``'s ``groups-own-email`` mapper puts every user's
+    own e-mail too. The spec refuses commas in the owner and group names, because oauth2-proxy
+    splits both lists on commas after decoding the query.
     """
     base = (
         f"http://{OAUTH2_PROXY_NAME}.{settings.oauth2_proxy_namespace}.svc.cluster.local:"
         f"{settings.oauth2_proxy_port}/oauth2/auth"
     )
+    owner = spec.owner or ""
     if spec.allowed_groups:
-        return f"{base}?allowed_groups={quote(','.join(spec.allowed_groups), safe=',/')}"
-    return f"{base}?allowed_emails={quote(spec.owner or '', safe='@')}"
+        allowed = dict.fromkeys([owner, *spec.allowed_groups] if owner else spec.allowed_groups)
+        return f"{base}?allowed_groups={','.join(quote(item, safe='@/') for item in allowed)}"
+    return f"{base}?allowed_emails={quote(owner, safe='@')}"
 
 
 def ingress_annotations(spec: api.SingleUserInstanceSpec, settings: Settings) -> dict[str, str]:

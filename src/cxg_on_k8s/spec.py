@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from enum import Enum
-from typing import Any, Literal, NamedTuple
+from typing import Annotated, Any, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -26,6 +26,10 @@ CRD_NAME = f"{PLURAL}.{GROUP}"
 DATASET_PATTERN = r"^(s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]/.+|https://[^\s/]+/.+)$"
 USER_DATA_PATTERN = r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]/.*$"
 QUANTITY_PATTERN = r"^[0-9]+(\.[0-9]+)?(m|Ki|Mi|Gi|Ti|k|M|G|T)?$"
+# oauth2-proxy splits allowed_emails and allowed_groups on commas after decoding the query, so a
+# comma in an owner or a group name would let a second identity in.
+NO_COMMA_PATTERN = r"^[^,]+$"
+GroupName = Annotated[str, Field(min_length=1, max_length=255, pattern=NO_COMMA_PATTERN)]
 
 FORM_RULE = (
     "(has(self.owner) && has(self.dataset)) != "
@@ -96,7 +100,9 @@ class SingleUserInstanceSpec(BaseModel):
         None,
         min_length=1,
         max_length=254,
-        description="The user's identity as the OIDC provider gives it (e-mail); only they get in.",
+        pattern=NO_COMMA_PATTERN,
+        description="The user's identity as the OIDC provider gives it (e-mail, no commas); only they "
+        "get in.",
         json_schema_extra={
             "x-kubernetes-validations": [
                 {"rule": "self == oldSelf", "message": "spec.owner is immutable; create a new instance"}
@@ -138,11 +144,12 @@ class SingleUserInstanceSpec(BaseModel):
         description="Seconds the instance may stay unvisited once Ready before it is removed; 0 = never.",
     )
     resources: Resources | None = Field(None, description="CPU and memory, capped by settings.")
-    allowed_groups: list[str] | None = Field(
+    allowed_groups: list[GroupName] | None = Field(
         None,
         alias="allowedGroups",
         max_length=20,
-        description="OIDC groups whose members may open the instance besides its owner.",
+        description="OIDC groups (plain names, no commas) whose members may open the instance besides "
+        "its owner; needs keycloak-setup's groups mappers.",
     )
     deployment: dict[str, Any] | None = Field(
         None,

@@ -742,6 +742,21 @@ def test_cli_deploy_with_a_bad_dataset_exits_2_and_names_the_field(
     assert k8s.list_instances() == []
 
 
+def test_cli_deploy_shares_with_groups_and_refuses_a_comma(
+    cli: Callable[..., subprocess.CompletedProcess[str]], k8s: K8ApiHandler
+) -> None:
+    name = manifests.new_instance_name()
+    shared = cli("deploy", "--owner", OWNER, "--dataset", DATASET, "--name", name, "--allowed-group", "lab-a",
+                 "--allowed-group", "lab-b", "--no-with-oauth2-proxy", "--no-wait")  # fmt: skip
+    assert shared.returncode == 0, shared.stderr
+    assert k8s.get_instance(name)["spec"]["allowedGroups"] == ["lab-a", "lab-b"]
+    refused = cli("deploy", "--owner", OWNER, "--dataset", DATASET, "--allowed-group", "lab-a,admins",
+                  "--no-with-oauth2-proxy", "--no-wait")  # fmt: skip
+    assert refused.returncode == 2
+    assert "spec.allowedGroups[0] = 'lab-a,admins'" in refused.stderr and "^[^,]+$" in refused.stderr
+    assert [i["metadata"]["name"] for i in k8s.list_instances()] == [name]
+
+
 def test_cli_describe_of_a_missing_instance_exits_4(cli: Callable[..., subprocess.CompletedProcess[str]]) -> None:
     result = cli("describe", "cellxgene-nope")
     assert result.returncode == 4

@@ -122,7 +122,19 @@ def render(
 
 
 def _validation_text(exc: ValidationError) -> str:
-    return "; ".join(f"spec.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+    """Each problem as ``spec.field[i] = 'value': what is wrong (what the field takes)``, in the
+    API server's field style: pydantic's message says what broke, the field's description says
+    what would be accepted."""
+    fields = {info.alias or name: info for name, info in api.SingleUserInstanceSpec.model_fields.items()}
+    problems = []
+    for error in exc.errors():
+        path = "spec" + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error["loc"])
+        given = error.get("input")
+        shown = f" = {given!r}" if isinstance(given, str | int | float) else ""
+        field = fields.get(str(error["loc"][0])) if error["loc"] else None
+        takes = f" ({field.description})" if field and field.description else ""
+        problems.append(f"{path}{shown}: {error['msg']}{takes}")
+    return "; ".join(problems)
 
 
 @app.command()
@@ -133,6 +145,7 @@ def deploy(
     name: Annotated[str | None, typer.Option(help="instance name (default cellxgene-<uuid4>).")] = None,
     lifespan: Annotated[int | None, typer.Option(help="seconds (default: setting).")] = None,
     title: Annotated[str | None, typer.Option(help="title shown by cellxgene.")] = None,
+    allowed_group: Annotated[list[str] | None, typer.Option(help="an OIDC group whose members may open it too (repeatable).")] = None,
     wait: Annotated[bool, typer.Option(help="wait with live progress until Ready.")] = True,
     timeout: Annotated[float, typer.Option(help="seconds to wait for Ready.")] = 300,
     with_oauth2_proxy: Annotated[bool, typer.Option(help="create oauth2-proxy first if absent.")] = True,
@@ -152,7 +165,8 @@ def deploy(
                     "metadata": {"name": name, "namespace": settings.namespace, "labels": manifests.labels(name)},
                     "spec": spec}  # fmt: skip
         elif owner and dataset:
-            fields = {k: v for k, v in {"lifespan": lifespan, "title": title}.items() if v is not None}
+            given = {"lifespan": lifespan, "title": title, "allowedGroups": allowed_group or None}
+            fields = {k: v for k, v in given.items() if v is not None}
             body = manifests.instance(name, settings.namespace, owner, dataset, **fields)
         else:
             raise fail("give --owner and --dataset (portal form) or --template (embedded form)", EXIT_USAGE)

@@ -71,8 +71,12 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def progress(config: pytest.Config, message: str) -> None:
-    """A line on the terminal even while output is captured: starting Keycloak takes a while."""
+def progress(config: pytest.Config | None, message: str) -> None:
+    """A line on the terminal even while output is captured: starting Keycloak takes a while.
+    Outside pytest (bench scripts: no config) the line goes to stderr."""
+    if config is None:
+        print(f"[signin] {message}", file=sys.stderr, flush=True)
+        return
     reporter = config.pluginmanager.get_plugin("terminalreporter")
     capture = config.pluginmanager.get_plugin("capturemanager")
     if reporter is not None and capture is not None:
@@ -122,7 +126,7 @@ class Server:
         return "\n".join(parts)
 
     def wait_until_answers(
-        self, path: str, config: pytest.Config, timeout: float, ok: Callable[[int], bool]
+        self, path: str, config: pytest.Config | None, timeout: float, ok: Callable[[int], bool]
     ) -> float:
         """Poll ``url + path`` until ``ok(status)``; fail with the log if the process dies or times out."""
         start = time.monotonic()
@@ -172,9 +176,11 @@ class Server:
         ARTIFACTS.mkdir(exist_ok=True)
         (ARTIFACTS / "signin-stack.txt").write_text("".join(STACK_RECORD.values()))
 
-    def stop(self) -> None:
-        """Record, then SIGTERM to the process group we created, SIGKILL if it lingers."""
-        self.record()
+    def stop(self, record: bool = True) -> None:
+        """Record (for a test session), then SIGTERM to the process group we created, SIGKILL if
+        it lingers."""
+        if record:
+            self.record()
         if self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGTERM)
             try:
@@ -235,16 +241,13 @@ class Keycloak:
         )
 
 
-@pytest.fixture(scope="session")
-def keycloak(tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.Config) -> Iterator[Keycloak]:
-    """Keycloak in dev mode on 127.0.0.1 with an in-memory database and a data dir of its own.
+def launch_keycloak(dist: Path, home: Path, config: pytest.Config | None) -> tuple[Server, Keycloak]:
+    """Keycloak in dev mode on 127.0.0.1 with an in-memory database and a data dir of its own,
+    answering; the caller stops the returned Server.
 
-    kc.sh takes its home from its own location, so the session gets a home of its own: bin/
-    copied, lib/ conf/ themes/ providers/ linked to the unpacked distribution, data/ fresh.
+    kc.sh takes its home from its own location, so each launch gets a home of its own: bin/
+    copied, lib/ conf/ themes/ providers/ linked to the unpacked distribution ``dist``, data/ fresh.
     """
-    dist = require(KEYCLOAK_HOME / "bin" / "kc.sh", f"Keycloak {KEYCLOAK_VERSION}").parent.parent
-    require(JAVA_HOME / "bin" / "java", "a JDK 21+ (Temurin 25)")
-    home = tmp_path_factory.mktemp("keycloak")
     shutil.copytree(dist / "bin", home / "bin")
     for entry in ("lib", "conf", "themes", "providers", "version.txt"):
         (home / entry).symlink_to(dist / entry)
@@ -262,12 +265,25 @@ def keycloak(tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.Conf
         "--http-management-host", "127.0.0.1", "--http-management-port", str(management_port),
         "--db", "dev-mem",
     ]  # fmt: skip
-    progress(pytestconfig, f"starting Keycloak {KEYCLOAK_VERSION} on 127.0.0.1:{port}")
+    progress(config, f"starting Keycloak {KEYCLOAK_VERSION} on 127.0.0.1:{port}")
     server = start("keycloak", f"http://127.0.0.1:{port}", command, home / "keycloak.log", env=env, cwd=home)
     try:
-        took = server.wait_until_answers("/realms/master", pytestconfig, timeout=300, ok=lambda s: s == 200)
-        progress(pytestconfig, f"Keycloak answered after {took:.1f} s")
-        yield Keycloak(server.url, ADMIN_USER, password)
+        took = server.wait_until_answers("/realms/master", config, timeout=300, ok=lambda s: s == 200)
+    except BaseException:
+        server.stop(record=False)
+        raise
+    progress(config, f"Keycloak answered after {took:.1f} s")
+    return server, Keycloak(server.url, ADMIN_USER, password)
+
+
+@pytest.fixture(scope="session")
+def keycloak(tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.Config) -> Iterator[Keycloak]:
+    """One Keycloak for the session (see launch_keycloak)."""
+    dist = require(KEYCLOAK_HOME / "bin" / "kc.sh", f"Keycloak {KEYCLOAK_VERSION}").parent.parent
+    require(JAVA_HOME / "bin" / "java", "a JDK 21+ (Temurin 25)")
+    server, running = launch_keycloak(dist, tmp_path_factory.mktemp("keycloak"), pytestconfig)
+    try:
+        yield running
     finally:
         server.stop()
 

@@ -16,7 +16,13 @@ VENV="${XDG_CACHE_HOME:-$HOME/.cache}/cxg-on-k8s/cellxgene-${VERSION}"
 STAMP="${VENV}/.cxg-on-k8s-complete"
 WANT="${REQUIREMENTS[*]}"
 
+# The viewer images patch cellxgene's web client so that it stays under the instance's prefix;
+# the venv gets the same patch (idempotent, so it runs every time), and the tests see what the
+# images serve.
+PATCH="$(cd "$(dirname "$0")/.." && pwd)/docker/cellxgene/prefix-patch.py"
+
 if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$WANT" && -x "$VENV/bin/cellxgene" ]]; then
+    "$VENV/bin/python" "$PATCH"
     echo "$VENV"
     exit 0
 fi
@@ -33,5 +39,6 @@ mkdir -p "$(dirname "$VENV")"
 # pip's chatter goes to stderr so that stdout is only the path, for $(scripts/cellxgene-venv.sh).
 "$VENV/bin/pip" install --disable-pip-version-check --quiet "${REQUIREMENTS[@]}" >&2
 "$VENV/bin/cellxgene" --help >/dev/null
+"$VENV/bin/python" "$PATCH"
 echo "$WANT" >"$STAMP"
 echo "$VENV"

@@ -62,6 +62,10 @@ try {
   result.categories = await page.$$eval('[data-testid^="category-"]', (els) =>
     els.map((el) => el.getAttribute("data-testid")),
   );
+  // Every image the page shows (cellxgene's logo among them), with whether it really loaded.
+  result.images = await page.$$eval("img", (els) =>
+    els.map((el) => ({ src: el.currentSrc, alt: el.alt, loaded: el.complete && el.naturalWidth > 0 })),
+  );
   result.cookies = (await context.cookies()).map((c) => ({ name: c.name, domain: c.domain, path: c.path }));
   result.finalUrl = page.url();
   await page.screenshot({ path: options.screenshot });

@@ -177,11 +177,14 @@ def main(argv: list[str] | None = None) -> int:
     for path in stale_files(files):
         drift = True
         print(f"{path.relative_to(ROOT)} is not generated any more: remove it", file=sys.stderr)
-    for problem in chart_settings_problems():
-        drift = True
+    value_problems = chart_settings_problems()
+    for problem in value_problems:
         print(f"charts/cxg-on-k8s/values.yaml: {problem}", file=sys.stderr)
+    if value_problems:
+        print("fix: edit charts/cxg-on-k8s/values.yaml (it is written by hand, with comments)", file=sys.stderr)
     if drift:
         print("run: .venv/bin/python scripts/render-manifests.py", file=sys.stderr)
+    if drift or value_problems:
         return 1
     print(f"{len(files)} generated files and the chart's settings are in sync")
     return 0

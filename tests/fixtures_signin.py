@@ -414,9 +414,16 @@ def local_args(args: list[str], http_address: str, metrics_address: str) -> list
 
 
 @pytest.fixture(scope="session")
+def signin_cookie_secret() -> str:
+    """32 random bytes, URL-safe base64: what the deploy command generates."""
+    return secrets.token_urlsafe(32)
+
+
+@pytest.fixture(scope="session")
 def oauth2_proxy(
     signin_settings: Settings,
     signin_client: SetupReport,
+    signin_cookie_secret: str,
     tmp_path_factory: pytest.TempPathFactory,
     pytestconfig: pytest.Config,
 ) -> Iterator[Server]:
@@ -435,8 +442,7 @@ def oauth2_proxy(
             manifests.oauth2_proxy_client_secret_manifest(
                 signin_settings, signin_client.client_id, signin_client.client_secret
             ),
-            # 32 random bytes, URL-safe base64: what the deploy command generates.
-            manifests.oauth2_proxy_cookie_secret(signin_settings, secrets.token_urlsafe(32)),
+            manifests.oauth2_proxy_cookie_secret(signin_settings, signin_cookie_secret),
         ],
     )
     clean_env = {k: v for k, v in os.environ.items() if not k.startswith("OAUTH2_PROXY_")}
@@ -520,6 +526,7 @@ class Edge:
     keycloak_url: str
     owner_only: Instance  # no allowedGroups: only realm.owner gets in
     group: Instance  # allowedGroups [lab-a]: realm.member gets in
+    cookie_secret: str  # oauth2-proxy's, to sign a session cookie with another age
 
 
 @pytest.fixture(scope="session")
@@ -528,6 +535,7 @@ def signin_edge(
     signin_realm: Realm,
     keycloak: Keycloak,
     oauth2_proxy: Server,
+    signin_cookie_secret: str,
     signin_cellxgene: Server,
     tmp_path_factory: pytest.TempPathFactory,
     pytestconfig: pytest.Config,
@@ -574,6 +582,6 @@ def signin_edge(
     server.extra_logs += [workdir / "error.log", workdir / "access.log"]
     try:
         server.wait_until_answers("/", pytestconfig, timeout=30, ok=lambda s: s == 404)
-        yield Edge(settings.base_url, settings, signin_realm, keycloak.url, owner, group)
+        yield Edge(settings.base_url, settings, signin_realm, keycloak.url, owner, group, signin_cookie_secret)
     finally:
         server.stop()

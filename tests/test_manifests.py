@@ -650,6 +650,7 @@ def test_oauth2_proxy_keeps_secrets_out_of_args_and_listens_on_the_pocs_port() -
     assert "--http-address=0.0.0.0:8091" in args
     assert "--redirect-url=https://cxg.example.org/oauth2/callback" in args
     assert "--cookie-secure=true" in args
+    assert f"--cookie-expire={7 * 24 * 3600}s" in args  # sign_in_lifetime's default
     assert not any("secret" in a.lower() for a in args), args
     env = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container["env"]}
     assert env["OAUTH2_PROXY_COOKIE_SECRET"] == {

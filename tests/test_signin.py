@@ -7,6 +7,9 @@ form. One test drives headless Chromium through the same path and checks cellxge
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import html
 import http.cookiejar
 import json
@@ -193,6 +196,38 @@ def test_without_the_session_cookie_the_owner_must_sign_in_again(signin_edge: Ed
     # With Keycloak's cookies gone as well, the way back leads to the password form.
     browser.session.cookies.clear()
     assert browser.on_login_page(browser.get(instance.url))
+
+
+def signed_cookie(secret: str, name: str, value: str, timestamp: int) -> str:
+    """oauth2-proxy's signed cookie value ``<value>|<unix time>|<HMAC-SHA256 of name, value,
+    time>`` (pkg/encryption SignedValue), so the test can give a real session another age."""
+    mac = hmac.new(secret.encode(), digestmod=hashlib.sha256)
+    for part in (name, value, str(timestamp)):
+        mac.update(part.encode())
+    return f"{value}|{timestamp}|{base64.urlsafe_b64encode(mac.digest()).decode()}"
+
+
+def test_an_expired_session_cookie_sends_the_owner_to_sign_in_again(signin_edge: Edge) -> None:
+    instance = signin_edge.owner_only
+    browser = Browser(signin_edge)
+    assert_cellxgene_page(browser.sign_in(instance.url, signin_edge.realm.owner), instance.url)
+    cookie = next(c for c in browser.session.cookies if c.name == OAUTH2_PROXY_COOKIE)
+    session, issued, _ = cookie.value.split("|")
+    url = f"{instance.url}api/v0.2/config"
+
+    def with_age(seconds: int) -> requests.Response:
+        value = signed_cookie(signin_edge.cookie_secret, OAUTH2_PROXY_COOKIE, session, int(issued) - seconds)
+        browser.session.cookies.set(OAUTH2_PROXY_COOKIE, value, domain=cookie.domain, path=cookie.path)
+        return browser.get(url, allow_redirects=False)
+
+    # The same session signed anew at its own time still opens the viewer: the signing is right...
+    assert with_age(0).status_code == 200
+    # ...so a session past --cookie-expire is refused for its age alone: back to sign-in.
+    expired = with_age(signin_edge.settings.sign_in_lifetime + 60)
+    assert expired.status_code == 302, expired.text[:300]
+    assert expired.headers["Location"].startswith(f"{signin_edge.base_url}/oauth2/sign_in?rd=")
+    # A minute short of the lifetime it still counts.
+    assert with_age(signin_edge.settings.sign_in_lifetime - 60).status_code == 200
 
 
 def test_wrong_password_gets_no_access(signin_edge: Edge) -> None:

@@ -402,6 +402,7 @@ def oauth2_proxy_args(settings: Settings) -> list[str]:
         f"--cookie-domain={urlsplit(settings.base_url).hostname}",
         f"--whitelist-domain={settings.host_name}",
         f"--cookie-secure={'true' if settings.url_scheme == 'https' else 'false'}",
+        f"--cookie-expire={settings.sign_in_lifetime}s",
     ]
     if settings.oidc_insecure_skip_verify:
         args.append("--ssl-insecure-skip-verify=true")

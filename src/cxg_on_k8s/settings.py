@@ -183,6 +183,12 @@ class Settings(BaseModel):
         "oauth2-proxy-cookie",
         description="Secret (key cookie-secret) generated once by the deploy command; never in code or args.",
     )
+    sign_in_lifetime: int = Field(
+        7 * 24 * 3600,
+        ge=60,
+        description="Seconds a sign-in lasts before the user must sign in again (oauth2-proxy's "
+        "--cookie-expire). Default 7 days: oauth2-proxy's own, and the longest lifespan.",
+    )
     oidc_insecure_skip_verify: bool = Field(
         False,
         description="Development only: skip TLS verification towards Keycloak. Off by default.",

@@ -6,7 +6,7 @@
 #   - the browser test's npm packages (playwright-core, no browser download) by `npm ci`;
 #   - Debian packages, only those missing: nginx-light, chromium, chromium-driver, and
 #     libnginx-mod-http-set-misc, whose set_escape_uri gives nginx ingress-nginx's $escaped_request_uri.
-# Needs mvn, a JDK 21+ at /usr/lib/jvm/temurin-25-jdk-amd64 (or CXG_JAVA_HOME) to run Keycloak, node/npm.
+# Needs mvn, a JDK 21+ under /usr/lib/jvm (or CXG_JAVA_HOME; scripts/find-jdk.sh) to run Keycloak, node/npm.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 step() { printf '== %s\n' "$*" >&2; }
@@ -17,7 +17,6 @@ KEYCLOAK_DIR=$CACHE/keycloak-$KEYCLOAK_VERSION
 KEYCLOAK_ZIP=$KEYCLOAK_DIR/keycloak-quarkus-dist-$KEYCLOAK_VERSION.zip
 KEYCLOAK_STAMP=$KEYCLOAK_DIR/.unpacked
 OAUTH2_PROXY=${CXG_BIN_DIR:-$CACHE/bin}/oauth2-proxy-v7.15.6
-JAVA_HOME_DIR=${CXG_JAVA_HOME:-/usr/lib/jvm/temurin-25-jdk-amd64}
 
 missing=()
 for pkg in nginx-light chromium chromium-driver libnginx-mod-http-set-misc unzip; do
@@ -43,10 +42,7 @@ if [ ! -f "$KEYCLOAK_STAMP" ]; then
   (cd "$KEYCLOAK_DIR" && unzip -q "$KEYCLOAK_ZIP")
   echo "$KEYCLOAK_VERSION" >"$KEYCLOAK_STAMP"
 fi
-[ -x "$JAVA_HOME_DIR/bin/java" ] || {
-  echo "no JDK at $JAVA_HOME_DIR: Keycloak $KEYCLOAK_VERSION needs Java 21+; install one or set CXG_JAVA_HOME" >&2
-  exit 1
-}
+scripts/find-jdk.sh >/dev/null  # says what is missing and fails when no JDK can run Keycloak
 
 if [ ! -x "$OAUTH2_PROXY" ]; then
   step "building oauth2-proxy (devcluster/build.sh oauth2-proxy)"

@@ -46,7 +46,6 @@ KEYCLOAK_HOME = Path(
     os.environ.get("CXG_KEYCLOAK_HOME")
     or CACHE / f"keycloak-{KEYCLOAK_VERSION}" / f"keycloak-{KEYCLOAK_VERSION}"
 )
-JAVA_HOME = Path(os.environ.get("CXG_JAVA_HOME") or "/usr/lib/jvm/temurin-25-jdk-amd64")
 OAUTH2_PROXY = Path(os.environ.get("CXG_BIN_DIR") or CACHE / "bin") / "oauth2-proxy-v7.15.6"
 NGINX = Path("/usr/sbin/nginx")
 INSTALL_HINT = "run scripts/install-signin-deps.sh"
@@ -241,6 +240,14 @@ class Keycloak:
         )
 
 
+def java_home() -> str:
+    """A JDK 21+ as scripts/find-jdk.sh picks it (CXG_JAVA_HOME, else the newest under /usr/lib/jvm)."""
+    found = subprocess.run(["bash", str(REPO / "scripts" / "find-jdk.sh")], capture_output=True, text=True, timeout=30)
+    if found.returncode != 0:
+        pytest.fail(f"{found.stderr.strip()} ({INSTALL_HINT})", pytrace=False)
+    return found.stdout.strip()
+
+
 def launch_keycloak(dist: Path, home: Path, config: pytest.Config | None) -> tuple[Server, Keycloak]:
     """Keycloak in dev mode on 127.0.0.1 with an in-memory database and a data dir of its own,
     answering; the caller stops the returned Server.
@@ -255,7 +262,7 @@ def launch_keycloak(dist: Path, home: Path, config: pytest.Config | None) -> tup
     password = secrets.token_urlsafe(16)
     env = {
         **os.environ,
-        "JAVA_HOME": str(JAVA_HOME),
+        "JAVA_HOME": java_home(),
         "KC_BOOTSTRAP_ADMIN_USERNAME": ADMIN_USER,
         "KC_BOOTSTRAP_ADMIN_PASSWORD": password,
     }
@@ -280,7 +287,6 @@ def launch_keycloak(dist: Path, home: Path, config: pytest.Config | None) -> tup
 def keycloak(tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.Config) -> Iterator[Keycloak]:
     """One Keycloak for the session (see launch_keycloak)."""
     dist = require(KEYCLOAK_HOME / "bin" / "kc.sh", f"Keycloak {KEYCLOAK_VERSION}").parent.parent
-    require(JAVA_HOME / "bin" / "java", "a JDK 21+ (Temurin 25)")
     server, running = launch_keycloak(dist, tmp_path_factory.mktemp("keycloak"), pytestconfig)
     try:
         yield running

@@ -16,6 +16,7 @@ import datetime as dt
 import logging
 import os
 import threading
+from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
 import kopf
@@ -35,6 +36,23 @@ RESOURCE = (api.GROUP, api.VERSION, api.PLURAL)
 WORKERS = min(32, (os.cpu_count() or 1) + 4)  # threads of each executor (see configure)
 # Retries (5 s apart) of a child the API server rejects before the instance is Failed.
 REJECTION_RETRIES = 3
+
+
+@dataclass
+class PodNews:
+    """What the operator knows of one instance's viewer pod, and what it wrote into the instance.
+
+    Kept because pod and instance events come in either order (after an operator restart the pod
+    may be seen first) and a stale cached body or status write can undo the news: whichever
+    event comes next carries it (see carry_pod_state).
+    """
+
+    latest: tuple[api.Phase, str] | None = None  # the pod's last phase and message
+    announced: tuple[api.Phase, dict[str, Any]] | None = None  # the phase carried, the status written
+    written_version: str | None = None  # resourceVersion of the instance after that write
+    # Pod and instance events of one instance must not both announce, while hundreds of
+    # instances starting at once must not queue behind one lock.
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 @kopf.on.startup()
@@ -87,15 +105,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: lo
     memo.config = config
     memo.api = handler
     memo.instances = {}
-    # The latest news of each instance's pod, kept so that it still reaches the instance when the
-    # pod's event came first (operator restart) or a stale status write undid it.
-    memo.pod_states = {}
-    memo.announced = {}
-    # The resourceVersion of each instance's last carried status write (see carry_pod_state).
-    memo.carried = {}
-    # One lock per instance: pod and instance events of one instance must not both announce,
-    # while hundreds of instances starting at once must not queue behind each other.
-    memo.carry_locks = {}
+    memo.pod_news = {}  # (namespace, name) -> PodNews
     standby = standby_check(handler, config, settings.peering.priority) if not settings.peering.standalone else None
     memo.culler = Culler(config, handler, memo.instances, standby=standby)
     memo.culler.start()
@@ -119,17 +129,15 @@ def remember(event: dict[str, Any], body: kopf.Body, memo: kopf.Memo, logger: lo
     key = (body["metadata"]["namespace"], body["metadata"]["name"])
     if event.get("type") == "DELETED":
         memo.instances.pop(key, None)
-        memo.pod_states.pop(key, None)
-        memo.announced.pop(key, None)
-        memo.carried.pop(key, None)
-        memo.carry_locks.pop(key, None)
+        memo.pod_news.pop(key, None)
     else:
         memo.instances[key] = {
             "metadata": dict(body["metadata"]),
             "spec": dict(body.get("spec", {})),
             "status": dict(body.get("status", {})),
         }
-        if key in memo.pod_states:
+        news = memo.pod_news.get(key)
+        if news is not None and news.latest is not None:
             carry_pod_state(memo, key, logger)
 
 
@@ -262,18 +270,18 @@ async def pod_changed(event: dict[str, Any], body: kopf.Body, memo: kopf.Memo, l
     instance_name = body["metadata"].get("labels", {}).get("instance")
     key = (body["metadata"]["namespace"], instance_name)
     if event.get("type") == "DELETED":
-        memo.pod_states.pop(key, None)
+        if key in memo.pod_news:
+            memo.pod_news[key].latest = None
         return
     phase, message = pod_phase(body)
     if phase is None:
         return
-    memo.pod_states[key] = (phase, message)
+    memo.pod_news.setdefault(key, PodNews()).latest = (phase, message)
     await asyncio.to_thread(carry_pod_state, memo, key, logger)
 
 
-def _remember_write(memo: kopf.Memo, key: tuple[str, str], written: Any) -> None:
-    version = (written or {}).get("metadata", {}).get("resourceVersion") if isinstance(written, dict) else None
-    memo.carried[key] = version
+def _written_version(written: Any) -> str | None:
+    return (written or {}).get("metadata", {}).get("resourceVersion") if isinstance(written, dict) else None
 
 
 def _older(version: str | None, than: str | None) -> bool:
@@ -284,20 +292,22 @@ def _older(version: str | None, than: str | None) -> bool:
 
 
 def carry_pod_state(memo: kopf.Memo, key: tuple[str, str], logger: logging.Logger) -> None:
-    """Write the pod's last news (memo.pod_states) into the instance's status unless it says so
-    already; called on pod events and on instance events, so neither order loses it."""
-    with memo.carry_locks.setdefault(key, threading.Lock()):
+    """Write the pod's last news into the instance's status unless it says so already; called on
+    pod events and on instance events, so neither order loses it."""
+    news = memo.pod_news.get(key)
+    if news is None:
+        return
+    with news.lock:
         instance = memo.instances.get(key)
-        known = memo.pod_states.get(key)
-        if not instance or not known:
+        if not instance or not news.latest:
             return
-        phase, message = known
+        phase, message = news.latest
         current = instance.setdefault("status", {})
         if current.get("phase") in (phase.value, api.Phase.TERMINATING.value, api.Phase.FAILED.value):
             return
-        previous = memo.announced.get(key)
+        previous = news.announced
         if previous and previous[0] == phase:
-            if _older(instance.get("metadata", {}).get("resourceVersion"), memo.carried.get(key)):
+            if _older(instance.get("metadata", {}).get("resourceVersion"), news.written_version):
                 # A watch event from before the write: the events after it show the news. (Without
                 # this check each instance got its Ready written two or three times.)
                 current.update(previous[1])
@@ -305,7 +315,7 @@ def carry_pod_state(memo: kopf.Memo, key: tuple[str, str], logger: logging.Logge
             # Carried before, and a stale cached body (or status write) says otherwise: write the
             # same news again, with the same times, and no second Event.
             update = previous[1]
-            _remember_write(memo, key, memo.api.patch_instance_status(key[1], update, key[0]))
+            news.written_version = _written_version(memo.api.patch_instance_status(key[1], update, key[0]))
             current.update(update)
             return
         moment = utcnow()
@@ -330,10 +340,10 @@ def carry_pod_state(memo: kopf.Memo, key: tuple[str, str], logger: logging.Logge
             update["readyAt"] = now
         if startup is not None:
             update["startupSeconds"] = startup
-        _remember_write(memo, key, memo.api.patch_instance_status(key[1], update, key[0]))
+        news.written_version = _written_version(memo.api.patch_instance_status(key[1], update, key[0]))
         current.update(update)
         # (phase, the status written): one Event per transition, and the same times if re-carried.
-        memo.announced[key] = (phase, update)
+        news.announced = (phase, update)
         event_type = "Normal" if phase == api.Phase.READY else "Warning"
         memo.api.post_event({**instance, "apiVersion": api.API_VERSION, "kind": api.KIND}, event_type, phase.value, message)
     logger.info("instance %s/%s is %s: %s", key[0], key[1], phase.value, message)

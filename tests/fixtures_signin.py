@@ -35,7 +35,7 @@ from keycloak import KeycloakAdmin
 
 from cxg_on_k8s import manifests
 from cxg_on_k8s import spec as api
-from cxg_on_k8s.keycloak_setup import SetupReport
+from cxg_on_k8s.keycloak_setup import SetupReport, setup_keycloak
 from cxg_on_k8s.settings import Settings
 from tests import nginx_conf
 
@@ -229,6 +229,10 @@ class Keycloak:
     url: str
     admin_user: str
     admin_password: str
+
+    def setup(self, realm: str, settings: Settings, groups_mapper: bool = True) -> SetupReport:
+        """One run of keycloak-setup's function against ``realm``, as the admin."""
+        return setup_keycloak(self.url, realm, self.admin_user, self.admin_password, settings, groups_mapper)
 
     def admin(self, realm: str = "master") -> KeycloakAdmin:
         return KeycloakAdmin(

@@ -264,14 +264,7 @@ def test_setup_keycloak_twice_changes_nothing_the_second_time(
     signin_edge: Edge, keycloak: Keycloak, signin_client: SetupReport
 ) -> None:
     # The first run is signin_client's: it created everything oauth2-proxy now runs with.
-    second = setup_keycloak(
-        keycloak.url,
-        signin_edge.realm.name,
-        keycloak.admin_user,
-        keycloak.admin_password,
-        signin_edge.settings,
-        groups_mapper=True,
-    )
+    second = keycloak.setup(signin_edge.realm.name, signin_edge.settings)
     assert not second.changed, second.summary()
     assert second.unchanged == signin_client.created
     assert second.summary().endswith("nothing to change: already set up.")
@@ -286,8 +279,7 @@ def test_setup_keycloak_without_groups_mapper_removes_both_groups_mappers(
     master.create_realm({"realm": realm, "enabled": True})
     try:
         def run(groups_mapper: bool) -> SetupReport:
-            return setup_keycloak(keycloak.url, realm, keycloak.admin_user, keycloak.admin_password,
-                                  signin_edge.settings, groups_mapper=groups_mapper)  # fmt: skip
+            return keycloak.setup(realm, signin_edge.settings, groups_mapper)
 
         client = signin_edge.settings.oidc_client_id
         labels = tuple(f"mapper {m['name']!r} of client {client!r}" for m in desired_groups_mappers())
@@ -315,14 +307,7 @@ def test_setup_keycloak_repairs_a_client_that_drifted(signin_edge: Edge, keycloa
             "attributes": {**client["attributes"], "pkce.code.challenge.method": ""},
         },
     )
-    report = setup_keycloak(
-        keycloak.url,
-        signin_edge.realm.name,
-        keycloak.admin_user,
-        keycloak.admin_password,
-        signin_edge.settings,
-        groups_mapper=True,
-    )
+    report = keycloak.setup(signin_edge.realm.name, signin_edge.settings)
     client_id = signin_edge.settings.oidc_client_id
     assert report.updated == (f"client {client_id!r} (redirectUris, attributes.pkce.code.challenge.method)",)
     repaired = admin.get_client(uuid)

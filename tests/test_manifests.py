@@ -319,8 +319,12 @@ def test_portal_form_children_start_with_the_networkpolicy() -> None:
 # --- embedded form: the PoC's client-rendered manifests, relabelled -----------------------------
 
 
+POC_AUTH_URL = f"{Settings().oauth2_proxy_auth_endpoint}?allowed_emails=alice@example.org"
+
+
 def poc_manifests(name: str) -> dict[str, dict[str, Any]]:
-    """What the proof of concept's client rendered: every object selected by app=cellxgene."""
+    """What the proof of concept's client rendered: every object selected by app=cellxgene, the
+    owner's e-mail in the auth-url (for an operator with default settings)."""
     return {
         "deployment": {
             "apiVersion": "apps/v1",
@@ -352,7 +356,11 @@ def poc_manifests(name: str) -> dict[str, dict[str, Any]]:
         "ingress": {
             "apiVersion": "networking.k8s.io/v1",
             "kind": "Ingress",
-            "metadata": {"name": name, "labels": {"app": "cellxgene"}},
+            "metadata": {
+                "name": name,
+                "labels": {"app": "cellxgene"},
+                "annotations": {"nginx.ingress.kubernetes.io/auth-url": POC_AUTH_URL},
+            },
             "spec": {
                 "ingressClassName": "nginx",
                 "rules": [
@@ -377,8 +385,12 @@ def poc_manifests(name: str) -> dict[str, dict[str, Any]]:
 
 def test_embedded_form_is_relabelled_with_the_instance_selector() -> None:
     spec = api.SingleUserInstanceSpec(lifespan=600, **poc_manifests(NAME))
-    deploy, svc, ing = manifests.children(NAME, NS, spec, SETTINGS)
-    for child in (deploy, svc, ing):
+    policy, deploy, svc, ing = manifests.children(NAME, NS, spec, SETTINGS)
+    # The NetworkPolicy comes first for this form too, open to the ingress namespace on any port
+    # (the client chose the viewer's port).
+    assert policy == {**manifests.network_policy(NAME, NS, SETTINGS, port=None)}
+    assert "ports" not in policy["spec"]["ingress"][0]
+    for child in (policy, deploy, svc, ing):
         assert child["metadata"]["labels"] == LABELS
         assert child["metadata"]["namespace"] == NS
         assert "resourceVersion" not in child["metadata"] and "uid" not in child["metadata"]
@@ -395,7 +407,7 @@ def test_embedded_form_with_other_names_keeps_the_ingress_pointing_at_the_servic
     """A client that named its objects differently: everything is renamed to the instance, so the
     Ingress backend must follow the Service's new name."""
     spec = api.SingleUserInstanceSpec(**poc_manifests("viewer"))
-    deploy, svc, ing = manifests.children(NAME, NS, spec, SETTINGS)
+    _, _, svc, ing = manifests.children(NAME, NS, spec, SETTINGS)
     assert svc["metadata"]["name"] == NAME
     assert (
         ing["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]["name"]

@@ -27,6 +27,7 @@ from cxg_on_k8s.api import ApiError, K8ApiHandler, describe_api_exception
 from cxg_on_k8s.devcluster import K8S_VERSION, DevCluster, default_bin_dir
 from cxg_on_k8s.settings import Settings
 from tests.conftest import REPO, OperatorProcess, wait_for
+from tests.test_manifests import poc_manifests
 from tests.test_policy import set_path
 
 OWNER = "alice@example.org"
@@ -283,66 +284,13 @@ def test_embedded_poc_form_gets_children_with_the_instance_selector(
         assert service.spec.selector == {"instance": name}
         ingress = read_child(k8s, "Ingress", name)
         assert ingress.spec.rules[0].http.paths[0].backend.service.name == name
-        for child in (deployment, service, ingress):
+        policy = read_child(k8s, "NetworkPolicy", name)  # the sign-in cannot be walked around
+        assert policy.spec.pod_selector.match_labels == {"instance": name}
+        for child in (deployment, service, ingress, policy):
             assert child.metadata.owner_references[0].name == name
             assert child.metadata.labels["instance"] == name
         (pod,) = k8s.list_pods(f"instance={name}").items
         assert pod.metadata.labels["instance"] == name
-
-
-def poc_manifests(name: str) -> dict[str, dict[str, Any]]:
-    labels = {"app": "cellxgene"}
-    return {
-        "deployment": {
-            "apiVersion": "apps/v1",
-            "kind": "Deployment",
-            "metadata": {"name": name, "labels": labels},
-            "spec": {
-                "replicas": 1,
-                "selector": {"matchLabels": labels},
-                "template": {
-                    "metadata": {"labels": labels},
-                    "spec": {
-                        "containers": [
-                            {
-                                "name": "cellxgene",
-                                "image": "cellxgene:1.1.2",
-                                "command": ["cellxgene", "launch", "--verbose", "-p", "5005", "--host", "0.0.0.0"],
-                                "ports": [{"containerPort": 5005}],
-                            }
-                        ]
-                    },
-                },
-            },
-        },
-        "service": {
-            "apiVersion": "v1",
-            "kind": "Service",
-            "metadata": {"name": name, "labels": labels},
-            "spec": {"selector": labels, "ports": [{"port": 5005, "targetPort": 5005}]},
-        },
-        "ingress": {
-            "apiVersion": "networking.k8s.io/v1",
-            "kind": "Ingress",
-            "metadata": {"name": name, "labels": labels},
-            "spec": {
-                "ingressClassName": "nginx",
-                "rules": [
-                    {
-                        "http": {
-                            "paths": [
-                                {
-                                    "path": f"/{name}(/|$)(.*)",
-                                    "pathType": "ImplementationSpecific",
-                                    "backend": {"service": {"name": name, "port": {"number": 5005}}},
-                                }
-                            ]
-                        }
-                    }
-                ],
-            },
-        },
-    }
 
 
 # --- what only the operator can refuse ------------------------------------------------------------

@@ -18,6 +18,10 @@ from tests.test_manifests import poc_manifests
 
 NAME = "cellxgene-0b6f3c1e-9d7a-4c55-8f0e-1a2b3c4d5e6f"
 NS = "viewers"
+AUTH = Settings().oauth2_proxy_auth_endpoint  # what tests.test_manifests.poc_manifests asks
+AUTH_KEY = "nginx.ingress.kubernetes.io/auth-url"
+AUTH_FIELD = f'spec.ingress.metadata.annotations["{AUTH_KEY}"]'
+AUTH_FIX = f"set it to {AUTH}?allowed_emails=<the owner's e-mail>"
 UID = "6c1f0a9e-0000-4000-8000-000000000001"
 POD = "spec.deployment.spec.template.spec"
 
@@ -69,16 +73,16 @@ def hardened() -> dict[str, Any]:
 
 
 def test_the_pocs_manifests_are_accepted() -> None:
-    assert api.embedded_problems(embedded(), NS) == []
+    assert api.embedded_problems(embedded(), NS, AUTH) == []
 
 
 def test_every_guarded_field_at_its_safe_value_is_accepted() -> None:
-    assert api.embedded_problems(embedded(**hardened()), NS) == []
+    assert api.embedded_problems(embedded(**hardened()), NS, AUTH) == []
 
 
 def test_the_portal_form_has_no_embedded_problems() -> None:
     spec = api.SingleUserInstanceSpec(owner="alice@example.org", dataset="s3://b-1/x.h5ad")
-    assert api.embedded_problems(spec, NS) == []
+    assert api.embedded_problems(spec, NS, AUTH) == []
 
 
 # --- refused, each with its literal message --------------------------------------------------------
@@ -143,24 +147,40 @@ REFUSED = [
     ("an old Ingress apiVersion", "ingress.apiVersion", "extensions/v1beta1",
      "spec.ingress.apiVersion is 'extensions/v1beta1': the ingress slot takes networking.k8s.io/v1 Ingress; "
      "set apiVersion: networking.k8s.io/v1"),
+    # The sign-in: an embedded viewer is reachable only through this installation's oauth2-proxy,
+    # for the people its auth-url names.
+    ("no auth-url", "ingress.metadata.annotations", {"nginx.ingress.kubernetes.io/rewrite-target": "/$2"},
+     f'{AUTH_FIELD} is missing: a viewer is reachable only through the sign-in; {AUTH_FIX}'),
+    ("auth-url of another server", "ingress.metadata.annotations",
+     {AUTH_KEY: "http://evil.example/oauth2/auth?allowed_emails=alice@example.org"},
+     f"{AUTH_FIELD} is 'http://evil.example/oauth2/auth?allowed_emails=alice@example.org', which does not ask "
+     f"this installation's oauth2-proxy; {AUTH_FIX}"),
+    ("auth-url naming nobody", "ingress.metadata.annotations", {AUTH_KEY: f"{AUTH}?allowed_emails="},
+     f"{AUTH_FIELD} is '{AUTH}?allowed_emails=', which names nobody, so every signed-in user would get in; "
+     f"{AUTH_FIX}"),
 ]  # fmt: skip
 
 
 @pytest.mark.parametrize(("path", "value", "message"), [c[1:] for c in REFUSED], ids=[c[0] for c in REFUSED])
 def test_each_refused_field_is_named_with_its_fix(path: str, value: Any, message: str) -> None:
-    assert api.embedded_problems(embedded(**{path: value}), NS) == [message]
+    assert api.embedded_problems(embedded(**{path: value}), NS, AUTH) == [message]
 
 
 def test_every_problem_is_reported_at_once() -> None:
     spec = embedded(**{path: value for _, path, value, _ in REFUSED[:9]})
-    assert sorted(api.embedded_problems(spec, NS)) == sorted(message for *_, message in REFUSED[:9])
+    assert sorted(api.embedded_problems(spec, NS, AUTH)) == sorted(message for *_, message in REFUSED[:9])
+
+
+def test_a_group_in_the_auth_url_is_someone_named() -> None:
+    spec = embedded(**{"ingress.metadata.annotations": {AUTH_KEY: f"{AUTH}?allowed_groups=lab-a"}})
+    assert api.embedded_problems(spec, NS, AUTH) == []
 
 
 def test_missing_kind_is_refused() -> None:
     docs = poc_manifests(NAME)
     del docs["service"]["kind"]
     spec = api.SingleUserInstanceSpec(lifespan=600, **docs)
-    assert api.embedded_problems(spec, NS) == [
+    assert api.embedded_problems(spec, NS, AUTH) == [
         "spec.service.kind is None: the service slot takes a Service only; set kind: Service"
     ]
 
@@ -173,7 +193,7 @@ def test_malformed_manifests_do_not_crash_the_policy() -> None:
         "deployment.spec.template.spec.volumes": ["x", None],
         "ingress.spec": None,
     })  # fmt: skip
-    assert api.embedded_problems(spec, NS) == []
+    assert api.embedded_problems(spec, NS, AUTH) == []
 
 
 def test_problems_applies_the_policy_in_the_settings_namespace_by_default() -> None:

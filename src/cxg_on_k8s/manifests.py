@@ -13,7 +13,7 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 
 from cxg_on_k8s import spec as api
-from cxg_on_k8s.settings import Settings
+from cxg_on_k8s.settings import OAUTH2_PROXY_NAME, Settings
 
 Manifest = dict[str, Any]
 
@@ -23,7 +23,6 @@ DATA_DIR = "/data"
 DATASET_FILE = f"{DATA_DIR}/dataset.h5ad"
 ANNOTATIONS_FILE = f"{DATA_DIR}/annotations.csv"
 GENE_SETS_FILE = f"{DATA_DIR}/gene_sets.csv"
-OAUTH2_PROXY_NAME = "oauth2-proxy"
 OAUTH2_PROXY_METRICS_PORT = 9091
 OPERATOR_NAME = "sui-operator"
 PORTAL_ACCOUNT = "omicsdm"
@@ -226,10 +225,7 @@ def auth_url(spec: api.SingleUserInstanceSpec, settings: Settings) -> str:
     own e-mail too. The spec refuses commas in the owner and group names, because oauth2-proxy
     splits both lists on commas after decoding the query.
     """
-    base = (
-        f"http://{OAUTH2_PROXY_NAME}.{settings.oauth2_proxy_namespace}.svc.cluster.local:"
-        f"{settings.oauth2_proxy_port}/oauth2/auth"
-    )
+    base = settings.oauth2_proxy_auth_endpoint
     owner = spec.owner or ""
     if spec.allowed_groups:
         allowed = dict.fromkeys([owner, *spec.allowed_groups] if owner else spec.allowed_groups)
@@ -287,8 +283,14 @@ def ingress_host(settings: Settings) -> str:
     return urlsplit(settings.base_url).hostname or settings.host_name
 
 
-def network_policy(name: str, namespace: str, settings: Settings) -> Manifest:
-    """Only the ingress controller's namespace reaches the viewer, so nobody skips the sign-in."""
+def network_policy(name: str, namespace: str, settings: Settings, port: int | None = VIEWER_PORT) -> Manifest:
+    """Only the ingress controller's namespace reaches the viewer, so nobody skips the sign-in.
+    ``port`` None: any port, for an embedded viewer whose port the operator does not choose."""
+    allowed: dict[str, Any] = {
+        "from": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": settings.ingress_namespace}}}]
+    }
+    if port is not None:
+        allowed["ports"] = [{"protocol": "TCP", "port": port}]
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
@@ -296,18 +298,7 @@ def network_policy(name: str, namespace: str, settings: Settings) -> Manifest:
         "spec": {
             "podSelector": {"matchLabels": {"instance": name}},
             "policyTypes": ["Ingress"],
-            "ingress": [
-                {
-                    "from": [
-                        {
-                            "namespaceSelector": {
-                                "matchLabels": {"kubernetes.io/metadata.name": settings.ingress_namespace}
-                            }
-                        }
-                    ],
-                    "ports": [{"protocol": "TCP", "port": VIEWER_PORT}],
-                }
-            ],
+            "ingress": [allowed],
         },
     }
 
@@ -317,15 +308,19 @@ def children(name: str, namespace: str, spec: api.SingleUserInstanceSpec, settin
 
     The embedded form passes the client's manifests through, relabelled and renamed so that the
     PoC's defects (shared selector, missing instance label) cannot come back through it.
+    Both forms get the NetworkPolicy, first: the viewer must never run, even briefly, reachable
+    around the sign-in.
     """
     if spec.embedded:
         service_name = (spec.service or {}).get("metadata", {}).get("name")
         return [
-            _embedded(doc, name, namespace, service_name)
-            for doc in (spec.deployment, spec.service, spec.ingress)
-            if doc is not None
+            network_policy(name, namespace, settings, port=None),
+            *(
+                _embedded(doc, name, namespace, service_name)
+                for doc in (spec.deployment, spec.service, spec.ingress)
+                if doc is not None
+            ),
         ]
-    # The NetworkPolicy first: the viewer must never run, even briefly, reachable around the sign-in.
     return [
         network_policy(name, namespace, settings),
         deployment(name, namespace, spec, settings),

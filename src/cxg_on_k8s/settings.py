@@ -27,6 +27,7 @@ LEGACY_ENV = {
 
 IN_CLUSTER_METRICS_URL = "http://metrics.ingress-nginx.svc.cluster.local/metrics"
 LOCAL_METRICS_URL = "http://localhost:10254/metrics"
+OAUTH2_PROXY_NAME = "oauth2-proxy"  # its Deployment, Service and Ingress (as in the PoC)
 # kopf peering priorities: the higher one works, the lower one pauses.
 IN_CLUSTER_PEERING_PRIORITY = 100
 LOCAL_PEERING_PRIORITY = 0
@@ -193,6 +194,15 @@ class Settings(BaseModel):
         False,
         description="Development only: skip TLS verification towards Keycloak. Off by default.",
     )
+
+    @property
+    def oauth2_proxy_auth_endpoint(self) -> str:
+        """oauth2-proxy's /oauth2/auth as ingress-nginx reaches it: every viewer's auth-url starts
+        with it (the portal form's are rendered, the embedded form's are checked against it)."""
+        return (
+            f"http://{OAUTH2_PROXY_NAME}.{self.oauth2_proxy_namespace}.svc.cluster.local:"
+            f"{self.oauth2_proxy_port}/oauth2/auth"
+        )
 
     def effective_metrics_url(self, environ: Mapping[str, str] | None = None) -> str:
         """The PoC's two defaults: the Service inside a cluster, a port-forward outside."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from enum import Enum
+from urllib.parse import parse_qs
 from typing import Annotated, Any, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -46,6 +47,7 @@ LIFESPAN_MESSAGE = (
 )
 
 # The embedded form's three slots: (apiVersion, kind) each one takes, and nothing else.
+AUTH_URL_ANNOTATION = "nginx.ingress.kubernetes.io/auth-url"
 EMBEDDED_SLOTS = {
     "deployment": ("apps/v1", "Deployment"),
     "service": ("v1", "Service"),
@@ -341,7 +343,7 @@ def problems(spec: SingleUserInstanceSpec, settings: Any, namespace: str | None 
 
     Each problem names the field, the limit and the fix; an empty list means acceptable.
     """
-    found: list[str] = embedded_problems(spec, namespace or settings.namespace)
+    found: list[str] = embedded_problems(spec, namespace or settings.namespace, settings.oauth2_proxy_auth_endpoint)
     if spec.lifespan is not None and spec.lifespan > settings.max_lifespan:
         found.append(
             f"spec.lifespan {spec.lifespan} s exceeds the maximum {settings.max_lifespan} s "
@@ -358,16 +360,19 @@ def problems(spec: SingleUserInstanceSpec, settings: Any, namespace: str | None 
     return found
 
 
-def embedded_problems(spec: SingleUserInstanceSpec, namespace: str) -> list[str]:
-    """The embedded form's policy: refuse manifests that would raise privilege or leave the
-    instance's namespace. Pure; each problem names the exact field path and the fix.
+def embedded_problems(spec: SingleUserInstanceSpec, namespace: str, auth_endpoint: str) -> list[str]:
+    """The embedded form's policy: refuse manifests that would raise privilege, leave the
+    instance's namespace or skip the sign-in. Pure; each problem names the exact field path and
+    the fix.
 
     Refused: a slot holding another kind (or apiVersion) than its own; a ``metadata.namespace``
     other than the instance's; in the pod template, ``hostNetwork``/``hostPID``/``hostIPC``,
     ``hostPath`` volumes, a service account other than the namespace's ``default``,
     ``automountServiceAccountToken: true``, and in any container (``containers``,
     ``initContainers``, ``ephemeralContainers``) ``privileged``, ``allowPrivilegeEscalation: true``,
-    ``capabilities.add``, ``hostPort`` and Windows ``hostProcess``.
+    ``capabilities.add``, ``hostPort`` and Windows ``hostProcess``; an Ingress whose ``auth-url``
+    is missing, asks another server than ``auth_endpoint`` (this installation's oauth2-proxy), or
+    names nobody (no ``allowed_emails``/``allowed_groups``, so any signed-in user would get in).
 
     ``automountServiceAccountToken`` left out is accepted: the proof of concept's clients never set
     it, and the token is then the ``default`` account's, which this project binds to nothing. Set
@@ -395,7 +400,26 @@ def embedded_problems(spec: SingleUserInstanceSpec, namespace: str) -> list[str]
             )
     template = _mapping(_mapping(_mapping(spec.deployment).get("spec")).get("template")).get("spec")
     found += _pod_problems(_mapping(template), "spec.deployment.spec.template.spec")
+    if spec.ingress is not None:
+        found += _sign_in_problems(spec.ingress, auth_endpoint)
     return found
+
+
+def _sign_in_problems(ingress: dict[str, Any], auth_endpoint: str) -> list[str]:
+    """An embedded Ingress must send every request through this installation's oauth2-proxy and
+    name who may pass, as the portal form's Ingress does (the embedded form has no spec.owner)."""
+    where = f'spec.ingress.metadata.annotations["{AUTH_URL_ANNOTATION}"]'
+    fix = f"set it to {auth_endpoint}?allowed_emails=<the owner's e-mail>"
+    url = _mapping(_mapping(ingress.get("metadata")).get("annotations")).get(AUTH_URL_ANNOTATION)
+    if not isinstance(url, str) or not url:
+        return [f"{where} is missing: a viewer is reachable only through the sign-in; {fix}"]
+    base, _, query = url.partition("?")
+    if base != auth_endpoint:
+        return [f"{where} is {url!r}, which does not ask this installation's oauth2-proxy; {fix}"]
+    allowed = parse_qs(query)
+    if not any(value.strip() for key in ("allowed_emails", "allowed_groups") for value in allowed.get(key, [])):
+        return [f"{where} is {url!r}, which names nobody, so every signed-in user would get in; {fix}"]
+    return []
 
 
 _HOST_NAMESPACES = {"hostNetwork": "network", "hostPID": "process", "hostIPC": "IPC"}

@@ -167,7 +167,9 @@ class SingleUserInstanceSpec(BaseModel):
     )
     ingress: dict[str, Any] | None = Field(
         None,
-        description="Embedded form: the Ingress manifest the client rendered (kind Ingress).",
+        description="Embedded form: the Ingress manifest the client rendered (kind Ingress; its "
+        "auth-url must ask this installation's oauth2-proxy and name the owner: see the embedded-form "
+        "policy below).",
         json_schema_extra=lambda schema: _slot_schema(schema, "ingress"),
     )
 

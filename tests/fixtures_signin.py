@@ -554,15 +554,16 @@ def signin_edge(
     require(NGINX, "nginx (Debian nginx-light)")
     settings = signin_settings
     dataset = "s3://cellxgene/datasets/pbmc.h5ad"
+    # The portal may spell the owner's e-mail with capitals; Keycloak signs it in lower case.
     owner, group = (
         Instance(
             name,
-            api.SingleUserInstanceSpec(owner=signin_realm.owner.email, dataset=dataset, **extra),
+            api.SingleUserInstanceSpec(owner=spelled, dataset=dataset, **extra),
             manifests.instance_url(name, settings),
         )
-        for name, extra in (
-            (manifests.new_instance_name(), {}),
-            (manifests.new_instance_name(), {"allowedGroups": [GROUP]}),
+        for name, spelled, extra in (
+            (manifests.new_instance_name(), signin_realm.owner.email.capitalize(), {}),
+            (manifests.new_instance_name(), signin_realm.owner.email.upper(), {"allowedGroups": [GROUP]}),
         )
     )
     ingresses = [manifests.ingress(i.name, settings.namespace, i.spec, settings) for i in (owner, group)]

@@ -155,8 +155,9 @@ AUTH_BASE = "http://oauth2-proxy.auth.svc.cluster.local:8091/oauth2/auth"
         ("alice+lab@example.org", "allowed_emails=alice%2Blab@example.org"),
         ("eve&allowed_groups=admins@x.org", "allowed_emails=eve%26allowed_groups%3Dadmins@x.org"),
         ("name with space@x.org", "allowed_emails=name%20with%20space@x.org"),
+        ("Bob@Example.ORG", "allowed_emails=bob@example.org"),
     ],
-    ids=["plain", "plus-is-encoded", "no-query-injection", "space"],
+    ids=["plain", "plus-is-encoded", "no-query-injection", "space", "lower-cased-as-keycloak-stores-it"],
 )
 def test_auth_url_names_the_owner_url_encoded(owner: str, query: str) -> None:
     spec = api.SingleUserInstanceSpec(owner=owner, dataset=DATASET)

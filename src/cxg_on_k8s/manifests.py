@@ -223,10 +223,11 @@ def auth_url(spec: api.SingleUserInstanceSpec, settings: Settings) -> str:
     but oauth2-proxy ANDs ``allowed_emails`` with ``allowed_groups``; so the owner's e-mail goes
     into the group list, where ``keycloak-setup``'s ``groups-own-email`` mapper puts every user's
     own e-mail too. The spec refuses commas in the owner and group names, because oauth2-proxy
-    splits both lists on commas after decoding the query.
+    splits both lists on commas after decoding the query. The owner is lower-cased because
+    Keycloak stores (and so signs) every e-mail in lower case, and oauth2-proxy compares exactly.
     """
     base = settings.oauth2_proxy_auth_endpoint
-    owner = spec.owner or ""
+    owner = (spec.owner or "").lower()
     if spec.allowed_groups:
         allowed = dict.fromkeys([owner, *spec.allowed_groups] if owner else spec.allowed_groups)
         return f"{base}?allowed_groups={','.join(quote(item, safe='@/') for item in allowed)}"

@@ -5,7 +5,9 @@ It is `cxg-k8s deploy ...` under its old name.
 
 import sys
 
-from cxg_on_k8s.cli import app
+from cxg_on_k8s.cli import main
 
 if __name__ == "__main__":
-    sys.exit(app(args=["deploy", *sys.argv[1:]]))
+    # Through main(), not app(): the same exit codes as `cxg-k8s deploy`, Ctrl-C (130) included.
+    sys.argv[1:1] = ["deploy"]
+    main()

@@ -21,7 +21,6 @@ from kubernetes.client.exceptions import ApiException
 
 from cxg_on_k8s import spec as api
 
-POC_ENV = ("K8_IP", "K8_PORT", "CLUSTER_ROOT_CERTIFICATE", "SERVICE_ACCOUNT", "ACCOUNT_TOKEN")
 NAMESPACE_PATTERN = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 T = TypeVar("T")
 
@@ -141,6 +140,15 @@ def utcnow() -> dt.datetime:
 
 def rfc3339(moment: dt.datetime) -> str:
     return moment.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_time(value: str | None) -> dt.datetime | None:
+    """An API timestamp (RFC 3339, "Z" for UTC) as a datetime, None when absent: status
+    times such as ``lastActivity`` are missing until they happen. One parser for every reader, so
+    the operator, the culler and the CLI cannot disagree about a time."""
+    if not value:
+        return None
+    return dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
 
 
 class K8ApiHandler:

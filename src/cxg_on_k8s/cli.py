@@ -17,6 +17,7 @@ from typing import Annotated, Any
 
 import typer
 import yaml
+from kubernetes.client import ApiClient
 from pydantic import ValidationError
 from rich.console import Console
 from rich.live import Live
@@ -25,7 +26,7 @@ from rich.table import Table
 from cxg_on_k8s import envfile, manifests
 from cxg_on_k8s import spec as api
 from cxg_on_k8s.api import ApiError, K8ApiHandler, load_client
-from cxg_on_k8s.settings import Settings, SettingsError
+from cxg_on_k8s.settings import DEFAULT_OPERATOR_IMAGE, Settings, SettingsError
 from cxg_on_k8s.yaml_convert import py_to_yaml, yaml_to_py
 
 EXIT_FAILED, EXIT_USAGE, EXIT_TIMEOUT, EXIT_NOT_FOUND = 1, 2, 3, 4
@@ -74,8 +75,14 @@ def settings_or_exit(**overrides: Any) -> Settings:
 
 
 def connect(kubeconfig: str | None, context: str | None, settings: Settings) -> K8ApiHandler:
+    return K8ApiHandler(client=client_or_exit(kubeconfig, context), namespace=settings.namespace)
+
+
+def client_or_exit(kubeconfig: str | None, context: str | None) -> ApiClient:
+    """The cluster client, or exit 2 saying how to give credentials: every command that talks to
+    the cluster, the typed handler's and the dynamic client's alike, fails the same readable way."""
     try:
-        return K8ApiHandler(client=load_client(kubeconfig, context), namespace=settings.namespace)
+        return load_client(kubeconfig, context)
     except Exception as exc:  # config loading raises many types; all mean "cannot connect"
         raise fail(
             f"cannot load cluster credentials ({exc}); pass --kubeconfig, set KUBECONFIG, or the PoC's "
@@ -94,7 +101,7 @@ def emit(data: Any, output: Output) -> None:
 def age(timestamp: str | None) -> str:
     if not timestamp:
         return ""
-    from cxg_on_k8s.culler import parse_time
+    from cxg_on_k8s.api import parse_time
     from cxg_on_k8s.culling import format_age
 
     moment = parse_time(timestamp)
@@ -161,9 +168,7 @@ def deploy(
         if template:
             spec = yaml.safe_load(template.read_text())
             api.SingleUserInstanceSpec.model_validate(spec)
-            body = {"apiVersion": api.API_VERSION, "kind": api.KIND,
-                    "metadata": {"name": name, "namespace": settings.namespace, "labels": manifests.labels(name)},
-                    "spec": spec}  # fmt: skip
+            body = manifests.instance_body(name, settings.namespace, spec)
         elif owner and dataset:
             given = {"lifespan": lifespan, "title": title, "allowedGroups": allowed_group or None}
             fields = {k: v for k, v in given.items() if v is not None}
@@ -328,7 +333,7 @@ def crd_objects() -> list[dict[str, Any]]:
 
 @app.command()
 def install(
-    image: Annotated[str, typer.Option(help="operator image.")] = "cxg-on-k8s:0.1.0",
+    image: Annotated[str, typer.Option(help="operator image.")] = DEFAULT_OPERATOR_IMAGE,
     crd_only: Annotated[bool, typer.Option(help="install only the CRD (to run the operator locally).")] = False,
     kubeconfig: Kubeconfig = None,
     context: Context = None,
@@ -339,7 +344,7 @@ def install(
 
     settings = settings_or_exit()
     objects = crd_objects() if crd_only else install_objects(settings, image)
-    dynamic = DynamicClient(load_client(kubeconfig, context))
+    dynamic = DynamicClient(client_or_exit(kubeconfig, context))
     for obj in objects:
         resource = dynamic.resources.get(api_version=obj["apiVersion"], kind=obj["kind"])
         meta = obj["metadata"]
@@ -380,7 +385,7 @@ def uninstall(
     settings = settings_or_exit()
     if not yes and not typer.confirm("this deletes the CRD and with it every SingleUserInstance; continue?"):
         raise typer.Exit(EXIT_FAILED)
-    dynamic = DynamicClient(load_client(kubeconfig, context))
+    dynamic = DynamicClient(client_or_exit(kubeconfig, context))
     kept = {("Namespace", settings.namespace), ("CustomResourceDefinition", manifests.KOPF_PEERING_CRD_NAME)}
     objects = [o for o in install_objects(settings, "unused") if (o["kind"], o["metadata"]["name"]) not in kept]
     for obj in [manifests.kopf_peering(settings), *reversed(objects)]:

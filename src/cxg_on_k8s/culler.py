@@ -26,19 +26,13 @@ from cxg_on_k8s.activity import (
     MetricsSource,
     endpointslice_urls,
 )
-from cxg_on_k8s.api import K8ApiHandler, rfc3339, utcnow
+from cxg_on_k8s.api import K8ApiHandler, parse_time, rfc3339, utcnow
 from cxg_on_k8s.culling import Decision, InstanceTimes, decide
 from cxg_on_k8s.settings import Settings
 
 log = logging.getLogger("cxg_on_k8s.culler")
 Instances = MutableMapping[tuple[str, str], dict[str, Any]]
 API_CONCURRENCY = 8
-
-
-def parse_time(value: str | None) -> dt.datetime | None:
-    if not value:
-        return None
-    return dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
 
 
 def instance_times(body: dict[str, Any], settings: Settings) -> InstanceTimes:
@@ -219,10 +213,15 @@ class Culler:
             decision = decide(instance_times(body, self.settings), reliable, now)
             log.info("%s/%s %s", key[0], key[1], decision.message)
             if decision.delete:
-                status["phase"] = api.Phase.TERMINATING.value
-                status["cullReason"] = decision.reason.value if decision.reason else None
+                # The cache says it at once, as the status write will: the same dict for both.
+                terminating = {
+                    "phase": api.Phase.TERMINATING.value,
+                    "cullReason": decision.reason.value if decision.reason else "unknown",
+                    "message": decision.message,
+                }
+                status.update(terminating)
                 deleted.append((f"{key[0]}/{key[1]}", decision))
-                jobs.append(self._cull(key, body, decision))
+                jobs.append(self._cull(key, body, decision, terminating))
         await asyncio.gather(*jobs)
         self.last_pass = rfc3339(now)
         return deleted
@@ -234,15 +233,15 @@ class Culler:
             except Exception as exc:  # an instance deleted meanwhile, or a transient API error
                 log.warning("could not update status of %s/%s: %s", key[0], key[1], exc)
 
-    async def _cull(self, key: tuple[str, str], body: dict[str, Any], decision: Decision) -> None:
+    async def _cull(
+        self, key: tuple[str, str], body: dict[str, Any], decision: Decision, terminating: dict[str, Any]
+    ) -> None:
         """Reason first (status and Event), then delete: the user can always learn why.
 
         The rate token is taken with an API slot in hand: taken before queueing for a slot, the
         tokens of culls stuck behind a slow API server would all be spent by the time it recovers,
         and the queue would then run at full speed, far above ``delete_rate``.
         """
-        reason = decision.reason.value if decision.reason else "unknown"
-        terminating = {"phase": api.Phase.TERMINATING.value, "cullReason": reason, "message": decision.message}
         async with self._api_slots:
             await self._deletes.acquire()
             try:
@@ -250,7 +249,9 @@ class Culler:
             except Exception as exc:  # an instance deleted meanwhile, or a transient API error
                 log.warning("could not update status of %s/%s: %s", key[0], key[1], exc)
             try:
-                await self._call(self._event, body, "Normal", "Culled", f"{reason}: {decision.message}")
+                await self._call(
+                    self.api.post_event, body, "Normal", "Culled", f"{terminating['cullReason']}: {decision.message}"
+                )
             except Exception as exc:  # best effort: status.cullReason already says why
                 log.warning("could not post the Culled event of %s/%s: %s", key[0], key[1], exc)
             try:
@@ -261,9 +262,6 @@ class Culler:
             self._culled[key] = body.get("metadata", {}).get("uid")
             log.info("deleted %s/%s: %s", key[0], key[1], decision.message)
 
-    def _event(self, body: dict[str, Any], event_type: str, reason: str, message: str) -> None:
-        self.api.post_event({**body, "apiVersion": api.API_VERSION, "kind": api.KIND}, event_type, reason, message)
-
     async def _warn_unwarned(self, reason: str, message: str) -> None:
         """One Warning per instance per outage, also to instances created during it (or known
         only after a start with the metrics already down)."""
@@ -271,7 +269,7 @@ class Culler:
         async def warn(key: tuple[str, str], body: dict[str, Any]) -> None:
             async with self._api_slots:
                 try:
-                    await self._call(self._event, body, "Warning", reason, message)
+                    await self._call(self.api.post_event, body, "Warning", reason, message)
                 except Exception as exc:  # an Event is best effort; the log line already says it
                     log.debug("could not post %s event: %s", reason, exc)
                     return

@@ -21,12 +21,11 @@ import socket
 import ssl
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import yaml
 from cryptography import x509
@@ -45,7 +44,7 @@ def default_bin_dir() -> Path:
     """Where devcluster/build.sh puts binaries (the same rule as the script)."""
     if os.environ.get("CXG_BIN_DIR"):
         return Path(os.environ["CXG_BIN_DIR"])
-    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
     return cache / "cxg-on-k8s" / "bin"
 
 
@@ -150,6 +149,31 @@ def write_pki(pki: Path) -> None:
         (pki / name).chmod(0o600)
 
 
+def peak_rss_mib(pid: int) -> float | None:
+    """A process's peak resident memory (VmHWM) in MiB; None once /proc no longer has it,
+    so callers read it before stopping the process."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+def stop_process(popen: subprocess.Popen[Any], timeout: float = 10.0, sig: int = signal.SIGTERM) -> None:
+    """Ask politely (``sig``) so the process can clean up, and kill it if it has not exited
+    within ``timeout``; an already exited process is left alone."""
+    if popen.poll() is not None:
+        return
+    popen.send_signal(sig)
+    try:
+        popen.wait(timeout)
+    except subprocess.TimeoutExpired:
+        popen.kill()
+        popen.wait(timeout)
+
+
 @dataclass
 class Process:
     """One started component, its log file kept for error messages."""
@@ -166,23 +190,10 @@ class Process:
 
     def peak_rss_mib(self) -> float | None:
         """The process's peak resident memory (VmHWM), while it still runs."""
-        try:
-            for line in Path(f"/proc/{self.popen.pid}/status").read_text().splitlines():
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-        except OSError:
-            return None
-        return None
+        return peak_rss_mib(self.popen.pid)
 
     def stop(self, timeout: float = 10.0) -> None:
-        if self.popen.poll() is not None:
-            return
-        self.popen.send_signal(signal.SIGTERM)
-        try:
-            self.popen.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.popen.kill()
-            self.popen.wait(timeout)
+        stop_process(self.popen, timeout)
 
 
 @dataclass
@@ -409,8 +420,8 @@ class DevCluster:
 
     def _create_nodes(self) -> None:
         """Fake nodes big enough for hundreds of viewers; kwok marks them Ready."""
-        for i in range(self.nodes):
-            node = {
+        nodes = [
+            {
                 "apiVersion": "v1",
                 "kind": "Node",
                 "metadata": {
@@ -423,7 +434,9 @@ class DevCluster:
                     "capacity": {"cpu": "1000", "memory": "4Ti", "pods": "1000"},
                 },
             }
-            self.kubectl("apply", "-f", "-", input=yaml.safe_dump(node))
+            for i in range(self.nodes)
+        ]
+        self.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(nodes))
         self.kubectl(
             "wait", "--for=condition=Ready", "node", "-l", "type=kwok", "--timeout=60s"
         )
@@ -456,22 +469,6 @@ class DevCluster:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-
-@contextlib.contextmanager
-def running(workdir: Path | None = None, **kwargs: object) -> Iterator[DevCluster]:
-    """A started cluster in a temporary directory (kept only if ``workdir`` is given)."""
-    tmp = None
-    if workdir is None:
-        tmp = tempfile.mkdtemp(prefix="cxg-devcluster-")
-        workdir = Path(tmp)
-    cluster = DevCluster(workdir=workdir, **kwargs)  # type: ignore[arg-type]
-    try:
-        with cluster:
-            yield cluster
-    finally:
-        if tmp:
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> int:

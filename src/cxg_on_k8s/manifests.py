@@ -52,8 +52,9 @@ def labels(name: str) -> dict[str, str]:
     return {"app": APP_LABEL, "instance": name}
 
 
-def _metadata(name: str, namespace: str, instance: str, **extra: Any) -> dict[str, Any]:
-    return {"name": name, "namespace": namespace, "labels": labels(instance), **extra}
+def _metadata(name: str, namespace: str, **extra: Any) -> dict[str, Any]:
+    """An instance's child is named after the instance and carries its labels."""
+    return {"name": name, "namespace": namespace, "labels": labels(name), **extra}
 
 
 def instance_path(name: str) -> str:
@@ -174,7 +175,7 @@ def deployment(name: str, namespace: str, spec: api.SingleUserInstanceSpec, sett
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": _metadata(name, namespace, name),
+        "metadata": _metadata(name, namespace),
         "spec": {
             "replicas": 1,
             "selector": {"matchLabels": {"instance": name}},
@@ -207,7 +208,7 @@ def service(name: str, namespace: str) -> Manifest:
     return {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": _metadata(name, namespace, name),
+        "metadata": _metadata(name, namespace),
         "spec": {
             "type": "ClusterIP",
             "selector": {"instance": name},
@@ -239,7 +240,7 @@ def ingress_annotations(spec: api.SingleUserInstanceSpec, settings: Settings) ->
     return {
         "nginx.ingress.kubernetes.io/use-regex": "true",
         "nginx.ingress.kubernetes.io/rewrite-target": "/$2",
-        "nginx.ingress.kubernetes.io/auth-url": auth_url(spec, settings),
+        api.AUTH_URL_ANNOTATION: auth_url(spec, settings),
         "nginx.ingress.kubernetes.io/auth-signin": (
             f"{settings.base_url}/oauth2/sign_in?rd=$escaped_request_uri"
         ),
@@ -260,7 +261,7 @@ def ingress(name: str, namespace: str, spec: api.SingleUserInstanceSpec, setting
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "Ingress",
-        "metadata": _metadata(name, namespace, name, annotations=annotations),
+        "metadata": _metadata(name, namespace, annotations=annotations),
         "spec": _ingress_spec(settings, f"/{name}(/|$)(.*)", "ImplementationSpecific", name),
     }
 
@@ -295,7 +296,7 @@ def network_policy(name: str, namespace: str, settings: Settings, port: int | No
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
-        "metadata": _metadata(name, namespace, name),
+        "metadata": _metadata(name, namespace),
         "spec": {
             "podSelector": {"matchLabels": {"instance": name}},
             "policyTypes": ["Ingress"],
@@ -330,7 +331,7 @@ def children(name: str, namespace: str, spec: api.SingleUserInstanceSpec, settin
     ]
 
 
-def _embedded(doc: dict[str, Any], name: str, namespace: str, service_name: str | None = None) -> Manifest:
+def _embedded(doc: dict[str, Any], name: str, namespace: str, service_name: str | None) -> Manifest:
     # A deep copy: the client's spec (kopf's body) must not change under the operator's feet.
     out = copy.deepcopy(doc)
     meta = out.setdefault("metadata", {})
@@ -368,11 +369,17 @@ def instance(
 ) -> Manifest:
     """A portal-form SingleUserInstance, as the CLI and the portal create it."""
     spec = api.SingleUserInstanceSpec(owner=owner, dataset=dataset, **fields)
+    return instance_body(name, namespace, spec.model_dump(by_alias=True, exclude_none=True, mode="json"))
+
+
+def instance_body(name: str, namespace: str, spec: dict[str, Any]) -> Manifest:
+    """The SingleUserInstance object around a spec, labelled like its children, so that every
+    instance (portal form, embedded form, sample) is selected by ``app=cellxgene`` alike."""
     return {
         "apiVersion": api.API_VERSION,
         "kind": api.KIND,
         "metadata": {"name": name, "namespace": namespace, "labels": labels(name)},
-        "spec": spec.model_dump(by_alias=True, exclude_none=True, mode="json"),
+        "spec": spec,
     }
 
 
@@ -516,6 +523,20 @@ def oauth2_proxy_client_secret_manifest(settings: Settings, client_id: str, clie
 # --- operator, RBAC -----------------------------------------------------------------------------
 
 
+def _binding(
+    kind: str, metadata: dict[str, Any], role_kind: str, role_name: str, account: str, namespace: str
+) -> Manifest:
+    """A (Cluster)RoleBinding of one role to one ServiceAccount: every grant this project makes
+    has this one shape, so the operator's and the portal's cannot drift apart."""
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": kind,
+        "metadata": metadata,
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": role_kind, "name": role_name},
+        "subjects": [{"kind": "ServiceAccount", "name": account, "namespace": namespace}],
+    }
+
+
 def operator_rbac(settings: Settings) -> list[Manifest]:
     """Least privilege: exactly the verbs the operator uses, in one namespace, plus listing the
     metrics Service's EndpointSlices. Nothing cluster-wide but the CRD and Namespace reads.
@@ -541,13 +562,7 @@ def operator_rbac(settings: Settings) -> list[Manifest]:
     objects: list[Manifest] = [
         {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": meta},
         {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": meta, "rules": rules},
-        {
-            "apiVersion": "rbac.authorization.k8s.io/v1",
-            "kind": "RoleBinding",
-            "metadata": meta,
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": OPERATOR_NAME},
-            "subjects": [{"kind": "ServiceAccount", "name": OPERATOR_NAME, "namespace": ns}],
-        },
+        _binding("RoleBinding", meta, "Role", OPERATOR_NAME, OPERATOR_NAME, ns),
         {
             "apiVersion": "rbac.authorization.k8s.io/v1",
             "kind": "ClusterRole",
@@ -560,13 +575,14 @@ def operator_rbac(settings: Settings) -> list[Manifest]:
                 {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["list", "watch"]},
             ],
         },  # fmt: skip
-        {
-            "apiVersion": "rbac.authorization.k8s.io/v1",
-            "kind": "ClusterRoleBinding",
-            "metadata": {"name": f"{OPERATOR_NAME}-{ns}", "labels": {"app": OPERATOR_NAME}},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": f"{OPERATOR_NAME}-{ns}"},
-            "subjects": [{"kind": "ServiceAccount", "name": OPERATOR_NAME, "namespace": ns}],
-        },
+        _binding(
+            "ClusterRoleBinding",
+            {"name": f"{OPERATOR_NAME}-{ns}", "labels": {"app": OPERATOR_NAME}},
+            "ClusterRole",
+            f"{OPERATOR_NAME}-{ns}",
+            OPERATOR_NAME,
+            ns,
+        ),
     ]
     metrics_ns, _, _ = settings.metrics_service.partition("/")
     if metrics_ns:
@@ -578,13 +594,7 @@ def operator_rbac(settings: Settings) -> list[Manifest]:
                 "metadata": metrics_meta,
                 "rules": [{"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["list"]}],
             },
-            {
-                "apiVersion": "rbac.authorization.k8s.io/v1",
-                "kind": "RoleBinding",
-                "metadata": metrics_meta,
-                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": f"{OPERATOR_NAME}-metrics"},
-                "subjects": [{"kind": "ServiceAccount", "name": OPERATOR_NAME, "namespace": ns}],
-            },
+            _binding("RoleBinding", metrics_meta, "Role", f"{OPERATOR_NAME}-metrics", OPERATOR_NAME, ns),
         ]  # fmt: skip
     return objects
 
@@ -607,13 +617,7 @@ def portal_rbac(settings: Settings) -> list[Manifest]:
                 }
             ],
         },
-        {
-            "apiVersion": "rbac.authorization.k8s.io/v1",
-            "kind": "RoleBinding",
-            "metadata": meta,
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": PORTAL_ACCOUNT},
-            "subjects": [{"kind": "ServiceAccount", "name": PORTAL_ACCOUNT, "namespace": ns}],
-        },
+        _binding("RoleBinding", meta, "Role", PORTAL_ACCOUNT, PORTAL_ACCOUNT, ns),
     ]
 
 
@@ -844,9 +848,5 @@ def poc_embedded_spec(name: str, namespace: str, owner: str, dataset_id: str, se
 
 def sample_embedded_instance(settings: Settings, name: str = "cellxgene-example-embedded") -> Manifest:
     """An embedded-form instance as the proof of concept's clients created them."""
-    return {
-        "apiVersion": api.API_VERSION,
-        "kind": api.KIND,
-        "metadata": {"name": name, "namespace": settings.namespace, "labels": labels(name)},
-        "spec": poc_embedded_spec(name, settings.namespace, SAMPLE_OWNER, "pbmc3k.h5ad", settings),
-    }
+    spec = poc_embedded_spec(name, settings.namespace, SAMPLE_OWNER, "pbmc3k.h5ad", settings)
+    return instance_body(name, settings.namespace, spec)

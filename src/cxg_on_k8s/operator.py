@@ -16,6 +16,7 @@ import datetime as dt
 import logging
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
@@ -24,7 +25,7 @@ import prometheus_client
 
 from cxg_on_k8s import manifests
 from cxg_on_k8s import spec as api
-from cxg_on_k8s.api import ApiError, K8ApiHandler, load_client, rfc3339, utcnow, with_pool
+from cxg_on_k8s.api import ApiError, K8ApiHandler, load_client, parse_time, rfc3339, utcnow, with_pool
 from cxg_on_k8s.culler import API_CONCURRENCY, Culler
 from cxg_on_k8s.manifests import PEERING_NAME
 from cxg_on_k8s.peering import ensure_peering_object, standby_check
@@ -89,6 +90,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: lo
     # (default 5 × CPUs) urllib3 drops each extra connection after one request, and the next pays
     # a TLS handshake.
     handler = K8ApiHandler(client=with_pool(load_client(), 2 * WORKERS + API_CONCURRENCY + 2), namespace=config.namespace)
+    standby: Callable[[], str | None] | None = None  # standalone: nobody to yield to
     if not settings.peering.standalone:  # `cxg-k8s operator --standalone` / `kopf run --standalone`
         # Peering as in the PoC: of the operators for this namespace only the highest-priority one
         # works, the others pause while it lives (kopf's keep-alives in a KopfPeering object), so a
@@ -102,11 +104,11 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: lo
         settings.peering.priority = config.effective_peering_priority()
         await asyncio.to_thread(ensure_peering_object, handler, config, logger)
         logger.info("peering %r in namespace %s with priority %d", PEERING_NAME, config.namespace, settings.peering.priority)
+        standby = standby_check(handler, config, settings.peering.priority)
     memo.config = config
     memo.api = handler
     memo.instances = {}
     memo.pod_news = {}  # (namespace, name) -> PodNews
-    standby = standby_check(handler, config, settings.peering.priority) if not settings.peering.standalone else None
     memo.culler = Culler(config, handler, memo.instances, standby=standby)
     memo.culler.start()
     logger.info("operator configured for namespace %s, tick %.0f s", config.namespace, config.tick)
@@ -173,11 +175,9 @@ async def spawn(
     for child in children:
         if await _owned(child, body, retry, meta, patch, memo):
             owned.add(child["kind"])
-    lifespan = model.lifespan or config.default_lifespan
-    created_at = dt.datetime.fromisoformat(meta["creationTimestamp"].replace("Z", "+00:00"))
     update: dict[str, Any] = {
         "url": manifests.instance_url(name, config),
-        "expiresAt": rfc3339(created_at + dt.timedelta(seconds=lifespan)),
+        "expiresAt": _expires_at(meta, model.lifespan, config),
         "observedGeneration": meta.get("generation"),
     }
     if not status.get("phase"):
@@ -254,14 +254,19 @@ async def _owned(
 def relife(name: str, new: int | None, meta: kopf.Meta, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
     """A changed lifespan moves expiresAt; the culler reads the new value from its cache."""
     config: Settings = memo.config
-    if new and new > config.max_lifespan:
-        raise kopf.PermanentError(
-            f"SingleUserInstance {name}: spec.lifespan {new} s exceeds the maximum {config.max_lifespan} s; "
-            "ask for less"
-        )
-    created_at = dt.datetime.fromisoformat(meta["creationTimestamp"].replace("Z", "+00:00"))
-    expires = created_at + dt.timedelta(seconds=new or config.default_lifespan)
-    patch.status.update(expiresAt=rfc3339(expires), observedGeneration=meta.get("generation"))
+    problem = api.lifespan_problem(new, config)
+    if problem:
+        raise kopf.PermanentError(f"SingleUserInstance {name}: {problem}")
+    patch.status.update(expiresAt=_expires_at(meta, new, config), observedGeneration=meta.get("generation"))
+
+
+def _expires_at(meta: kopf.Meta, lifespan: int | None, config: Settings) -> str:
+    """``status.expiresAt``: creation plus the lifespan, the default one when the spec gives none.
+    Written on create/resume and on a lifespan change; one formula keeps a resumed instance from
+    being rewritten for a difference between the two."""
+    created = parse_time(meta["creationTimestamp"])
+    assert created is not None, "the API server sets creationTimestamp on every object"
+    return rfc3339(created + dt.timedelta(seconds=lifespan or config.default_lifespan))
 
 
 @kopf.on.event("", "v1", "pods", labels={"app": manifests.APP_LABEL})
@@ -277,11 +282,23 @@ async def pod_changed(event: dict[str, Any], body: kopf.Body, memo: kopf.Memo, l
     if phase is None:
         return
     memo.pod_news.setdefault(key, PodNews()).latest = (phase, message)
+    instance = memo.instances.get(key)
+    if instance and _no_news(instance.get("status", {}), phase):
+        # carry_pod_state would return at once: the pod events of a state already carried spare
+        # the hop to a thread. A cached body replaced after this check comes with an instance
+        # event, whose handler (remember) carries the news set above.
+        return
     await asyncio.to_thread(carry_pod_state, memo, key, logger)
 
 
+def _no_news(status: dict[str, Any], phase: api.Phase) -> bool:
+    """The pod's ``phase`` is no news to an instance whose status says so already, or says
+    Terminating or Failed, which no pod state undoes."""
+    return status.get("phase") in (phase.value, api.Phase.TERMINATING.value, api.Phase.FAILED.value)
+
+
 def _written_version(written: Any) -> str | None:
-    return (written or {}).get("metadata", {}).get("resourceVersion") if isinstance(written, dict) else None
+    return written.get("metadata", {}).get("resourceVersion") if isinstance(written, dict) else None
 
 
 def _older(version: str | None, than: str | None) -> bool:
@@ -303,7 +320,7 @@ def carry_pod_state(memo: kopf.Memo, key: tuple[str, str], logger: logging.Logge
             return
         phase, message = news.latest
         current = instance.setdefault("status", {})
-        if current.get("phase") in (phase.value, api.Phase.TERMINATING.value, api.Phase.FAILED.value):
+        if _no_news(current, phase):
             return
         previous = news.announced
         if previous and previous[0] == phase:
@@ -321,11 +338,11 @@ def carry_pod_state(memo: kopf.Memo, key: tuple[str, str], logger: logging.Logge
         moment = utcnow()
         now = rfc3339(moment)
         first_ready = phase == api.Phase.READY and not current.get("readyAt")
-        created = instance.get("metadata", {}).get("creationTimestamp")
+        created = parse_time(instance.get("metadata", {}).get("creationTimestamp")) if first_ready else None
         startup = None
-        if first_ready and created:
+        if created:
             # Time to Ready, for the user (message, Event) and for bench/ (status.startupSeconds).
-            elapsed = moment - dt.datetime.fromisoformat(created.replace("Z", "+00:00"))
+            elapsed = moment - created
             startup = round(max(0.0, elapsed.total_seconds()), 1)
             message = f"{message} {startup:.1f} s after creation"
         condition = {
@@ -345,5 +362,5 @@ def carry_pod_state(memo: kopf.Memo, key: tuple[str, str], logger: logging.Logge
         # (phase, the status written): one Event per transition, and the same times if re-carried.
         news.announced = (phase, update)
         event_type = "Normal" if phase == api.Phase.READY else "Warning"
-        memo.api.post_event({**instance, "apiVersion": api.API_VERSION, "kind": api.KIND}, event_type, phase.value, message)
+        memo.api.post_event(instance, event_type, phase.value, message)
     logger.info("instance %s/%s is %s: %s", key[0], key[1], phase.value, message)

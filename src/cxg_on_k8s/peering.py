@@ -15,15 +15,15 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from cxg_on_k8s import manifests
-from cxg_on_k8s.api import ApiError, K8ApiHandler, call
+from cxg_on_k8s.api import ApiError, K8ApiHandler, call, parse_time, utcnow
 from cxg_on_k8s.settings import Settings
 
 
-def ensure_peering_object(handler: K8ApiHandler, settings: Settings, logger: logging.Logger) -> bool:
+def ensure_peering_object(handler: K8ApiHandler, settings: Settings, logger: logging.Logger) -> None:
     """Create the namespace's KopfPeering object when kopf's CRD exists and the object does not.
 
-    True when peering can work; False (with a warning saying what to do) when the CRD is absent or
-    the object cannot be created. Never raises: the operator runs either way.
+    When the CRD is absent or the object cannot be created, a warning says what to do. Never
+    raises: the operator runs either way.
     """
     try:
         call(f"reading CRD {manifests.KOPF_PEERING_CRD_NAME}", handler.extensions.read_custom_resource_definition,
@@ -38,26 +38,21 @@ def ensure_peering_object(handler: K8ApiHandler, settings: Settings, logger: log
             )  # fmt: skip
         else:
             logger.warning("cannot tell whether kopf's peering CRD is installed (%s); peering may not work", exc)
-        return False
+        return
     body = manifests.kopf_peering(settings)
     what = f"creating KopfPeering {settings.namespace}/{manifests.PEERING_NAME}"
-    created = True
     try:
         call(what, handler.custom.create_namespaced_custom_object, manifests.KOPF_GROUP, "v1", settings.namespace,
              manifests.KOPF_PEERING_PLURAL, body)  # fmt: skip
     except ApiError as exc:
-        if exc.status == 409:
-            created = False
-        else:
+        if exc.status != 409:  # 409: it exists already, nothing to say
             logger.warning(
                 "cannot create the peering object KopfPeering %s/%s (%s): peering works only if it exists; "
                 "grant the operator `create` on kopfpeerings.kopf.dev or create it yourself",
                 settings.namespace, manifests.PEERING_NAME, exc,
             )  # fmt: skip
-            return False
-    if created:
-        logger.info("created the peering object KopfPeering %s/%s", settings.namespace, manifests.PEERING_NAME)
-    return True
+        return
+    logger.info("created the peering object KopfPeering %s/%s", settings.namespace, manifests.PEERING_NAME)
 
 
 def outranked(peers: Mapping[str, Any], priority: int, now: dt.datetime) -> str | None:
@@ -73,13 +68,15 @@ def outranked(peers: Mapping[str, Any], priority: int, now: dt.datetime) -> str 
         if not isinstance(record, Mapping):
             continue
         try:
-            seen = dt.datetime.fromisoformat(str(record["lastseen"]).replace("Z", "+00:00"))
-            if seen.tzinfo is None:
-                seen = seen.replace(tzinfo=dt.UTC)
+            seen = parse_time(str(record["lastseen"]))
             lifetime = float(record.get("lifetime", 60))
             peer_priority = int(record.get("priority", 0))
         except (KeyError, TypeError, ValueError):
             continue
+        if seen is None:  # an empty time: as unreadable as a malformed one
+            continue
+        if seen.tzinfo is None:
+            seen = seen.replace(tzinfo=dt.UTC)
         if seen + dt.timedelta(seconds=lifetime) > now:
             live.append((identity, peer_priority))
     higher = sorted(identity for identity, p in live if p > priority)
@@ -105,6 +102,6 @@ def standby_check(handler: K8ApiHandler, settings: Settings, priority: int) -> C
             )
         except Exception:  # noqa: BLE001 - absent or unreadable: not peering, so not paused
             return None
-        return outranked(body.get("status") or {}, priority, dt.datetime.now(dt.UTC))
+        return outranked(body.get("status") or {}, priority, utcnow())
 
     return check

@@ -21,12 +21,10 @@ def pod_phase(pod: Mapping[str, Any]) -> tuple[Phase | None, str]:
     for container in status.get("initContainerStatuses") or []:
         terminated = (container.get("state") or {}).get("terminated") or {}
         if terminated and terminated.get("exitCode", 0) != 0:
-            detail = (terminated.get("message") or terminated.get("reason") or "").strip()
-            return Phase.FAILED, f"{container.get('name')} step failed (exit {terminated.get('exitCode')}): {detail}"
+            return Phase.FAILED, _step_failed(container.get("name"), terminated)
         last = (container.get("lastState") or {}).get("terminated") or {}
         if container.get("name") == "fetch" and last.get("exitCode", 0) != 0 and last:
-            detail = (last.get("message") or last.get("reason") or "").strip()
-            return Phase.FAILED, f"fetch step failed (exit {last.get('exitCode')}): {detail}"
+            return Phase.FAILED, _step_failed("fetch", last)
     for container in (status.get("initContainerStatuses") or []) + (status.get("containerStatuses") or []):
         waiting = (container.get("state") or {}).get("waiting") or {}
         reason = waiting.get("reason")
@@ -36,3 +34,9 @@ def pod_phase(pod: Mapping[str, Any]) -> tuple[Phase | None, str]:
         if condition.get("type") == "Ready" and condition.get("status") == "True":
             return Phase.READY, "the viewer is ready"
     return None, ""
+
+
+def _step_failed(name: str | None, terminated: Mapping[str, Any]) -> str:
+    """One wording for a failed init step, whether it failed now or in an earlier restart."""
+    detail = (terminated.get("message") or terminated.get("reason") or "").strip()
+    return f"{name} step failed (exit {terminated.get('exitCode')}): {detail}"

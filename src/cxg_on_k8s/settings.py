@@ -14,6 +14,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from cxg_on_k8s.spec import markdown_cell
+
 ENV_PREFIX = "CXG_"
 
 # Variables of the proof of concept that still set an option, mapped to the option's name.
@@ -28,9 +30,18 @@ LEGACY_ENV = {
 IN_CLUSTER_METRICS_URL = "http://metrics.ingress-nginx.svc.cluster.local/metrics"
 LOCAL_METRICS_URL = "http://localhost:10254/metrics"
 OAUTH2_PROXY_NAME = "oauth2-proxy"  # its Deployment, Service and Ingress (as in the PoC)
+# This package's image: the operator runs it, and its data containers are it too by default.
+DEFAULT_OPERATOR_IMAGE = "cxg-on-k8s:0.1.0"
 # kopf peering priorities: the higher one works, the lower one pauses.
 IN_CLUSTER_PEERING_PRIORITY = 100
 LOCAL_PEERING_PRIORITY = 0
+
+
+def _in_cluster(environ: Mapping[str, str] | None) -> bool:
+    """Whether this process runs in a pod (the kubelet sets KUBERNETES_SERVICE_HOST there), which
+    decides the defaults that differ between a cluster and a laptop; ``environ`` default: os.environ."""
+    env = os.environ if environ is None else environ
+    return bool(env.get("KUBERNETES_SERVICE_HOST"))
 
 
 class SettingsError(ValueError):
@@ -135,7 +146,7 @@ class Settings(BaseModel):
         "cellxgene-vip:1.3.0-c022834", description="Image of the cellxgene-vip flavor (docker/cellxgene-vip)."
     )
     userdata_image: str = Field(
-        "cxg-on-k8s:0.1.0",
+        DEFAULT_OPERATOR_IMAGE,
         description="Image that fetches and saves user data (this package; docker/operator).",
     )
     image_pull_policy: str = Field(
@@ -208,8 +219,7 @@ class Settings(BaseModel):
         """The PoC's two defaults: the Service inside a cluster, a port-forward outside."""
         if self.metrics_url:
             return self.metrics_url
-        env = os.environ if environ is None else environ
-        return IN_CLUSTER_METRICS_URL if env.get("KUBERNETES_SERVICE_HOST") else LOCAL_METRICS_URL
+        return IN_CLUSTER_METRICS_URL if _in_cluster(environ) else LOCAL_METRICS_URL
 
     @field_validator("peering_priority", mode="before")
     @classmethod
@@ -221,8 +231,7 @@ class Settings(BaseModel):
         """The setting, else 100 in a pod and 0 elsewhere (a laptop yields to the cluster)."""
         if self.peering_priority is not None:
             return self.peering_priority
-        env = os.environ if environ is None else environ
-        return IN_CLUSTER_PEERING_PRIORITY if env.get("KUBERNETES_SERVICE_HOST") else LOCAL_PEERING_PRIORITY
+        return IN_CLUSTER_PEERING_PRIORITY if _in_cluster(environ) else LOCAL_PEERING_PRIORITY
 
     @property
     def base_url(self) -> str:
@@ -274,7 +283,5 @@ def settings_table() -> str:
             var += f" (or `{legacy[name]}`)"
         default = field.default
         shown = f"`{default}`" if default not in ("", None) else "(empty)"
-        # <scheme> and <owner> would be taken for HTML tags by a Markdown renderer and vanish.
-        meaning = (field.description or "").replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")
-        rows.append(f"| {var} | {shown} | {meaning} |")
+        rows.append(f"| {var} | {shown} | {markdown_cell(field.description or '')} |")
     return "\n".join(rows)

@@ -346,11 +346,9 @@ def problems(spec: SingleUserInstanceSpec, settings: Any, namespace: str | None 
     Each problem names the field, the limit and the fix; an empty list means acceptable.
     """
     found: list[str] = embedded_problems(spec, namespace or settings.namespace, settings.oauth2_proxy_auth_endpoint)
-    if spec.lifespan is not None and spec.lifespan > settings.max_lifespan:
-        found.append(
-            f"spec.lifespan {spec.lifespan} s exceeds the maximum {settings.max_lifespan} s "
-            "(setting CXG_MAX_LIFESPAN); ask for less"
-        )
+    lifespan = lifespan_problem(spec.lifespan, settings)
+    if lifespan is not None:
+        found.append(lifespan)
     if spec.resources:
         for field, limit in (("cpu", settings.max_cpu), ("memory", settings.max_memory)):
             asked = getattr(spec.resources, field)
@@ -360,6 +358,17 @@ def problems(spec: SingleUserInstanceSpec, settings: Any, namespace: str | None 
                     f"(setting CXG_MAX_{field.upper()}); ask for less"
                 )
     return found
+
+
+def lifespan_problem(lifespan: int | None, settings: Any) -> str | None:
+    """Why ``lifespan`` (None: the default) exceeds the operator's max_lifespan, or None: on its
+    own so that a changed lifespan is judged by the same rule, and words, as a new instance."""
+    if lifespan is None or lifespan <= settings.max_lifespan:
+        return None
+    return (
+        f"spec.lifespan {lifespan} s exceeds the maximum {settings.max_lifespan} s "
+        "(setting CXG_MAX_LIFESPAN); ask for less"
+    )
 
 
 def embedded_problems(spec: SingleUserInstanceSpec, namespace: str, auth_endpoint: str) -> list[str]:

@@ -24,6 +24,7 @@ local changes that were not saved yet.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import http.client
 import json
@@ -38,7 +39,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import IntEnum
@@ -325,6 +326,16 @@ def explain_s3_error(
     )
 
 
+@contextlib.contextmanager
+def _s3_errors(*, what: str, url: S3Url, endpoint: str, action: str) -> Iterator[None]:
+    """Re-raise botocore's exceptions as ``explain_s3_error``'s one line, so that every S3 call
+    reports object, cause and fix the same way (and ``_retrying`` sees which ones are transient)."""
+    try:
+        yield
+    except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+        raise explain_s3_error(exc, what=what, url=url, endpoint=endpoint, action=action) from exc
+
+
 def _retrying(
     attempt: Callable[[], T],
     *,
@@ -398,25 +409,19 @@ def save_state(directory: Path, state: dict[str, str]) -> None:
 
 @dataclass
 class FetchResult:
-    """What ``fetch`` put in place; ``missing`` are user files S3 had none of (first visit)."""
+    """Which user files ``fetch`` restored from S3 and which it kept because they were unsaved."""
 
-    dataset: Path
     restored: list[str] = field(default_factory=list)
     kept_local: list[str] = field(default_factory=list)
-    missing: list[str] = field(default_factory=list)
 
 
 def _download_s3(client: S3Client, url: S3Url, tmp: Path) -> None:
     endpoint = client.meta.endpoint_url
-    try:
+    with _s3_errors(what="dataset", url=url, endpoint=endpoint, action="GetObject"):
         response = client.get_object(Bucket=url.bucket, Key=url.key)
         with tmp.open("wb") as out:
             for chunk in response["Body"].iter_chunks(1 << 20):
                 out.write(chunk)
-    except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
-        raise explain_s3_error(
-            exc, what="dataset", url=url, endpoint=endpoint, action="GetObject"
-        ) from exc
 
 
 def _download_http(url: str, tmp: Path) -> None:
@@ -457,7 +462,7 @@ def _download_http(url: str, tmp: Path) -> None:
 
 def fetch_dataset(
     client: S3Client,
-    dataset: str,
+    dataset: S3Url | str,
     dest: Path,
     *,
     retries: int = DEFAULT_RETRIES,
@@ -466,18 +471,16 @@ def fetch_dataset(
     """Download the dataset to ``dest/dataset.h5ad``: to a temporary name, checked, then renamed.
 
     cellxgene therefore only ever sees a complete, valid file; a failed or corrupt download
-    leaves nothing under the final name.
+    leaves nothing under the final name. ``dataset`` is as ``_parse_dataset`` returns it.
     """
     final = dest / DATASET_FILE
     tmp = dest / f".{DATASET_FILE}.part"
+    source = str(dataset)
     download: Callable[[], None]
-    if dataset.startswith(("https://", "http://")):
-        source = dataset
-        download = partial(_download_http, dataset, tmp)
+    if isinstance(dataset, S3Url):
+        download = partial(_download_s3, client, dataset, tmp)
     else:
-        url = parse_s3_url(dataset, what="--dataset")
-        source = str(url)
-        download = partial(_download_s3, client, url, tmp)
+        download = partial(_download_http, dataset, tmp)
     started = time.monotonic()
     try:
         _retrying(
@@ -503,19 +506,16 @@ def fetch_dataset(
 
 def _get_user_file(client: S3Client, url: S3Url) -> bytes | None:
     """The object's bytes, or None if there is none (the user's first visit)."""
-    try:
-        data: bytes = client.get_object(Bucket=url.bucket, Key=url.key)["Body"].read()
+    endpoint = client.meta.endpoint_url
+    with _s3_errors(what="user data", url=url, endpoint=endpoint, action="GetObject"):
+        try:
+            data: bytes = client.get_object(Bucket=url.bucket, Key=url.key)["Body"].read()
+        except botocore.exceptions.ClientError as exc:
+            # Not _NOT_FOUND_CODES: a missing bucket is a wrong URL, not a first visit.
+            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                return None
+            raise
         return data
-    except botocore.exceptions.ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
-            return None
-        raise explain_s3_error(
-            exc, what="user data", url=url, endpoint=client.meta.endpoint_url, action="GetObject"
-        ) from exc
-    except botocore.exceptions.BotoCoreError as exc:
-        raise explain_s3_error(
-            exc, what="user data", url=url, endpoint=client.meta.endpoint_url, action="GetObject"
-        ) from exc
 
 
 def fetch_user_files(
@@ -553,13 +553,19 @@ def fetch_user_files(
             log.info("no saved %s at %s: first visit, cellxgene starts without one", name, url)
             local.unlink(missing_ok=True)
             state.pop(name, None)
-            result.missing.append(name)
         else:
             _write_atomically(local, data)
             state[name] = sha256(data)
             log.info("restored %s from %s (%d bytes)", name, url, len(data))
             result.restored.append(name)
     save_state(dest, state)
+
+
+def _parse_dataset(dataset: str) -> S3Url | str:
+    """An S3 dataset URL checked and split; an http(s) URL as is (its server judges it)."""
+    if dataset.startswith(("https://", "http://")):
+        return dataset
+    return parse_s3_url(dataset, what="--dataset")
 
 
 def fetch(
@@ -577,13 +583,12 @@ def fetch(
     small, so bad credentials are reported before a long dataset download.
     """
     prefix = parse_s3_url(user_data, what="--user-data", prefix=True)
-    if not dataset.startswith(("https://", "http://")):
-        parse_s3_url(dataset, what="--dataset")
+    source = _parse_dataset(dataset)
     client = client or s3_client()
     dest.mkdir(parents=True, exist_ok=True)
-    result = FetchResult(dataset=dest / DATASET_FILE)
+    result = FetchResult()
     fetch_user_files(client, prefix, dest, result, retries=retries, backoff=backoff)
-    fetch_dataset(client, dataset, dest, retries=retries, backoff=backoff)
+    fetch_dataset(client, source, dest, retries=retries, backoff=backoff)
     return result
 
 
@@ -654,16 +659,9 @@ class Syncer:
         self.last_failure: str | None = None
 
     def _put(self, url: S3Url, data: bytes) -> None:
-        try:
+        endpoint = self.client.meta.endpoint_url
+        with _s3_errors(what="user data", url=url, endpoint=endpoint, action="PutObject"):
             self.client.put_object(Bucket=url.bucket, Key=url.key, Body=data)
-        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
-            raise explain_s3_error(
-                exc,
-                what="user data",
-                url=url,
-                endpoint=self.client.meta.endpoint_url,
-                action="PutObject",
-            ) from exc
 
     def _changed(self) -> list[tuple[str, bytes]]:
         """User files whose stable, non-empty content differs from what S3 holds."""

@@ -49,9 +49,7 @@ import argparse
 import concurrent.futures
 import json
 import os
-import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -72,7 +70,16 @@ sys.path.insert(0, str(REPO / "src"))
 
 from cxg_on_k8s import manifests  # noqa: E402  (after the path is set)
 from cxg_on_k8s import spec as api  # noqa: E402
-from cxg_on_k8s.devcluster import DevCluster, _cert, _key, _name, _pem_key, free_port  # noqa: E402
+from cxg_on_k8s.devcluster import (  # noqa: E402
+    DevCluster,
+    _cert,
+    _key,
+    _name,
+    _pem_key,
+    free_port,
+    peak_rss_mib,
+    stop_process,
+)
 
 OPERATOR_USER = "bench-operator"
 UNLIMITED_APISERVER = ["--max-requests-inflight=0", "--max-mutating-requests-inflight=0",
@@ -104,11 +111,6 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
-def peak_rss_mib(pid: int) -> float:
-    match = re.search(r"^VmHWM:\s+(\d+) kB", Path(f"/proc/{pid}/status").read_text(), re.MULTILINE)
-    return int(match.group(1)) / 1024 if match else float("nan")
-
-
 def start_operator(kind: str, workdir: Path, kubeconfig: Path, namespace: str, metrics_url: str, tick: float) -> subprocess.Popen[bytes]:
     port = free_port()
     env = {**os.environ, "KUBECONFIG": str(kubeconfig), "CXG_METRICS_URL": metrics_url, "PYTHONUNBUFFERED": "1"}
@@ -135,16 +137,6 @@ def start_operator(kind: str, workdir: Path, kubeconfig: Path, namespace: str, m
             time.sleep(0.2)
     proc.kill()
     raise SystemExit(f"{kind} operator did not answer its liveness endpoint within 60 s")
-
-
-def stop(proc: subprocess.Popen[Any]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
 
 
 # --- the cluster ----------------------------------------------------------------------------------
@@ -414,7 +406,7 @@ def run_one(kind: str, n: int, args: argparse.Namespace, base: Path) -> dict[str
             time.sleep(0.1)
         cpu_spawn = cpu_seconds(operator.pid) - cpu0
         server_cpu = sum(cpu_seconds(pid) for pid in server_pids) - server_cpu0
-        rss_spawn = peak_rss_mib(operator.pid)
+        rss_spawn = peak_rss_mib(operator.pid) or float("nan")  # NaN: the table prints a dash
         all_ready = max(done.values()) - started if len(done) == n else None
         time.sleep(1)  # let the audit log catch up with the last responses
         spawn_requests = audited_requests(audit_log) - requests0
@@ -426,7 +418,7 @@ def run_one(kind: str, n: int, args: argparse.Namespace, base: Path) -> dict[str
         steady_ticks = (time.monotonic() - steady_t0) / args.tick
         steady_cpu = (cpu_seconds(operator.pid) - steady_cpu0) / steady_ticks
         steady_requests = sum((audited_requests(audit_log) - steady_req0).values()) / steady_ticks
-        rss_end = peak_rss_mib(operator.pid)
+        rss_end = peak_rss_mib(operator.pid) or float("nan")
         observer.stopped = True
 
         def durations(stage: dict[str, float] | None, fn: Any = None) -> dict[str, float]:
@@ -457,7 +449,7 @@ def run_one(kind: str, n: int, args: argparse.Namespace, base: Path) -> dict[str
         }
     finally:
         if operator is not None:
-            stop(operator)
+            stop_process(operator, timeout=20)
         http.terminate()
         http.wait(10)
         cluster.stop()

@@ -34,6 +34,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from cxg_on_k8s.devcluster import peak_rss_mib  # noqa: E402
 from tests.fixtures_s3 import (  # after the path is set
     MotoS3,
     ensure_cellxgene_venv,
@@ -43,14 +44,6 @@ from tests.fixtures_s3 import (  # after the path is set
 )
 
 BUCKET = "bench"
-
-
-def vm_hwm_mib(pid: int) -> float:
-    """Peak resident set size of a process, from the kernel (no psutil needed)."""
-    status = Path(f"/proc/{pid}/status").read_text()
-    match = re.search(r"^VmHWM:\s+(\d+) kB", status, re.MULTILINE)
-    assert match, f"no VmHWM in /proc/{pid}/status"
-    return int(match.group(1)) / 1024
 
 
 def get(url: str, accept: str) -> bytes:
@@ -106,7 +99,8 @@ def measure(venv: Path, data: Path, backed: bool) -> dict[str, Any]:
         view_started = time.monotonic()
         first_view(viewer.url)
         view = time.monotonic() - view_started
-        peak = vm_hwm_mib(viewer.process.pid)
+        peak = peak_rss_mib(viewer.process.pid)  # read before the viewer stops: /proc forgets it
+        assert peak is not None, f"no VmHWM in /proc/{viewer.process.pid}/status"
     return {"answer": answer, "view": view, "peak": peak}
 
 

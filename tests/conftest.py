@@ -21,9 +21,10 @@ from typing import Any
 import pytest
 import yaml
 
+from cxg_on_k8s import manifests
 from cxg_on_k8s import spec as api
 from cxg_on_k8s.api import K8ApiHandler, load_client
-from cxg_on_k8s.devcluster import DevCluster, free_port
+from cxg_on_k8s.devcluster import DevCluster, free_port, stop_process
 
 REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO / "test-artifacts"
@@ -33,8 +34,7 @@ ARTIFACTS = REPO / "test-artifacts"
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevCluster]:
     """One real control plane for the whole session, with the CRD installed."""
     with DevCluster(workdir=tmp_path_factory.mktemp("devcluster")) as running:
-        running.kubectl("apply", "--server-side", "-f", "-", input=yaml.safe_dump(api.crd()))
-        running.kubectl("wait", "--for=condition=Established", f"crd/{api.CRD_NAME}", "--timeout=60s")
+        install_crd(running, api.crd())
         yield running
         # Kept for the record (README, notes): what the control plane needed for the whole suite.
         ARTIFACTS.mkdir(exist_ok=True)
@@ -42,6 +42,18 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevCluster]:
         (ARTIFACTS / "devcluster-peak-rss.txt").write_text(
             "".join(f"{name}\t{mib:.0f} MiB\n" for name, mib in peaks.items() if mib is not None)
         )
+
+
+def install_crd(cluster: DevCluster, crd: dict[str, Any]) -> None:
+    """Apply a CRD and wait until it is Established: objects of its kind are refused before."""
+    cluster.kubectl("apply", "--server-side", "-f", "-", input=yaml.safe_dump(crd))
+    cluster.kubectl("wait", "--for=condition=Established", f"crd/{crd['metadata']['name']}", "--timeout=60s")
+
+
+def remove_peering_crd(cluster: DevCluster) -> None:
+    """kopf's peering CRD goes after the tests that install it, so that the rest of the session
+    runs as a cluster without it would (the operator then runs without peering)."""
+    cluster.kubectl("delete", "crd", manifests.KOPF_PEERING_CRD_NAME, "--ignore-not-found", "--wait=true", "--timeout=60s")
 
 
 @pytest.fixture
@@ -84,13 +96,27 @@ class OperatorProcess:
         return self.log.read_text(errors="replace")
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.popen.poll() is None:
-            self.popen.send_signal(sig)
-            try:
-                self.popen.wait(20)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait(10)
+        stop_process(self.popen, timeout=20, sig=sig)
+
+
+StartOperator = Callable[..., OperatorProcess]
+
+
+def operator_env(kubeconfig: str | os.PathLike[str], namespace: str, **settings: Any) -> dict[str, str]:
+    """The operator's environment in tests: this namespace, plain http, no metrics scraping (the
+    URL is the discard port's) and no metrics port of its own; ``settings`` as CXG_* overrides."""
+    env = {
+        **os.environ,
+        "KUBECONFIG": str(kubeconfig),
+        "CXG_NAMESPACE": namespace,
+        "CXG_URL_SCHEME": "http",
+        "CXG_HOST_NAME": "cxg.localtest",
+        "CXG_METRICS_SERVICE": "",
+        "CXG_METRICS_URL": "http://127.0.0.1:9/metrics",
+        "CXG_OPERATOR_METRICS_PORT": "0",
+    }
+    env.update({f"CXG_{k.upper()}": str(v) for k, v in settings.items()})
+    return env
 
 
 @pytest.fixture
@@ -100,25 +126,16 @@ def start_operator(
     """Start the operator for this test's namespace; settings as CXG_* keyword overrides."""
     started: list[OperatorProcess] = []
 
-    def start(kubeconfig: str | os.PathLike[str] | None = None, **settings: Any) -> OperatorProcess:
-        """``kubeconfig``: run with other credentials than the admin's (e.g. the operator's own
-        service account, to prove its RBAC suffices)."""
+    def start(*args: str, kubeconfig: str | os.PathLike[str] | None = None, **settings: Any) -> OperatorProcess:
+        """``args``: extra ``cxg-k8s operator`` options (e.g. ``--standalone``). ``kubeconfig``:
+        run with other credentials than the admin's (e.g. the operator's own service account,
+        to prove its RBAC suffices)."""
         port = free_port()
-        env = {
-            **os.environ,
-            "KUBECONFIG": str(kubeconfig or cluster.kubeconfig),
-            "CXG_NAMESPACE": namespace,
-            "CXG_URL_SCHEME": "http",
-            "CXG_HOST_NAME": "cxg.localtest",
-            "CXG_METRICS_SERVICE": "",
-            "CXG_METRICS_URL": "http://127.0.0.1:9/metrics",
-            "CXG_OPERATOR_METRICS_PORT": "0",
-        }
-        env.update({f"CXG_{k.upper()}": str(v) for k, v in settings.items()})
+        env = operator_env(kubeconfig or cluster.kubeconfig, namespace, **settings)
         log = tmp_path / f"operator-{len(started)}.log"
         handle = log.open("wb")
         popen = subprocess.Popen(
-            [sys.executable, "-m", "cxg_on_k8s", "operator", "--liveness", f"http://127.0.0.1:{port}/healthz"],
+            [sys.executable, "-m", "cxg_on_k8s", "operator", "--liveness", f"http://127.0.0.1:{port}/healthz", *args],
             env=env, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
         handle.close()

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -27,7 +26,9 @@ from typing import Any
 import boto3
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
+from cxg_on_k8s.devcluster import free_port, stop_process
+from tests.conftest import REPO, wait_for
+
 REGION = "us-east-1"
 SLOW_FIXTURE = "cellxgene_venv"
 
@@ -43,22 +44,10 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker("slow")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def wait_until(check: Any, *, timeout: float, what: str, interval: float = 0.1) -> Any:
-    """Poll ``check()`` until it returns something truthy; fail naming ``what`` on timeout."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(interval)
+    """conftest's ``wait_for`` with keyword arguments and a finer default interval, as the S3 and
+    viewer tests call it (``free_port`` is re-exported here for them too)."""
+    return wait_for(check, timeout, what, interval)
 
 
 def http_answers(url: str) -> bool:
@@ -121,12 +110,7 @@ def moto_server(log_path: Path) -> Iterator[str]:
         wait_until(lambda: http_answers(f"{endpoint}/moto-api/"), timeout=60, what="moto_server")
         yield endpoint
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process, timeout=10)
 
 
 @pytest.fixture(scope="session")
@@ -325,9 +309,4 @@ def run_cellxgene(venv: Path, data: Path, *extra: str, timeout: float = 180) -> 
             time.sleep(0.2)
         yield viewer
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process, timeout=20)

@@ -19,7 +19,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -35,11 +34,12 @@ from keycloak import KeycloakAdmin
 
 from cxg_on_k8s import manifests
 from cxg_on_k8s import spec as api
+from cxg_on_k8s.devcluster import free_port
 from cxg_on_k8s.keycloak_setup import SetupReport, setup_keycloak
 from cxg_on_k8s.settings import Settings
 from tests import nginx_conf
+from tests.conftest import REPO
 
-REPO = Path(__file__).resolve().parent.parent
 CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "cxg-on-k8s"
 KEYCLOAK_VERSION = "26.7.3"
 KEYCLOAK_HOME = Path(
@@ -62,12 +62,6 @@ SIGNIN_FIXTURES = {
     "signin_cellxgene",
     "signin_edge",
 }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def progress(config: pytest.Config | None, message: str) -> None:

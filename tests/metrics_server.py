@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -36,6 +35,8 @@ from enum import Enum
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+
+from cxg_on_k8s.devcluster import stop_process
 
 CONTROL = "/_control/"
 CONTROLLER = 'controller_class="k8s.io/ingress-nginx",controller_namespace="ingress-nginx"'
@@ -316,12 +317,7 @@ def metrics_server_process(
                     time.sleep(0.1)
             yield server
         finally:
-            process.terminate()
-            try:
-                process.wait(10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(10)
+            stop_process(process, timeout=10)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -39,3 +39,14 @@ def kubeconfig(cluster: DevCluster, namespace: str, account: str, path: Path) ->
     path.write_text(yaml.safe_dump(config))
     path.chmod(0o600)
     return path
+
+
+def can_i(cluster: DevCluster, account: str, namespace: str, *request: str) -> bool:
+    """What the API server says the account (``namespace:name``) may do, by ``kubectl auth can-i``:
+    the RBAC as it is enforced, not as the manifests read."""
+    result = cluster.kubectl(
+        "auth", "can-i", *request, "-n", namespace, f"--as=system:serviceaccount:{account}", check=False
+    )
+    answer = result.stdout.strip()
+    assert answer in ("yes", "no"), f"kubectl auth can-i {' '.join(request)}: {result.stdout}{result.stderr}"
+    return answer == "yes"

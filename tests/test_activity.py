@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ from cxg_on_k8s.activity import (
     parse_metrics,
     urls_from_endpoint_slices,
 )
+from cxg_on_k8s.devcluster import free_port
 
 CTRL = 'controller_class="k8s.io/ingress-nginx",controller_namespace="ingress-nginx"'
 
@@ -291,10 +291,7 @@ def serve() -> Iterator[Serve]:
 
 @pytest.fixture
 def closed_port_url() -> str:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    return f"http://127.0.0.1:{port}/metrics"
+    return f"http://127.0.0.1:{free_port()}/metrics"
 
 
 def failures() -> float:

@@ -16,9 +16,7 @@ from cxg_on_k8s.api import ApiError, K8ApiHandler
 from cxg_on_k8s.devcluster import DevCluster, free_port
 from cxg_on_k8s.settings import Settings
 from tests import service_accounts
-
-OWNER = "alice@example.org"
-DATASET = "s3://omics-data/projects/p1/pbmc3k.h5ad"
+from tests.instances import DATASET, OWNER
 
 
 @pytest.fixture

@@ -20,40 +20,30 @@ import signal
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from kubernetes import watch
 
-from cxg_on_k8s import manifests
 from cxg_on_k8s import spec as api
-from cxg_on_k8s.api import K8ApiHandler, load_client
+from cxg_on_k8s.api import K8ApiHandler, load_client, parse_time
 from cxg_on_k8s.devcluster import DevCluster
-from tests.conftest import OperatorProcess, _healthy, wait_for
+from tests.conftest import StartOperator, _healthy, install_crd, wait_for
+from tests.instances import CHILD_KINDS, instance_body, list_children
 from tests.metrics_server import Mode, metrics_server
-
-OWNER = "alice@example.org"
-DATASET = "s3://omics-data/projects/p1/pbmc3k.h5ad"
-StartOperator = Callable[..., OperatorProcess]
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevCluster]:
     """This module's own control plane (overrides the session's), with the CRD installed."""
     with DevCluster(workdir=tmp_path_factory.mktemp("faults-cluster")) as running:
-        running.kubectl("apply", "--server-side", "-f", "-", input=yaml.safe_dump(api.crd()))
-        running.kubectl("wait", "--for=condition=Established", f"crd/{api.CRD_NAME}", "--timeout=60s")
+        install_crd(running, api.crd())
         yield running
 
 
 # --- helpers ---------------------------------------------------------------------------------------
-
-
-def body(namespace: str, **fields: Any) -> dict[str, Any]:
-    return manifests.instance(manifests.new_instance_name(), namespace, OWNER, DATASET, **fields)
 
 
 def create_all(kubeconfig: Path, bodies: list[dict[str, Any]], threads: int = 16, deadline: float = 120) -> list[str]:
@@ -106,15 +96,8 @@ def wait_all_ready(k8s: K8ApiHandler, names: list[str], timeout: float) -> None:
 
 def children_by_instance(k8s: K8ApiHandler) -> dict[str, Counter[str]]:
     """Per instance, how many of each child kind exist (by the ``instance`` label)."""
-    ns = k8s.namespace
-    listed = {
-        "Deployment": k8s.apps.list_namespaced_deployment(ns, label_selector="instance").items,
-        "Service": k8s.core.list_namespaced_service(ns, label_selector="instance").items,
-        "Ingress": k8s.networking.list_namespaced_ingress(ns, label_selector="instance").items,
-        "NetworkPolicy": k8s.networking.list_namespaced_network_policy(ns, label_selector="instance").items,
-    }
     counts: dict[str, Counter[str]] = {}
-    for kind, items in listed.items():
+    for kind, items in list_children(k8s, "instance", CHILD_KINDS).items():
         for item in items:
             counts.setdefault(item.metadata.labels["instance"], Counter())[kind] += 1
     return counts
@@ -162,7 +145,7 @@ def test_api_server_restart_during_50_creates_recovers_without_operator_restart(
 ) -> None:
     operator = start_operator()
     pid = operator.popen.pid
-    bodies = [body(k8s.namespace) for _ in range(50)]
+    bodies = [instance_body(k8s.namespace) for _ in range(50)]
     with concurrent.futures.ThreadPoolExecutor(1) as runner:
         creating = runner.submit(create_all, cluster.kubeconfig, bodies, 4)
         wait_for(lambda: count_deployments(k8s) >= 10, 60, "the first ten Deployments")
@@ -182,7 +165,7 @@ def test_api_server_restart_during_50_creates_recovers_without_operator_restart(
 
 def test_operator_sigkilled_three_times_during_100_creates(k8s: K8ApiHandler, cluster: DevCluster, start_operator: StartOperator) -> None:
     operator = start_operator()
-    bodies = [body(k8s.namespace) for _ in range(100)]
+    bodies = [instance_body(k8s.namespace) for _ in range(100)]
     with concurrent.futures.ThreadPoolExecutor(1) as runner:
         creating = runner.submit(create_all, cluster.kubeconfig, bodies, 8)
         for at_least in (15, 45, 75):  # each kill lands while children are being made
@@ -200,9 +183,9 @@ def test_operator_sigkilled_three_times_during_100_creates(k8s: K8ApiHandler, cl
 def test_flapping_metrics_cull_nobody_wrongly(cluster: DevCluster, k8s: K8ApiHandler, start_operator: StartOperator) -> None:
     with metrics_server() as metrics:
         start_operator(metrics_url=metrics.url, tick=1)
-        busy = body(k8s.namespace, idleTimeout=3, unvisitedTimeout=0)  # used throughout
-        late = body(k8s.namespace, idleTimeout=0, unvisitedTimeout=4)  # first visit during the outage
-        never = body(k8s.namespace, idleTimeout=0, unvisitedTimeout=4)  # the control: never visited
+        busy = instance_body(k8s.namespace, idleTimeout=3, unvisitedTimeout=0)  # used throughout
+        late = instance_body(k8s.namespace, idleTimeout=0, unvisitedTimeout=4)  # first visit during the outage
+        never = instance_body(k8s.namespace, idleTimeout=0, unvisitedTimeout=4)  # the control: never visited
         names = create_all(cluster.kubeconfig, [busy, late, never])
         wait_all_ready(k8s, names, 60)
         using = threading.Event()
@@ -300,10 +283,11 @@ def test_a_thousand_expired_instances_are_culled_within_two_ticks_at_the_delete_
         deletions = DeletionWatch(k8s)
         try:
             started = time.monotonic()
-            names = create_all(cluster.kubeconfig, [body(k8s.namespace, lifespan=lifespan) for _ in range(n)], 16)
+            names = create_all(cluster.kubeconfig, [instance_body(k8s.namespace, lifespan=lifespan) for _ in range(n)], 16)
             print(f"created {n} instances in {time.monotonic() - started:.1f} s")
             created = [
-                api_time(i["metadata"]["creationTimestamp"]) for i in k8s.list_instances()
+                parse_time(i["metadata"]["creationTimestamp"]).timestamp()  # type: ignore[union-attr]
+                for i in k8s.list_instances()
             ]
             # creationTimestamp is whole seconds: an instance is past its lifespan at most 1 s later.
             last_expiry = max(created) + lifespan + 1
@@ -336,9 +320,3 @@ def test_a_thousand_expired_instances_are_culled_within_two_ticks_at_the_delete_
     events = culled_events(k8s)
     assert set(events) >= set(names), f"{len(set(names) - set(events))} deletions without a Culled Event"
     assert all(events[name].startswith("lifespan-exceeded") for name in names)
-
-
-def api_time(stamp: str) -> float:
-    import datetime as dt
-
-    return dt.datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()

@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +21,11 @@ from cxg_on_k8s.cli import crd_objects, install_objects
 from cxg_on_k8s.devcluster import DevCluster
 from cxg_on_k8s.settings import Settings
 from tests import service_accounts
-from tests.conftest import REPO, OperatorProcess, wait_for
+from tests.conftest import REPO, StartOperator, install_crd, remove_peering_crd
+from tests.instances import wait_phase
+from tests.service_accounts import can_i
 
 MANIFESTS = REPO / "manifests"
-StartOperator = Callable[..., OperatorProcess]
 
 
 def load(path: Path) -> list[dict[str, Any]]:
@@ -252,18 +253,11 @@ def installed_rbac(cluster: DevCluster, namespace: str) -> Iterator[Settings]:
     discovery), removed afterwards so that the rest of the session runs without peering."""
     settings = Settings(namespace=namespace, metrics_service="")
     objects = [*manifests.operator_rbac(settings), *manifests.portal_rbac(settings)]
-    cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(manifests.kopf_peering_crd()))
-    cluster.kubectl("wait", "--for=condition=Established", f"crd/{manifests.KOPF_PEERING_CRD_NAME}", "--timeout=60s")
+    install_crd(cluster, manifests.kopf_peering_crd())
     service_accounts.apply(cluster, objects)
     yield settings
     service_accounts.delete_cluster_scoped(cluster, objects)
-    cluster.kubectl("delete", "crd", manifests.KOPF_PEERING_CRD_NAME, "--ignore-not-found", "--wait=true", "--timeout=60s")
-
-
-def can_i(cluster: DevCluster, account: str, namespace: str, verb: str, resource: str) -> bool:
-    result = cluster.kubectl("auth", "can-i", verb, resource, "-n", namespace, f"--as=system:serviceaccount:{account}", check=False)
-    assert result.stdout.strip() in ("yes", "no"), result.stderr
-    return result.stdout.strip() == "yes"
+    remove_peering_crd(cluster)
 
 
 def test_peering_and_portal_permissions_per_kubectl_auth_can_i(cluster: DevCluster, installed_rbac: Settings) -> None:
@@ -300,12 +294,7 @@ def test_a_sample_instance_becomes_ready(k8s: K8ApiHandler, start_operator: Star
     start_operator()
     k8s.create_custom_resource(body)
     name = body["metadata"]["name"]
-
-    def ready() -> dict[str, Any] | None:
-        found = k8s.get_instance(name)
-        return found if found.get("status", {}).get("phase") == api.Phase.READY.value else None
-
-    wait_for(ready, 60, f"the sample {template} to be Ready")
+    wait_phase(k8s, name, api.Phase.READY)
     deployment = k8s.read_deployment(name)
     assert deployment.spec.selector.match_labels == {"instance": name}
 
@@ -320,5 +309,4 @@ def test_cxg_k8s_install_crd_only_installs_both_crds(cluster: DevCluster, tmp_pa
         established = cluster.kubectl("wait", "--for=condition=Established", f"crd/{manifests.KOPF_PEERING_CRD_NAME}", "--timeout=30s")
         assert "condition met" in established.stdout
     finally:
-        # the rest of the session runs without peering, as a cluster without kopf's CRD would
-        cluster.kubectl("delete", "crd", manifests.KOPF_PEERING_CRD_NAME, "--ignore-not-found", "--wait=true", "--timeout=60s")
+        remove_peering_crd(cluster)

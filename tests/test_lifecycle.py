@@ -23,11 +23,12 @@ from kubernetes import watch
 
 from cxg_on_k8s import spec as api
 from cxg_on_k8s.activity import MetricsSource, endpointslice_urls
-from cxg_on_k8s.api import ApiError, K8ApiHandler, rfc3339
-from cxg_on_k8s.culler import Culler, parse_time
+from cxg_on_k8s.api import K8ApiHandler, parse_time, rfc3339
+from cxg_on_k8s.culler import Culler
 from cxg_on_k8s.devcluster import free_port
 from cxg_on_k8s.settings import Settings
 from tests.conftest import wait_for
+from tests.instances import get_or_none
 from tests.metrics_server import MetricsServer, Mode, metrics_server, metrics_server_process
 
 if TYPE_CHECKING:
@@ -62,13 +63,7 @@ def status(k8s: K8ApiHandler, name: str) -> dict[str, Any]:
 
 
 def exists(k8s: K8ApiHandler, name: str) -> bool:
-    try:
-        k8s.get_instance(name)
-    except ApiError as exc:
-        if exc.status == 404:
-            return False
-        raise
-    return True
+    return get_or_none(k8s, name) is not None
 
 
 def wait_ready(k8s: K8ApiHandler, name: str) -> dt.datetime:

@@ -23,26 +23,17 @@ from kubernetes.client.exceptions import ApiException
 
 from cxg_on_k8s import manifests
 from cxg_on_k8s import spec as api
-from cxg_on_k8s.api import ApiError, K8ApiHandler, describe_api_exception
+from cxg_on_k8s.api import ApiError, K8ApiHandler, describe_api_exception, parse_time
 from cxg_on_k8s.devcluster import K8S_VERSION, DevCluster, default_bin_dir
 from cxg_on_k8s.settings import Settings
-from tests.conftest import REPO, OperatorProcess, wait_for
+from tests import service_accounts
+from tests.conftest import REPO, StartOperator, wait_for
+from tests.instances import CHILD_KINDS, DATASET, OWNER, create, get_or_none, instance_body, list_children, wait_phase
+from tests.service_accounts import can_i
 from tests.test_manifests import poc_manifests
 from tests.test_policy import set_path
 
-OWNER = "alice@example.org"
-DATASET = "s3://omics-data/projects/p1/pbmc3k.h5ad"
-CHILD_KINDS = ("Deployment", "Service", "Ingress", "NetworkPolicy")
-
-StartOperator = Callable[..., OperatorProcess]
-
-
 # --- helpers ---------------------------------------------------------------------------------------
-
-
-def instance_body(namespace: str, name: str | None = None, **fields: Any) -> dict[str, Any]:
-    name = name or manifests.new_instance_name()
-    return manifests.instance(name, namespace, fields.pop("owner", OWNER), fields.pop("dataset", DATASET), **fields)
 
 
 def raw_body(namespace: str, spec: dict[str, Any], name: str | None = None) -> dict[str, Any]:
@@ -54,11 +45,6 @@ def raw_body(namespace: str, spec: dict[str, Any], name: str | None = None) -> d
         "metadata": {"name": name, "namespace": namespace, "labels": manifests.labels(name)},
         "spec": spec,
     }
-
-
-def create(k8s: K8ApiHandler, body: dict[str, Any]) -> str:
-    k8s.create_custom_resource(body)
-    return body["metadata"]["name"]
 
 
 def read_child(k8s: K8ApiHandler, kind: str, name: str) -> Any:
@@ -77,39 +63,6 @@ def read_child(k8s: K8ApiHandler, kind: str, name: str) -> Any:
         raise
 
 
-def list_children(k8s: K8ApiHandler, selector: str) -> dict[str, list[Any]]:
-    ns = k8s.namespace
-    return {
-        "Deployment": k8s.apps.list_namespaced_deployment(ns, label_selector=selector).items,
-        "Service": k8s.core.list_namespaced_service(ns, label_selector=selector).items,
-        "Ingress": k8s.networking.list_namespaced_ingress(ns, label_selector=selector).items,
-        "NetworkPolicy": k8s.networking.list_namespaced_network_policy(ns, label_selector=selector).items,
-        "ReplicaSet": k8s.apps.list_namespaced_replica_set(ns, label_selector=selector).items,
-        "Pod": k8s.core.list_namespaced_pod(ns, label_selector=selector).items,
-    }
-
-
-def get_or_none(k8s: K8ApiHandler, name: str) -> dict[str, Any] | None:
-    try:
-        return k8s.get_instance(name)
-    except ApiError as exc:
-        if exc.status == 404:
-            return None
-        raise
-
-
-def wait_phase(k8s: K8ApiHandler, name: str, phase: api.Phase, timeout: float = 60) -> dict[str, Any]:
-    def reached() -> dict[str, Any] | None:
-        body = k8s.get_instance(name)
-        return body if body.get("status", {}).get("phase") == phase.value else None
-
-    try:
-        return wait_for(reached, timeout, f"SingleUserInstance {k8s.namespace}/{name} to be {phase.value}")
-    except AssertionError as exc:
-        last = get_or_none(k8s, name)
-        raise AssertionError(f"{exc}; its status: {(last or {}).get('status')}") from None
-
-
 def events_of(k8s: K8ApiHandler, name: str) -> list[Any]:
     return [e for e in k8s.list_events(name) if e.involved_object.kind == api.KIND]
 
@@ -121,17 +74,9 @@ def wait_event(k8s: K8ApiHandler, name: str, reason: str, event_type: str, timeo
     return wait_for(found, timeout, f"a {event_type} Event {reason} on {name}")
 
 
-def parse_time(text: str) -> dt.datetime:
-    return dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
-
-
-def apply(cluster: DevCluster, objects: list[dict[str, Any]], *extra: str) -> subprocess.CompletedProcess[str]:
-    return cluster.kubectl("apply", *extra, "-f", "-", input=yaml.safe_dump_all(objects))
-
-
 def ensure_namespace(cluster: DevCluster, name: str) -> None:
     doc = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}
-    apply(cluster, [doc])
+    service_accounts.apply(cluster, [doc])
 
 
 # --- the API server rejects bad input, readably --------------------------------------------------
@@ -484,20 +429,10 @@ def rbac(cluster: DevCluster, namespace: str) -> Iterator[Settings]:
     ensure_namespace(cluster, metrics_ns)
     settings = Settings(namespace=namespace, metrics_service=f"{metrics_ns}/metrics")
     objects = [*manifests.operator_rbac(settings), *manifests.portal_rbac(settings)]
-    apply(cluster, objects)
+    service_accounts.apply(cluster, objects)
     yield settings
-    cluster_scoped = [o for o in objects if "namespace" not in o["metadata"]]
-    cluster.kubectl("delete", "-f", "-", "--wait=false", "--ignore-not-found", input=yaml.safe_dump_all(cluster_scoped), check=False)
+    service_accounts.delete_cluster_scoped(cluster, objects)
     cluster.kubectl("delete", "namespace", metrics_ns, "--wait=false", check=False)
-
-
-def can_i(cluster: DevCluster, account: str, namespace: str, *request: str) -> bool:
-    result = cluster.kubectl(
-        "auth", "can-i", *request, "-n", namespace, f"--as=system:serviceaccount:{account}", check=False
-    )
-    answer = result.stdout.strip()
-    assert answer in ("yes", "no"), f"kubectl auth can-i {' '.join(request)}: {result.stdout}{result.stderr}"
-    return answer == "yes"
 
 
 def test_rbac_is_least_privilege(cluster: DevCluster, rbac: Settings) -> None:
@@ -550,27 +485,12 @@ def test_rbac_is_least_privilege(cluster: DevCluster, rbac: Settings) -> None:
     assert not resources & {"pods", "secrets", "deployments.apps", "services", "configmaps", "events"}, listing
 
 
-def service_account_kubeconfig(cluster: DevCluster, namespace: str, account: str, path: Path) -> Path:
-    token = cluster.kubectl("create", "token", account, "-n", namespace, "--duration=1h").stdout.strip()
-    config = {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [{"name": "devcluster", "cluster": {"server": cluster.server, "certificate-authority": str(cluster.pki / "ca.crt")}}],
-        "users": [{"name": account, "user": {"token": token}}],
-        "contexts": [{"name": account, "context": {"cluster": "devcluster", "user": account, "namespace": namespace}}],
-        "current-context": account,
-    }  # fmt: skip
-    path.write_text(yaml.safe_dump(config))
-    path.chmod(0o600)
-    return path
-
-
 def test_operator_runs_with_its_own_rbac(
     cluster: DevCluster, k8s: K8ApiHandler, rbac: Settings, start_operator: StartOperator, tmp_path: Path
 ) -> None:
     """The RBAC is not only restrictive but sufficient: the operator, holding nothing but its
     service account's token, creates the children, moves the status and posts Events."""
-    kubeconfig = service_account_kubeconfig(cluster, rbac.namespace, manifests.OPERATOR_NAME, tmp_path / "sa.kubeconfig")
+    kubeconfig = service_accounts.kubeconfig(cluster, rbac.namespace, manifests.OPERATOR_NAME, tmp_path / "sa.kubeconfig")
     whoami = cluster.kubectl("--kubeconfig", str(kubeconfig), "auth", "whoami", "-o", "jsonpath={.status.userInfo.username}")
     assert whoami.stdout == f"system:serviceaccount:{rbac.namespace}:{manifests.OPERATOR_NAME}"
     operator = start_operator(kubeconfig=kubeconfig, metrics_service=rbac.metrics_service, tick=1)

@@ -9,28 +9,22 @@ session runs as a cluster without it would).
 from __future__ import annotations
 
 import datetime as dt
-import os
-import subprocess
-import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from cxg_on_k8s import manifests
 from cxg_on_k8s import spec as api
 from cxg_on_k8s.api import ApiError, K8ApiHandler
-from cxg_on_k8s.devcluster import DevCluster, free_port
+from cxg_on_k8s.devcluster import DevCluster
 from cxg_on_k8s.peering import outranked
 from cxg_on_k8s.settings import Settings
 from tests import service_accounts
-from tests.conftest import OperatorProcess, _healthy, wait_for
+from tests.conftest import StartOperator, install_crd, remove_peering_crd, wait_for
+from tests.instances import create, instance_body, wait_phase
 
-StartOperator = Callable[..., OperatorProcess]
-OWNER = "alice@example.org"
-DATASET = "s3://omics-data/projects/p1/pbmc3k.h5ad"
 # kopf's own log lines (kopf/_core/engines/peering.py), what an administrator sees.
 PAUSED = "Pausing operations in favour of"
 RESUMED = "Resuming operations after the pause"
@@ -40,35 +34,12 @@ SPAWNED = "Handler 'spawn' succeeded"
 # --- helpers ---------------------------------------------------------------------------------------
 
 
-def install_peering_crd(cluster: DevCluster) -> None:
-    crd = manifests.kopf_peering_crd()
-    cluster.kubectl("apply", "--server-side", "-f", "-", input=yaml.safe_dump(crd))
-    cluster.kubectl("wait", "--for=condition=Established", f"crd/{manifests.KOPF_PEERING_CRD_NAME}", "--timeout=60s")
-
-
-def remove_peering_crd(cluster: DevCluster) -> None:
-    cluster.kubectl("delete", "crd", manifests.KOPF_PEERING_CRD_NAME, "--ignore-not-found", "--wait=true", "--timeout=60s")
-
-
 @pytest.fixture
 def peering_crd(cluster: DevCluster) -> Iterator[None]:
-    install_peering_crd(cluster)
+    """kopf's peering CRD for one test, removed afterwards."""
+    install_crd(cluster, manifests.kopf_peering_crd())
     yield
     remove_peering_crd(cluster)
-
-
-def create_instance(k8s: K8ApiHandler) -> str:
-    name = manifests.new_instance_name()
-    k8s.create_custom_resource(manifests.instance(name, k8s.namespace, OWNER, DATASET))
-    return name
-
-
-def wait_ready(k8s: K8ApiHandler, name: str, timeout: float = 60) -> dict[str, Any]:
-    def ready() -> dict[str, Any] | None:
-        body = k8s.get_instance(name)
-        return body if body.get("status", {}).get("phase") == api.Phase.READY.value else None
-
-    return wait_for(ready, timeout, f"SingleUserInstance {k8s.namespace}/{name} to be Ready")
 
 
 def peering_status(k8s: K8ApiHandler) -> dict[str, Any]:
@@ -83,25 +54,6 @@ def peering_status(k8s: K8ApiHandler) -> dict[str, Any]:
 
 def priorities(k8s: K8ApiHandler) -> list[int]:
     return sorted(record["priority"] for record in peering_status(k8s).values())
-
-
-def start_cli_operator(cluster: DevCluster, namespace: str, log: Path, *args: str) -> OperatorProcess:
-    """``cxg-k8s operator ARGS`` with the conftest fixture's settings, for options it does not pass."""
-    port = free_port()
-    env = {
-        **os.environ, "KUBECONFIG": str(cluster.kubeconfig), "CXG_NAMESPACE": namespace, "CXG_URL_SCHEME": "http",
-        "CXG_HOST_NAME": "cxg.localtest", "CXG_METRICS_SERVICE": "", "CXG_METRICS_URL": "http://127.0.0.1:9/metrics",
-        "CXG_OPERATOR_METRICS_PORT": "0",
-    }  # fmt: skip
-    with log.open("wb") as handle:
-        popen = subprocess.Popen(
-            [sys.executable, "-m", "cxg_on_k8s", "operator", "--liveness", f"http://127.0.0.1:{port}/healthz", *args],
-            env=env, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
-    proc = OperatorProcess(popen, log, env)
-    wait_for(lambda: _healthy(port) or popen.poll() is not None, 60, "the operator's liveness endpoint")
-    assert popen.poll() is None, proc.text()[-3000:]
-    return proc
 
 
 # --- the decision the culling loop shares with kopf (pure) ------------------------------------------
@@ -151,8 +103,8 @@ def test_without_the_peering_crd_the_operator_warns_and_works(
 ) -> None:
     remove_peering_crd(cluster)
     operator = start_operator()
-    name = create_instance(k8s)
-    wait_ready(k8s, name)
+    name = create(k8s, instance_body(k8s.namespace))
+    wait_phase(k8s, name, api.Phase.READY)
     log = operator.text()
     assert f"kopf's peering CRD {manifests.KOPF_PEERING_CRD_NAME} is not installed: running without peering" in log
     assert "cxg-k8s install" in log
@@ -175,8 +127,8 @@ def test_the_higher_priority_operator_works_and_the_lower_one_takes_over_when_it
         # kopf pauses handlers; the culling loop, which kopf does not know, stands by too
         wait_for(lambda: "culling paused: operator(s) with a higher priority than 0" in low.text(), 30, "the culler to stand by")
 
-        first = create_instance(k8s)
-        wait_ready(k8s, first)
+        first = create(k8s, instance_body(k8s.namespace))
+        wait_phase(k8s, first, api.Phase.READY)
         assert SPAWNED in high.text() and first in high.text()
         assert first not in low.text(), low.text()[-3000:]
         assert "Forbidden" not in high.text() and " 403" not in high.text(), high.text()[-3000:]
@@ -184,23 +136,20 @@ def test_the_higher_priority_operator_works_and_the_lower_one_takes_over_when_it
         high.stop()
         wait_for(lambda: RESUMED in low.text(), 30, "the laptop operator to resume")
         wait_for(lambda: priorities(k8s) == [0], 30, "the stopped operator's record to be gone")
-        second = create_instance(k8s)
-        wait_ready(k8s, second)
+        second = create(k8s, instance_body(k8s.namespace))
+        wait_phase(k8s, second, api.Phase.READY)
         assert SPAWNED in low.text() and second in low.text()
         wait_for(lambda: "culling resumed" in low.text(), 30, "the culler to resume")
     finally:
         service_accounts.delete_cluster_scoped(cluster, rbac)
 
 
-def test_standalone_ignores_peering(cluster: DevCluster, k8s: K8ApiHandler, peering_crd: None, tmp_path: Path) -> None:
+def test_standalone_ignores_peering(k8s: K8ApiHandler, peering_crd: None, start_operator: StartOperator) -> None:
     """`cxg-k8s operator --standalone`, the old behaviour: no peering object, no keep-alives."""
-    operator = start_cli_operator(cluster, k8s.namespace, tmp_path / "standalone.log", "--standalone")
-    try:
-        name = create_instance(k8s)
-        wait_ready(k8s, name)
-        with pytest.raises(ApiError) as missing:
-            k8s.read_custom_resource(manifests.PEERING_NAME, manifests.KOPF_GROUP, "v1", manifests.KOPF_PEERING_PLURAL)
-        assert missing.value.status == 404
-        assert "peering" not in operator.text().lower(), operator.text()[-3000:]
-    finally:
-        operator.stop()
+    operator = start_operator("--standalone")
+    name = create(k8s, instance_body(k8s.namespace))
+    wait_phase(k8s, name, api.Phase.READY)
+    with pytest.raises(ApiError) as missing:
+        k8s.read_custom_resource(manifests.PEERING_NAME, manifests.KOPF_GROUP, "v1", manifests.KOPF_PEERING_PLURAL)
+    assert missing.value.status == 404
+    assert "peering" not in operator.text().lower(), operator.text()[-3000:]

@@ -25,20 +25,19 @@ import yaml
 from cxg_on_k8s import envfile, manifests
 from cxg_on_k8s import spec as api
 from cxg_on_k8s.api import K8ApiHandler
-from cxg_on_k8s.devcluster import DevCluster
+from cxg_on_k8s.devcluster import DevCluster, stop_process
 from cxg_on_k8s.settings import Settings
 from tests import service_accounts
-from tests.conftest import REPO, wait_for
+from tests.conftest import REPO, operator_env, wait_for
+from tests.instances import DATASET, OWNER, create, instance_body, wait_phase
 
-OWNER = "alice@example.org"
-DATASET = "s3://omics-data/projects/p1/pbmc3k.h5ad"
 KOPF = Path(sys.executable).parent / "kopf"
 
 
 # --- yaml_to_py.py ---------------------------------------------------------------------------------
 
 
-def test_yaml_to_py_prints_a_manifest_as_a_python_dict(tmp_path: Path) -> None:
+def test_yaml_to_py_prints_a_manifest_as_a_python_dict() -> None:
     manifest = REPO / "manifests" / "service_ingress-nginx-controller_metrics.yaml"
     result = subprocess.run([sys.executable, "yaml_to_py.py", str(manifest)], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
@@ -64,11 +63,7 @@ def test_py_to_yaml_imports_from_the_repository_root() -> None:
 def test_kopf_run_on_the_pocs_operator_file_makes_an_instance_ready(
     cluster: DevCluster, k8s: K8ApiHandler, namespace: str, tmp_path: Path
 ) -> None:
-    env = {
-        **os.environ, "KUBECONFIG": str(cluster.kubeconfig), "CXG_NAMESPACE": namespace, "CXG_URL_SCHEME": "http",
-        "CXG_HOST_NAME": "cxg.localtest", "CXG_METRICS_SERVICE": "", "CXG_METRICS_URL": "http://127.0.0.1:9/metrics",
-        "CXG_OPERATOR_METRICS_PORT": "0",
-    }  # fmt: skip
+    env = operator_env(cluster.kubeconfig, namespace)
     log = tmp_path / "kopf-run.log"
     with log.open("wb") as handle:
         proc = subprocess.Popen(
@@ -78,23 +73,12 @@ def test_kopf_run_on_the_pocs_operator_file_makes_an_instance_ready(
     try:
         wait_for(lambda: "operator configured for namespace" in log.read_text() or proc.poll() is not None, 60, "the operator to start")
         assert proc.poll() is None, log.read_text()[-3000:]
-        name = manifests.new_instance_name()
-        k8s.create_custom_resource(manifests.instance(name, namespace, OWNER, DATASET))
-
-        def ready() -> dict | None:
-            body = k8s.get_instance(name)
-            return body if body.get("status", {}).get("phase") == api.Phase.READY.value else None
-
-        body = wait_for(ready, 60, f"{name} to be Ready")
+        name = create(k8s, instance_body(namespace))
+        body = wait_phase(k8s, name, api.Phase.READY)
         assert body["status"]["url"] == f"http://cxg.localtest/{name}/"
         assert k8s.read_deployment(name).metadata.owner_references[0].name == name
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+        stop_process(proc, timeout=30, sig=signal.SIGINT)
     assert proc.returncode == 0, log.read_text()[-3000:]
     assert "Handler 'spawn' succeeded" in log.read_text()
 
@@ -167,7 +151,7 @@ def run_cli(workdir: Path, *args: str, **extra_env: str) -> subprocess.Completed
 
 
 def test_the_cli_reads_the_pocs_env_file_and_connects_with_its_token(
-    poc_env_dir: Path, k8s: K8ApiHandler, namespace: str
+    poc_env_dir: Path, k8s: K8ApiHandler
 ) -> None:
     name = manifests.new_instance_name()
     deployed = run_cli(poc_env_dir, "deploy", "--owner", OWNER, "--dataset", DATASET, "--name", name,
@@ -191,7 +175,7 @@ def test_the_cli_reads_the_pocs_env_file_and_connects_with_its_token(
     wait_for(lambda: not k8s.list_instances(), 10, f"{name} to be deleted")
 
 
-def test_the_pocs_token_cannot_do_more_than_the_portals_role(poc_env_dir: Path, namespace: str) -> None:
+def test_the_pocs_token_cannot_do_more_than_the_portals_role(poc_env_dir: Path) -> None:
     """The CLI with the portal's token may not install: a readable 403, exit 1."""
     result = run_cli(poc_env_dir, "describe", "cellxgene-nope")
     assert result.returncode == 4 and "cellxgene-nope" in result.stderr

@@ -388,9 +388,7 @@ def test_bad_arguments_exit_2_without_touching_anything(moto_s3: MotoS3, tmp_pat
     assert run_userdata("fetch", env=moto_s3.env()).returncode == 2
 
 
-def test_refetch_keeps_local_changes_that_were_not_saved_yet(
-    moto_s3: MotoS3, s3: Any, bucket: str, tmp_path: Path
-) -> None:
+def test_refetch_keeps_local_changes_that_were_not_saved_yet(s3: Any, bucket: str, tmp_path: Path) -> None:
     """A restarted pod re-runs fetch; it must not overwrite what cellxgene wrote since the last save."""
     s3.put_object(Bucket=bucket, Key="d.h5ad", Body=hdf5_header(1000))
     s3.put_object(Bucket=bucket, Key="u/annotations.csv", Body=b"saved\n")

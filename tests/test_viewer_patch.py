@@ -14,7 +14,8 @@ from types import ModuleType
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.conftest import REPO
+
 SCRIPT = REPO / "docker" / "cellxgene" / "prefix-patch.py"
 
 

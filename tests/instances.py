@@ -1,0 +1,70 @@
+"""SingleUserInstances in tests: one body, one way to create, wait for and look up an instance,
+shared by every module that talks to a real API server (so a change to the instance's shape or
+to how readiness shows is made once, not in each test module)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from cxg_on_k8s import manifests
+from cxg_on_k8s import spec as api
+from cxg_on_k8s.api import ApiError, K8ApiHandler
+from tests.conftest import wait_for
+
+OWNER = "alice@example.org"
+DATASET = "s3://omics-data/projects/p1/pbmc3k.h5ad"
+CHILD_KINDS = ("Deployment", "Service", "Ingress", "NetworkPolicy")
+
+
+def instance_body(namespace: str, name: str | None = None, **fields: Any) -> dict[str, Any]:
+    """A portal-form instance of OWNER and DATASET unless ``owner``/``dataset`` say otherwise."""
+    name = name or manifests.new_instance_name()
+    return manifests.instance(name, namespace, fields.pop("owner", OWNER), fields.pop("dataset", DATASET), **fields)
+
+
+def create(k8s: K8ApiHandler, body: dict[str, Any]) -> str:
+    """Create the instance; its name, for the waits that follow."""
+    k8s.create_custom_resource(body)
+    return body["metadata"]["name"]
+
+
+def get_or_none(k8s: K8ApiHandler, name: str) -> dict[str, Any] | None:
+    """The instance, or None once it is gone: 404 is an answer here, not an error."""
+    try:
+        return k8s.get_instance(name)
+    except ApiError as exc:
+        if exc.status == 404:
+            return None
+        raise
+
+
+def wait_phase(k8s: K8ApiHandler, name: str, phase: api.Phase, timeout: float = 60) -> dict[str, Any]:
+    """The instance's body once ``status.phase`` is ``phase``; on timeout the error shows its last status."""
+
+    def reached() -> dict[str, Any] | None:
+        body = k8s.get_instance(name)
+        return body if body.get("status", {}).get("phase") == phase.value else None
+
+    try:
+        return wait_for(reached, timeout, f"SingleUserInstance {k8s.namespace}/{name} to be {phase.value}")
+    except AssertionError as exc:
+        last = get_or_none(k8s, name)
+        raise AssertionError(f"{exc}; its status: {(last or {}).get('status')}") from None
+
+
+def list_children(
+    k8s: K8ApiHandler, selector: str, kinds: Sequence[str] = (*CHILD_KINDS, "ReplicaSet", "Pod")
+) -> dict[str, list[Any]]:
+    """Per kind, the namespace's objects matching ``selector``; ``kinds`` narrows the listing
+    (a thousand instances' pods are not worth listing when only the children are counted)."""
+    ns = k8s.namespace
+    listers = {
+        "Deployment": k8s.apps.list_namespaced_deployment,
+        "Service": k8s.core.list_namespaced_service,
+        "Ingress": k8s.networking.list_namespaced_ingress,
+        "NetworkPolicy": k8s.networking.list_namespaced_network_policy,
+        "ReplicaSet": k8s.apps.list_namespaced_replica_set,
+        "Pod": k8s.core.list_namespaced_pod,
+    }
+    return {kind: listers[kind](ns, label_selector=selector).items for kind in kinds}

@@ -8,7 +8,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from cxg_on_k8s.culler import instance_times
 from cxg_on_k8s.culling import CullReason, Decision, InstanceTimes, decide, expires_at, format_age
+from cxg_on_k8s.settings import Settings
 
 NOW = datetime(2024, 5, 17, 12, 0, 0, tzinfo=timezone.utc)
 MINUTE, HOUR, DAY = 60, 3600, 86400
@@ -255,3 +257,14 @@ def test_a_viewer_that_is_not_ready_is_never_culled_as_unvisited(times: Instance
         None, ready_at=None,
     )  # fmt: skip
     assert decide(starting, True, NOW).reason in (None, CullReason.LIFESPAN_EXCEEDED)
+
+
+@pytest.mark.parametrize(("asked", "maximum", "lived"), [(40_000, 36_000, 36_000), (30_000, 36_000, 30_000)])
+def test_the_culler_bounds_a_lifespan_by_the_operators_maximum(asked: int, maximum: int, lived: int) -> None:
+    # A spec edited above the maximum keeps its value (the operator only refuses to move
+    # expiresAt); the culler must not honour it.
+    body = {
+        "metadata": {"namespace": "ns", "name": "x", "creationTimestamp": "2026-01-01T00:00:00Z"},
+        "spec": {"lifespan": asked},
+    }
+    assert instance_times(body, Settings(max_lifespan=maximum)).lifespan == lived

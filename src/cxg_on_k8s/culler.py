@@ -36,7 +36,11 @@ API_CONCURRENCY = 8
 
 
 def instance_times(body: dict[str, Any], settings: Settings) -> InstanceTimes:
-    """The decision's input from an instance body, spec values overriding the settings."""
+    """The decision's input from an instance body, spec values overriding the settings.
+
+    The lifespan is bounded by max_lifespan here, where every cull is decided: a lifespan edited
+    above it (the operator refuses to move expiresAt, but the spec keeps the value) or a maximum
+    lowered after creation still ends the instance in time."""
     spec = body.get("spec", {})
     meta = body["metadata"]
 
@@ -47,7 +51,7 @@ def instance_times(body: dict[str, Any], settings: Settings) -> InstanceTimes:
     return InstanceTimes(
         name=f"{meta['namespace']}/{meta['name']}",
         created=parse_time(meta["creationTimestamp"]) or utcnow(),
-        lifespan=pick("lifespan", settings.default_lifespan),
+        lifespan=min(pick("lifespan", settings.default_lifespan), settings.max_lifespan),
         idle_timeout=pick("idleTimeout", settings.idle_timeout),
         unvisited_timeout=pick("unvisitedTimeout", settings.unvisited_timeout),
         last_activity=parse_time(body.get("status", {}).get("lastActivity")),

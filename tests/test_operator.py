@@ -7,7 +7,9 @@ the operator runs as its own process, as in its pod.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+import logging
 import os
 import signal
 import subprocess
@@ -17,11 +19,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import kopf
 import pytest
 import yaml
 from kubernetes.client.exceptions import ApiException
 
-from cxg_on_k8s import manifests
+from cxg_on_k8s import manifests, operator
 from cxg_on_k8s import spec as api
 from cxg_on_k8s.api import ApiError, K8ApiHandler, describe_api_exception, parse_time
 from cxg_on_k8s.devcluster import K8S_VERSION, DevCluster, default_bin_dir
@@ -846,3 +849,22 @@ def test_starting_and_ready_events_and_the_time_from_creation_to_ready(
     assert condition["message"] == status["message"]
     # one of each (Event times have one-second resolution, so both may share a second)
     assert sorted(e.reason for e in events_of(k8s, name)) == ["Ready", "Starting"]
+
+
+# --- the operator's memory ---------------------------------------------------------------------
+
+
+def test_a_deleted_instances_pod_news_is_forgotten_with_its_pod() -> None:
+    """The pod's last updates after its instance is gone make a news record again; the pod's
+    DELETED event must drop it, or an operator would keep one per instance it ever saw."""
+    memo = kopf.Memo(instances={}, pod_news={})
+    key = ("ns", "cellxgene-gone")
+    pod = {"metadata": {"namespace": key[0], "name": "viewer", "labels": {"instance": key[1]}}}
+    memo.pod_news[key] = operator.PodNews(latest=(api.Phase.READY, "ready"))
+    asyncio.run(operator.pod_changed(event={"type": "DELETED"}, body=pod, memo=memo, logger=logging.getLogger()))
+    assert key not in memo.pod_news
+    # While the instance lives, the record (what was announced) stays; only the pod's news goes.
+    memo.instances[key] = {"metadata": {}, "spec": {}, "status": {}}
+    memo.pod_news[key] = operator.PodNews(latest=(api.Phase.READY, "ready"))
+    asyncio.run(operator.pod_changed(event={"type": "DELETED"}, body=pod, memo=memo, logger=logging.getLogger()))
+    assert memo.pod_news[key].latest is None

@@ -275,7 +275,11 @@ async def pod_changed(event: dict[str, Any], body: kopf.Body, memo: kopf.Memo, l
     instance_name = body["metadata"].get("labels", {}).get("instance")
     key = (body["metadata"]["namespace"], instance_name)
     if event.get("type") == "DELETED":
-        if key in memo.pod_news:
+        if key not in memo.instances:
+            # The instance went first and its pod's last updates made a record again: drop it,
+            # or every deleted instance would leave one behind for the operator's lifetime.
+            memo.pod_news.pop(key, None)
+        elif key in memo.pod_news:
             memo.pod_news[key].latest = None
         return
     phase, message = pod_phase(body)

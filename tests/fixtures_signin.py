@@ -32,12 +32,13 @@ from typing import Any
 import pytest
 from keycloak import KeycloakAdmin
 
-from cxg_on_k8s import manifests
+from cxg_on_k8s import access, manifests
 from cxg_on_k8s import spec as api
+from cxg_on_k8s.instance_plan import plan_instance
 from cxg_on_k8s.devcluster import free_port
 from cxg_on_k8s.keycloak_setup import SetupReport, setup_keycloak
 from cxg_on_k8s.settings import Settings
-from tests import nginx_conf
+from tests import client_shapes, nginx_conf
 from tests.conftest import REPO
 
 CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "cxg-on-k8s"
@@ -530,6 +531,7 @@ class Edge:
     keycloak_url: str
     owner_only: Instance  # no allowedGroups: only realm.owner gets in
     group: Instance  # allowedGroups [lab-a]: realm.member gets in
+    portal_shape: Instance  # embedded form as a data portal renders it, labelled user: <realm.owner's username>
     cookie_secret: str  # oauth2-proxy's, to sign a session cookie with another age
 
 
@@ -560,10 +562,18 @@ def signin_edge(
             (manifests.new_instance_name(), signin_realm.owner.email.upper(), {"allowedGroups": [GROUP]}),
         )
     )
-    ingresses = [manifests.ingress(i.name, settings.namespace, i.spec, settings) for i in (owner, group)]
+    ingresses = [manifests.ingress(i.name, settings.namespace, access.resolve(i.spec, {}), settings) for i in (owner, group)]
+    # The portal's embedded form, through the operator's own code path: its Ingress names the
+    # owner by the user label alone (the client's auth-url names nobody).
+    portal_name = manifests.new_instance_name()
+    portal_body = client_shapes.portal_instance(portal_name, settings.namespace, signin_realm.owner.username, "pbmc.h5ad", settings)
+    portal_spec = api.SingleUserInstanceSpec.model_validate(portal_body["spec"])
+    portal_plan = plan_instance(portal_name, settings.namespace, portal_body["metadata"]["labels"], portal_spec, settings)
+    ingresses.append(portal_plan.children[3])
+    portal = Instance(portal_name, portal_spec, manifests.instance_url(portal_name, settings))
     ingresses += [m for m in manifests.oauth2_proxy(settings) if m["kind"] == "Ingress"]
     # Where the Services of those Ingresses really listen, and where the auth URL's host does.
-    backends = {(settings.namespace, i.name, "http"): signin_cellxgene.address for i in (owner, group)}
+    backends = {(settings.namespace, i.name, "http"): signin_cellxgene.address for i in (owner, group, portal)}
     backends[settings.oauth2_proxy_namespace, manifests.OAUTH2_PROXY_NAME, "http"] = oauth2_proxy.address
     auth_host = (
         f"{manifests.OAUTH2_PROXY_NAME}.{settings.oauth2_proxy_namespace}.svc.cluster.local:"
@@ -587,6 +597,6 @@ def signin_edge(
     server.extra_logs += [workdir / "error.log", workdir / "access.log"]
     try:
         server.wait_until_answers("/", pytestconfig, timeout=30, ok=lambda s: s == 404)
-        yield Edge(settings.base_url, settings, signin_realm, keycloak.url, owner, group, signin_cookie_secret)
+        yield Edge(settings.base_url, settings, signin_realm, keycloak.url, owner, group, portal, signin_cookie_secret)
     finally:
         server.stop()

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from kubernetes.client.exceptions import ApiException
 
-from cxg_on_k8s import manifests
+from cxg_on_k8s import access, manifests
 from cxg_on_k8s import spec as api
 from cxg_on_k8s.api import ApiError, K8ApiHandler
 from cxg_on_k8s.devcluster import DevCluster, free_port
@@ -43,7 +43,7 @@ def child_bodies(namespace: str, name: str) -> dict[str, dict[str, Any]]:
     return {
         "deployment": manifests.deployment(name, namespace, model, settings),
         "service": manifests.service(name, namespace),
-        "ingress": manifests.ingress(name, namespace, model, settings),
+        "ingress": manifests.ingress(name, namespace, access.resolve(model, {}), settings),
     }
 
 

@@ -12,8 +12,9 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from cxg_on_k8s import manifests
+from cxg_on_k8s import access, manifests, policy
 from cxg_on_k8s import spec as api
+from cxg_on_k8s.instance_plan import plan_instance
 from cxg_on_k8s.pod_status import pod_phase
 from cxg_on_k8s.settings import Settings, SettingsError
 from cxg_on_k8s.userdata import build_parser
@@ -87,7 +88,7 @@ def test_network_policy_lets_only_the_ingress_controller_reach_the_viewer() -> N
 
 
 def test_ingress_carries_the_pocs_annotations_and_the_owner_check() -> None:
-    assert manifests.ingress(NAME, NS, portal_spec(), SETTINGS) == {
+    assert manifests.ingress(NAME, NS, access.resolve(portal_spec(), {}), SETTINGS) == {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "Ingress",
         "metadata": {
@@ -134,7 +135,7 @@ def test_ingress_carries_the_pocs_annotations_and_the_owner_check() -> None:
 
 def test_host_name_with_a_port_keeps_it_in_urls_but_not_in_the_ingress_rule() -> None:
     settings = Settings(host_name="localhost:8080", url_scheme="http")
-    ing = manifests.ingress(NAME, NS, portal_spec(), settings)
+    ing = manifests.ingress(NAME, NS, access.resolve(portal_spec(), {}), settings)
     assert ing["spec"]["rules"][0]["host"] == "localhost"
     assert manifests.instance_url(NAME, settings) == f"http://localhost:8080/{NAME}/"
     assert ing["metadata"]["annotations"]["nginx.ingress.kubernetes.io/auth-signin"].startswith(
@@ -161,7 +162,7 @@ AUTH_BASE = "http://oauth2-proxy.auth.svc.cluster.local:8091/oauth2/auth"
 )
 def test_auth_url_names_the_owner_url_encoded(owner: str, query: str) -> None:
     spec = api.SingleUserInstanceSpec(owner=owner, dataset=DATASET)
-    assert manifests.auth_url(spec, SETTINGS) == f"{AUTH_BASE}?{query}"
+    assert access.auth_url(access.resolve(spec, {}), SETTINGS) == f"{AUTH_BASE}?{query}"
 
 
 def test_auth_url_with_groups_lists_the_owner_as_a_group_too() -> None:
@@ -169,7 +170,7 @@ def test_auth_url_with_groups_lists_the_owner_as_a_group_too() -> None:
     # (keycloak-setup's groups-own-email mapper puts each user's e-mail into their groups claim).
     spec = portal_spec(allowed_groups=["lab members", "/omics/admins", OWNER])
     assert (
-        manifests.auth_url(spec, SETTINGS)
+        access.auth_url(access.resolve(spec, {}), SETTINGS)
         == f"{AUTH_BASE}?allowed_groups=alice%2Blab@example.org,lab%20members,/omics/admins"
     )
 
@@ -248,7 +249,7 @@ def test_viewer_resources_come_from_spec_else_settings_with_requests_equal_limit
     asked: dict[str, str] | None, expected: dict[str, str]
 ) -> None:
     spec = portal_spec(resources=asked)
-    assert api.problems(spec, SETTINGS) == []
+    assert policy.problems(spec, SETTINGS) == []
     pod = manifests.deployment(NAME, NS, spec, SETTINGS)["spec"]["template"]["spec"]
     assert containers_by_name(pod)["cellxgene"]["resources"] == {
         "requests": expected,
@@ -260,7 +261,8 @@ def test_fetch_is_an_init_container_and_save_a_native_sidecar_with_the_same_pref
     pod = manifests.deployment(NAME, NS, portal_spec(), SETTINGS)["spec"]["template"]["spec"]
     assert [c["name"] for c in pod["initContainers"]] == ["fetch", "save"]
     fetch, save = pod["initContainers"]
-    prefix = "s3://user-bucket/cxg_on_k8/alice_lab@example.org/pbmc3k/"
+    # The owner kept exactly (percent-encoded), the dataset's id with its URL's hash.
+    prefix = "s3://user-bucket/cxg_on_k8/alice%2Blab@example.org/pbmc3k-dcad764d647e/"
     assert fetch["args"] == [
         "fetch",
         "--dataset",
@@ -269,6 +271,11 @@ def test_fetch_is_an_init_container_and_save_a_native_sidecar_with_the_same_pref
         prefix,
         "--dest",
         "/data",
+        "--max-size",
+        "16Gi",
+        # where earlier versions saved by default: read once when the new prefix is empty
+        "--legacy-user-data",
+        "s3://user-bucket/cxg_on_k8/alice_lab@example.org/pbmc3k/",
     ]
     assert "restartPolicy" not in fetch  # a plain init container: the viewer waits for it
     assert save["restartPolicy"] == "Always"  # native sidecar: stopped after the viewer
@@ -303,13 +310,36 @@ def test_data_container_args_are_what_the_userdata_command_accepts() -> None:
     )
 
 
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [
+        ({"owner": "alice+lab@x.org"}, {"owner": "alice_lab@x.org"}),
+        ({"owner": "a/b@x.org"}, {"owner": "a%2Fb@x.org"}),
+        ({"dataset": "s3://b-1/projA/pbmc.h5ad"}, {"dataset": "s3://c-1/projB/pbmc.h5ad"}),
+        ({"dataset": "https://h.org/pbmc.h5ad"}, {"dataset": "https://h.org/other/pbmc.h5ad"}),
+    ],
+    ids=["plus-or-underscore", "slash-or-its-escape", "same-file-name-in-two-buckets", "same-name-two-paths"],
+)
+def test_two_owners_or_two_datasets_never_share_a_user_data_prefix(
+    first: dict[str, str], second: dict[str, str]
+) -> None:
+    a, b = (
+        api.SingleUserInstanceSpec(**{"owner": "o@x.org", "dataset": "s3://b-1/pbmc.h5ad", **fields})
+        for fields in (first, second)
+    )
+    url_a, url_b = manifests.user_data_url(a, SETTINGS), manifests.user_data_url(b, SETTINGS)
+    assert url_a != url_b
+    assert not url_a.startswith(url_b) and not url_b.startswith(url_a)  # neither nested in the other
+    assert url_a.count("/") == url_b.count("/") == 6  # s3://bucket/prefix/owner/dataset/: flat
+
+
 def test_user_data_prefix_from_spec_wins_and_gets_a_trailing_slash() -> None:
     spec = portal_spec(user_data="s3://lab-bucket/alice/pbmc")
     assert manifests.user_data_url(spec, SETTINGS) == "s3://lab-bucket/alice/pbmc/"
 
 
 def test_portal_form_children_start_with_the_networkpolicy() -> None:
-    children = manifests.children(NAME, NS, portal_spec(), SETTINGS)
+    children = manifests.children(NAME, NS, portal_spec(), access.resolve(portal_spec(), {}), SETTINGS)
     assert [c["kind"] for c in children] == ["NetworkPolicy", "Deployment", "Service", "Ingress"]
     for child in children:
         assert child["metadata"]["name"] == NAME
@@ -384,36 +414,34 @@ def poc_manifests(name: str) -> dict[str, dict[str, Any]]:
     }
 
 
-def test_embedded_form_is_relabelled_with_the_instance_selector() -> None:
+def test_embedded_form_keeps_the_pod_template_and_renders_the_rest() -> None:
     spec = api.SingleUserInstanceSpec(lifespan=600, **poc_manifests(NAME))
-    policy, deploy, svc, ing = manifests.children(NAME, NS, spec, SETTINGS)
-    # The NetworkPolicy comes first for this form too, open to the ingress namespace on any port
-    # (the client chose the viewer's port).
-    assert policy == {**manifests.network_policy(NAME, NS, SETTINGS, port=None)}
-    assert "ports" not in policy["spec"]["ingress"][0]
-    for child in (policy, deploy, svc, ing):
+    plan = plan_instance(NAME, NS, {}, spec, SETTINGS)
+    netpol, deploy, svc, ing = plan.children
+    # The NetworkPolicy comes first for this form too, open to the ingress namespace on the
+    # viewer's port (the client's Service's targetPort).
+    assert netpol == manifests.network_policy(NAME, NS, SETTINGS, port=5005)
+    for child in (netpol, deploy, svc, ing):
         assert child["metadata"]["labels"] == LABELS
         assert child["metadata"]["namespace"] == NS
         assert "resourceVersion" not in child["metadata"] and "uid" not in child["metadata"]
     assert deploy["spec"]["selector"] == {"matchLabels": {"instance": NAME}}
     assert deploy["spec"]["template"]["metadata"]["labels"] == LABELS
     assert deploy["spec"]["template"]["spec"]["containers"][0]["image"] == "cellxgene:1.1.2"
-    assert svc["spec"]["selector"] == {"instance": NAME}
-    assert ing["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]["name"] == NAME
+    # The Service and Ingress are the portal form's builders' own.
+    assert svc == manifests.service(NAME, NS, port=5005, target_port=5005)
+    assert ing == manifests.ingress(NAME, NS, access.owner_access("alice@example.org", None, "x"), SETTINGS)
     # the client's dicts are not modified in place
     assert spec.deployment["spec"]["selector"] == {"matchLabels": {"app": "cellxgene"}}
 
 
-def test_embedded_form_with_other_names_keeps_the_ingress_pointing_at_the_service() -> None:
-    """A client that named its objects differently: everything is renamed to the instance, so the
-    Ingress backend must follow the Service's new name."""
+def test_embedded_form_with_other_names_gets_children_named_after_the_instance() -> None:
+    """A client that named its objects differently (the PoC's own test instance): every child is
+    named after the instance, and the Ingress routes to the operator's Service."""
     spec = api.SingleUserInstanceSpec(**poc_manifests("viewer"))
-    _, _, svc, ing = manifests.children(NAME, NS, spec, SETTINGS)
-    assert svc["metadata"]["name"] == NAME
-    assert (
-        ing["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]["name"]
-        == svc["metadata"]["name"]
-    )
+    _, deploy, svc, ing = plan_instance(NAME, NS, {}, spec, SETTINGS).children
+    assert deploy["metadata"]["name"] == svc["metadata"]["name"] == NAME
+    assert ing["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]["name"] == NAME
 
 
 # --- names, instance body ---------------------------------------------------------------------------
@@ -453,12 +481,12 @@ def test_instance_url_is_the_pocs() -> None:
 
 
 def test_acceptable_spec_has_no_problems() -> None:
-    assert api.problems(portal_spec(lifespan=SETTINGS.max_lifespan), SETTINGS) == []
+    assert policy.problems(portal_spec(lifespan=SETTINGS.max_lifespan), SETTINGS) == []
 
 
 def test_lifespan_over_the_maximum_names_the_field_the_limit_and_the_fix() -> None:
     settings = Settings(max_lifespan=3600)
-    (problem,) = api.problems(portal_spec(lifespan=7200), settings)
+    (problem,) = policy.problems(portal_spec(lifespan=7200), settings)
     assert "spec.lifespan" in problem
     assert "7200" in problem and "3600" in problem
     assert "CXG_MAX_LIFESPAN" in problem and "ask for less" in problem
@@ -476,7 +504,7 @@ def test_lifespan_over_the_maximum_names_the_field_the_limit_and_the_fix() -> No
 def test_resources_over_the_caps_name_the_field_the_limit_and_the_fix(
     asked: dict[str, str], field: str, limit: str
 ) -> None:
-    (problem,) = api.problems(portal_spec(resources=asked), SETTINGS)
+    (problem,) = policy.problems(portal_spec(resources=asked), SETTINGS)
     assert f"spec.resources.{field}" in problem
     assert asked[field] in problem and limit in problem
     assert f"CXG_MAX_{field.upper()}" in problem and "ask for less" in problem
@@ -484,7 +512,7 @@ def test_resources_over_the_caps_name_the_field_the_limit_and_the_fix(
 
 def test_all_problems_are_reported_at_once() -> None:
     spec = portal_spec(lifespan=10**7, resources={"cpu": "64", "memory": "1Ti"})
-    assert len(api.problems(spec, SETTINGS)) == 3
+    assert len(policy.problems(spec, SETTINGS)) == 3
 
 
 # --- settings -------------------------------------------------------------------------------------------

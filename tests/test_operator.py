@@ -8,7 +8,9 @@ the operator runs as its own process, as in its pod.
 from __future__ import annotations
 
 import asyncio
+import base64
 import datetime as dt
+import json
 import logging
 import os
 import signal
@@ -29,11 +31,11 @@ from cxg_on_k8s import spec as api
 from cxg_on_k8s.api import ApiError, K8ApiHandler, describe_api_exception, parse_time
 from cxg_on_k8s.devcluster import K8S_VERSION, DevCluster, default_bin_dir
 from cxg_on_k8s.settings import Settings
-from tests import service_accounts
+from tests import client_shapes, service_accounts
 from tests.conftest import REPO, StartOperator, wait_for
 from tests.instances import CHILD_KINDS, DATASET, OWNER, create, get_or_none, instance_body, list_children, wait_phase
 from tests.service_accounts import can_i
-from tests.test_manifests import poc_manifests
+from tests.test_manifests import POC_AUTH_URL, poc_manifests
 from tests.test_policy import set_path
 
 # --- helpers ---------------------------------------------------------------------------------------
@@ -488,6 +490,31 @@ def test_rbac_is_least_privilege(cluster: DevCluster, rbac: Settings) -> None:
     assert not resources & {"pods", "secrets", "deployments.apps", "services", "configmaps", "events"}, listing
 
 
+def test_the_portals_long_lived_token_is_in_omicsdm_token_and_grants_only_its_role(
+    cluster: DevCluster, rbac: Settings
+) -> None:
+    """The seed's step ``kubectl describe secrets omicsdm-token`` finds a token (filled in by the
+    controller-manager), and that token, used as a static ACCOUNT_TOKEN, acts as the portal."""
+    ns = rbac.namespace
+
+    def filled() -> str | None:
+        found = cluster.kubectl("get", "secret", manifests.PORTAL_TOKEN_SECRET, "-n", ns, "-o", "json", check=False)
+        data = json.loads(found.stdout).get("data", {}) if found.returncode == 0 else {}
+        return base64.b64decode(data["token"]).decode() if "token" in data else None
+
+    token = wait_for(filled, 60, f"the controller-manager to fill {manifests.PORTAL_TOKEN_SECRET}")
+    described = cluster.kubectl("describe", "secrets", manifests.PORTAL_TOKEN_SECRET, "-n", ns).stdout
+    assert "token:" in described and "kubernetes.io/service-account.name: omicsdm" in described
+
+    # As the PoC's clients use it: the handler with a static token and the cluster's CA.
+    portal = K8ApiHandler(host=cluster.server, oidc_client=(manifests.PORTAL_ACCOUNT, token), cert=str(cluster.pki / "ca.crt"))
+    portal.change_namespace(ns)
+    assert portal.list_instances() == []
+    with pytest.raises(ApiError) as refused:
+        portal.list_pods("app=cellxgene")
+    assert refused.value.status == 403
+
+
 def test_operator_runs_with_its_own_rbac(
     cluster: DevCluster, k8s: K8ApiHandler, rbac: Settings, start_operator: StartOperator, tmp_path: Path
 ) -> None:
@@ -708,6 +735,33 @@ INVALID = [
      [f"{POD}.automountServiceAccountToken is true", "set it to false"]),
     ("deployment in another namespace", False, {"deployment.metadata.namespace": "kube-system"}, "operator",
      ["spec.deployment.metadata.namespace is 'kube-system'", "remove metadata.namespace"]),
+    # The attacks the embedded form once accepted (issue 12): refused, nothing created.
+    ("root user", False, {"deployment.spec.template.spec.securityContext.runAsUser": 0}, "operator",
+     [f"{POD}.securityContext.runAsUser is 0"]),
+    ("unconfined seccomp", False, {"deployment.spec.template.spec.securityContext.seccompProfile": {"type": "Unconfined"}},
+     "operator", [f"{POD}.securityContext.seccompProfile.type is 'Unconfined'"]),
+    ("nodeName", False, {"deployment.spec.template.spec.nodeName": "node-1"}, "operator", [f"{POD}.nodeName"]),
+    ("toleration of every taint", False, {"deployment.spec.template.spec.tolerations": [{"operator": "Exists"}]},
+     "operator", [f"{POD}.tolerations[0] has no key"]),
+    ("system priority", False, {"deployment.spec.template.spec.priorityClassName": "system-node-critical"},
+     "operator", [f"{POD}.priorityClassName is 'system-node-critical'"]),
+    ("runtime class", False, {"deployment.spec.template.spec.runtimeClassName": "kata"}, "operator",
+     [f"{POD}.runtimeClassName"]),
+    ("secret volume", False, {"deployment.spec.template.spec.volumes": [{"name": "s", "secret": {"secretName": "x"}}]},
+     "operator", [f"{POD}.volumes[0].secret"]),
+    ("nfs volume", False, {"deployment.spec.template.spec.volumes": [{"name": "n", "nfs": {"server": "nas", "path": "/"}}]},
+     "operator", [f"{POD}.volumes[0].nfs"]),
+    ("envFrom another Secret", False, {f"{CONTAINER}.envFrom": [{"secretRef": {"name": "oauth2-proxy-cookie"}}]},
+     "operator", [f"{POD}.containers[0].envFrom[0].secretRef.name is 'oauth2-proxy-cookie'"]),
+    ("another Secret in env", False,
+     {f"{CONTAINER}.env": [{"name": "X", "valueFrom": {"secretKeyRef": {"name": "oauth2-proxy-client", "key": "k"}}}]},
+     "operator", [f"{POD}.containers[0].env[0].valueFrom.secretKeyRef.name"]),
+    ("unbounded memory", False, {f"{CONTAINER}.resources": {"limits": {"memory": "1Ti"}}}, "operator",
+     [f"{POD}.containers[0].resources.limits.memory 1Ti exceeds the maximum"]),
+    ("an auth-url naming nobody", False,
+     {"ingress.metadata.annotations": {"nginx.ingress.kubernetes.io/auth-url": f"{Settings().oauth2_proxy_auth_endpoint}?allowed_emails=,"}},
+     "operator", ["names nobody", "CXG_REQUIRE_OWNER=false"]),
+    ("the instance named oauth2", False, {"name": "oauth2"}, "api", ["metadata.name", "oauth2"]),
 ]  # fmt: skip
 
 
@@ -736,7 +790,7 @@ def test_invalid_embedded_specs_are_refused_naming_the_field(
     refused_by: str,
     words: list[str],
 ) -> None:
-    name = manifests.new_instance_name()
+    name = changes.pop("name", None) or manifests.new_instance_name()
     body = raw_body(k8s.namespace, embedded_spec(name, changes, lifespan=None if no_lifespan else 600), name)
     if refused_by == "api":
         with pytest.raises(ApiError) as caught:
@@ -774,6 +828,96 @@ def test_a_privileged_embedded_manifest_is_refused_and_nothing_is_created(
     wait_for(lambda: "Handler 'spawn' failed permanently" in operator.text(), 10, "spawn to give up")
     assert nothing_created(k8s) == {}
     assert [e.reason for e in events_of(k8s, name)] == ["Failed"]  # never Starting, never Ready
+
+
+NEUTRALISED = [
+    # (case, field set by path, how to read the created object, the operator's value)
+    ("a NodePort Service", {"service.spec.type": "NodePort"}, lambda k8s, n: read_child(k8s, "Service", n).spec.type,
+     "ClusterIP"),
+    ("a LoadBalancer Service", {"service.spec.type": "LoadBalancer"},
+     lambda k8s, n: read_child(k8s, "Service", n).spec.type, "ClusterIP"),
+    ("an ExternalName Service", {"service.spec.type": "ExternalName", "service.spec.externalName": "evil.example"},
+     lambda k8s, n: (read_child(k8s, "Service", n).spec.type, read_child(k8s, "Service", n).spec.external_name),
+     ("ClusterIP", None)),
+    ("externalIPs", {"service.spec.externalIPs": ["198.51.100.7"]},
+     lambda k8s, n: read_child(k8s, "Service", n).spec.external_i_ps, None),
+    ("a server-snippet", {"ingress.metadata.annotations": {"nginx.ingress.kubernetes.io/server-snippet": "return 200;",
+                                                           "nginx.ingress.kubernetes.io/auth-url": POC_AUTH_URL}},
+     lambda k8s, n: sorted(a for a in read_child(k8s, "Ingress", n).metadata.annotations if "snippet" in a),
+     ["nginx.ingress.kubernetes.io/configuration-snippet"]),
+    ("a rule for /oauth2", {"ingress.spec.rules[0].http.paths[0].path": "/oauth2"},
+     lambda k8s, n: [p.path for r in read_child(k8s, "Ingress", n).spec.rules for p in r.http.paths], ["/{name}(/|$)(.*)"]),
+    ("a rule for another host", {"ingress.spec.rules[0].host": "portal.example.org"},
+     lambda k8s, n: [r.host for r in read_child(k8s, "Ingress", n).spec.rules], ["cxg.localtest"]),
+    ("a thousand replicas", {"deployment.spec.replicas": 1000},
+     lambda k8s, n: read_child(k8s, "Deployment", n).spec.replicas, 1),
+    ("runs as root by default", {},
+     lambda k8s, n: read_child(k8s, "Deployment", n).spec.template.spec.security_context.run_as_non_root, True),
+    ("a day of grace", {"deployment.spec.template.spec.terminationGracePeriodSeconds": 86400},
+     lambda k8s, n: read_child(k8s, "Deployment", n).spec.template.spec.termination_grace_period_seconds, 120),
+    ("no limits", {}, lambda k8s, n: read_child(k8s, "Deployment", n).spec.template.spec.containers[0].resources.limits,
+     {"cpu": "1", "memory": "4Gi"}),
+    ("no sizeLimit", {"deployment.spec.template.spec.volumes": [{"name": "data", "emptyDir": {}}]},
+     lambda k8s, n: read_child(k8s, "Deployment", n).spec.template.spec.volumes[0].empty_dir.size_limit, "20Gi"),
+    ("finalizers on the Deployment", {"deployment.metadata.finalizers": ["example.org/block"]},
+     lambda k8s, n: read_child(k8s, "Deployment", n).metadata.finalizers, None),
+    ("finalizers on the pods", {"deployment.spec.template.metadata.finalizers": ["example.org/block"]},
+     lambda k8s, n: k8s.list_pods(f"instance={n}").items[0].metadata.finalizers, None),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("changes", "read", "ours"), [c[1:] for c in NEUTRALISED], ids=[c[0] for c in NEUTRALISED])
+def test_what_an_embedded_client_may_not_choose_gets_the_operators_value(
+    k8s: K8ApiHandler, start_operator: StartOperator, changes: dict[str, Any], read: Callable[[K8ApiHandler, str], Any], ours: Any
+) -> None:
+    start_operator()
+    name = manifests.new_instance_name()
+    create(k8s, raw_body(k8s.namespace, embedded_spec(name, changes), name))
+    wait_phase(k8s, name, api.Phase.READY)
+    expected = [item.replace("{name}", name) for item in ours] if isinstance(ours, list) else ours
+    assert read(k8s, name) == expected
+
+
+def test_the_ignored_parts_of_the_clients_manifests_are_named_in_an_event(
+    k8s: K8ApiHandler, start_operator: StartOperator
+) -> None:
+    start_operator()
+    name = manifests.new_instance_name()
+    spec = embedded_spec(name, {"service.spec.type": "NodePort"})
+    spec["ingress"]["metadata"]["annotations"]["nginx.ingress.kubernetes.io/server-snippet"] = "return 200;"
+    create(k8s, raw_body(k8s.namespace, spec, name))
+    event = wait_event(k8s, name, "Ignored", "Warning")
+    assert "spec.ingress annotation nginx.ingress.kubernetes.io/server-snippet" in event.message
+    assert "spec.service.spec.type NodePort" in event.message
+
+
+def test_the_pocs_test_instance_naming_nobody_is_refused_by_default(
+    k8s: K8ApiHandler, start_operator: StartOperator
+) -> None:
+    start_operator()
+    name = manifests.new_instance_name()
+    create(k8s, client_shapes.poc_test_instance(name, k8s.namespace))
+    message = wait_phase(k8s, name, api.Phase.FAILED)["status"]["message"]
+    assert "names nobody who may open it" in message and "CXG_REQUIRE_OWNER=false" in message
+    assert nothing_created(k8s) == {}
+
+
+def test_a_second_live_instance_saving_to_the_same_place_is_refused_naming_the_first(
+    k8s: K8ApiHandler, start_operator: StartOperator
+) -> None:
+    start_operator()
+    first = create(k8s, instance_body(k8s.namespace))
+    wait_phase(k8s, first, api.Phase.READY)
+    second = create(k8s, instance_body(k8s.namespace))
+    message = wait_phase(k8s, second, api.Phase.FAILED)["status"]["message"]
+    assert f"in use by SingleUserInstance {k8s.namespace}/{first}" in message
+    assert f"http://cxg.localtest/{first}/" in message
+    # Another dataset of the same owner is another place: accepted.
+    wait_phase(k8s, create(k8s, instance_body(k8s.namespace, dataset="s3://omics-data/other/pbmc3k.h5ad")), api.Phase.READY)
+    # Once the first is gone, the place is free again.
+    k8s.delete_instance(first)
+    wait_for(lambda: get_or_none(k8s, first) is None, 30, f"{first} to be gone")
+    wait_phase(k8s, create(k8s, instance_body(k8s.namespace)), api.Phase.READY)
 
 
 # --- children: used only if this instance owns them --------------------------------------------------

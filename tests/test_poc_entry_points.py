@@ -27,7 +27,7 @@ from cxg_on_k8s import spec as api
 from cxg_on_k8s.api import K8ApiHandler
 from cxg_on_k8s.devcluster import DevCluster, stop_process
 from cxg_on_k8s.settings import Settings
-from tests import service_accounts
+from tests import client_shapes, service_accounts
 from tests.conftest import REPO, operator_env, wait_for
 from tests.instances import DATASET, OWNER, create, instance_body, wait_phase
 
@@ -81,6 +81,48 @@ def test_kopf_run_on_the_pocs_operator_file_makes_an_instance_ready(
         stop_process(proc, timeout=30, sig=signal.SIGINT)
     assert proc.returncode == 0, log.read_text()[-3000:]
     assert "Handler 'spawn' succeeded" in log.read_text()
+
+
+def test_the_clients_of_today_become_ready_through_the_seeds_start_command(
+    cluster: DevCluster, k8s: K8ApiHandler, namespace: str, tmp_path: Path
+) -> None:
+    """Both shapes clients render today (tests/client_shapes.py), unchanged, in a namespace that
+    enforces Pod Security ``restricted`` (as the installed one does): each gets a Deployment
+    named after the instance with a per-instance selector, and its pod is admitted. The operator
+    is started as the seed starts it, with CXG_REQUIRE_OWNER=false, which the PoC's own test
+    instance (it names nobody) needs; the portal's shape names its user and is restricted."""
+    cluster.kubectl("label", "namespace", namespace, "pod-security.kubernetes.io/enforce=restricted")
+    env = operator_env(cluster.kubeconfig, namespace, require_owner="false")
+    log = tmp_path / "kopf-run.log"
+    with log.open("wb") as handle:
+        proc = subprocess.Popen(
+            [str(KOPF), "run", "-n", namespace, "operator/operator_single-user-instances.py"],
+            cwd=REPO, env=env, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    settings = Settings(namespace=namespace)
+    poc, portal = manifests.new_instance_name(), manifests.new_instance_name()
+    try:
+        wait_for(lambda: "operator configured for namespace" in log.read_text() or proc.poll() is not None, 60, "the operator to start")
+        assert proc.poll() is None, log.read_text()[-3000:]
+        create(k8s, client_shapes.poc_test_instance(poc, namespace))
+        create(k8s, client_shapes.portal_instance(portal, namespace, "bob", "pbmc.h5ad", settings))
+        restricted = {}
+        for name in (poc, portal):
+            body = wait_phase(k8s, name, api.Phase.READY)
+            restricted[name] = {c["type"]: c for c in body["status"]["conditions"]}["Restricted"]
+            deployment = k8s.read_deployment(name)  # what a client waiting on read_deployment(name) finds
+            assert deployment.spec.selector.match_labels == {"instance": name}
+            assert deployment.spec.replicas == 1
+            (pod,) = k8s.list_pods(f"instance={name}").items
+            assert pod.spec.security_context.run_as_non_root is True
+        assert restricted[portal]["status"] == "True" and "bob" in restricted[portal]["message"]
+        assert restricted[poc]["status"] == "False" and "every signed-in user" in restricted[poc]["message"]
+        assert k8s.read_deployment(portal).metadata.labels["user"] == "bob"
+        warnings = {(e.involved_object.name, e.reason) for e in k8s.list_events(poc) if e.type == "Warning"}
+        assert (poc, "OpenAccess") in warnings
+    finally:
+        stop_process(proc, timeout=30, sig=signal.SIGINT)
+    assert proc.returncode == 0, log.read_text()[-3000:]
 
 
 # --- the PoC's .env ---------------------------------------------------------------------------------

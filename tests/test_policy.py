@@ -1,7 +1,8 @@
-"""The embedded form's policy and the child-ownership rule: pure functions, no cluster needed.
+"""The embedded form's policy, who gets in, and the child-ownership rule: pure functions, no
+cluster needed.
 
 Each refused field has its literal message here, so a change to what a client reads in
-``status.message`` is a visible diff.
+``status.message`` is a visible diff; each neutralised field shows the operator's value.
 """
 
 from __future__ import annotations
@@ -12,16 +13,18 @@ from typing import Any
 
 import pytest
 
+from cxg_on_k8s import access, embedded as embedded_form, policy
 from cxg_on_k8s import spec as api
+from cxg_on_k8s.instance_plan import Refusal, plan_instance
 from cxg_on_k8s.settings import Settings
 from tests.test_manifests import poc_manifests
 
 NAME = "cellxgene-0b6f3c1e-9d7a-4c55-8f0e-1a2b3c4d5e6f"
 NS = "viewers"
-AUTH = Settings().oauth2_proxy_auth_endpoint  # what tests.test_manifests.poc_manifests asks
+SETTINGS = Settings(namespace=NS)
+AUTH = SETTINGS.oauth2_proxy_auth_endpoint  # what tests.test_manifests.poc_manifests asks
 AUTH_KEY = "nginx.ingress.kubernetes.io/auth-url"
 AUTH_FIELD = f'spec.ingress.metadata.annotations["{AUTH_KEY}"]'
-AUTH_FIX = f"set it to {AUTH}?allowed_emails=<the owner's e-mail>"
 UID = "6c1f0a9e-0000-4000-8000-000000000001"
 POD = "spec.deployment.spec.template.spec"
 
@@ -73,16 +76,16 @@ def hardened() -> dict[str, Any]:
 
 
 def test_the_pocs_manifests_are_accepted() -> None:
-    assert api.embedded_problems(embedded(), NS, AUTH) == []
+    assert policy.embedded_problems(embedded(), NS, SETTINGS) == []
 
 
 def test_every_guarded_field_at_its_safe_value_is_accepted() -> None:
-    assert api.embedded_problems(embedded(**hardened()), NS, AUTH) == []
+    assert policy.embedded_problems(embedded(**hardened()), NS, SETTINGS) == []
 
 
 def test_the_portal_form_has_no_embedded_problems() -> None:
     spec = api.SingleUserInstanceSpec(owner="alice@example.org", dataset="s3://b-1/x.h5ad")
-    assert api.embedded_problems(spec, NS, AUTH) == []
+    assert policy.embedded_problems(spec, NS, SETTINGS) == []
 
 
 # --- refused, each with its literal message --------------------------------------------------------
@@ -147,40 +150,79 @@ REFUSED = [
     ("an old Ingress apiVersion", "ingress.apiVersion", "extensions/v1beta1",
      "spec.ingress.apiVersion is 'extensions/v1beta1': the ingress slot takes networking.k8s.io/v1 Ingress; "
      "set apiVersion: networking.k8s.io/v1"),
-    # The sign-in: an embedded viewer is reachable only through this installation's oauth2-proxy,
-    # for the people its auth-url names.
-    ("no auth-url", "ingress.metadata.annotations", {"nginx.ingress.kubernetes.io/rewrite-target": "/$2"},
-     f'{AUTH_FIELD} is missing: a viewer is reachable only through the sign-in; {AUTH_FIX}'),
-    ("auth-url of another server", "ingress.metadata.annotations",
-     {AUTH_KEY: "http://evil.example/oauth2/auth?allowed_emails=alice@example.org"},
-     f"{AUTH_FIELD} is 'http://evil.example/oauth2/auth?allowed_emails=alice@example.org', which does not ask "
-     f"this installation's oauth2-proxy; {AUTH_FIX}"),
-    ("auth-url naming nobody", "ingress.metadata.annotations", {AUTH_KEY: f"{AUTH}?allowed_emails="},
-     f"{AUTH_FIELD} is '{AUTH}?allowed_emails=', which names nobody, so every signed-in user would get in; "
-     f"{AUTH_FIX}"),
+    # The attacks the embedded form once accepted (issue 12), each refused naming the field.
+    ("root user", "deployment.spec.template.spec.securityContext.runAsUser", 0,
+     f"{POD}.securityContext.runAsUser is 0: viewers do not run as root; remove it or give a non-zero user id"),
+    ("root user in a container", "deployment.spec.template.spec.containers[0].securityContext.runAsUser", 0,
+     f"{POD}.containers[0].securityContext.runAsUser is 0: viewers do not run as root; remove it or give a "
+     "non-zero user id"),
+    ("runAsNonRoot false", "deployment.spec.template.spec.containers[0].securityContext.runAsNonRoot", False,
+     f"{POD}.containers[0].securityContext.runAsNonRoot is false: viewers do not run as root; remove it or set "
+     "it to true"),
+    ("unconfined seccomp", "deployment.spec.template.spec.securityContext.seccompProfile", {"type": "Unconfined"},
+     f"{POD}.securityContext.seccompProfile.type is 'Unconfined': viewers run confined; remove seccompProfile or "
+     "set its type to RuntimeDefault"),
+    ("unconfined seccomp in a container", "deployment.spec.template.spec.containers[0].securityContext.seccompProfile",
+     {"type": "Unconfined"},
+     f"{POD}.containers[0].securityContext.seccompProfile.type is 'Unconfined': viewers run confined; remove "
+     "seccompProfile or set its type to RuntimeDefault"),
+    ("unmasked /proc", "deployment.spec.template.spec.containers[0].securityContext.procMount", "Unmasked",
+     f"{POD}.containers[0].securityContext.procMount is 'Unmasked': remove it"),
+    ("sysctls", "deployment.spec.template.spec.securityContext.sysctls", [{"name": "kernel.msgmax", "value": "1"}],
+     f"{POD}.securityContext.sysctls: kernel settings are not allowed; remove sysctls"),
+    ("nodeName", "deployment.spec.template.spec.nodeName", "control-plane-1",
+     f"{POD}.nodeName is 'control-plane-1': the scheduler places viewers; remove nodeName"),
+    ("toleration of every taint", "deployment.spec.template.spec.tolerations", [{"operator": "Exists"}],
+     f"{POD}.tolerations[0] has no key, so it tolerates every taint of every node; name the taint's key or "
+     "remove the toleration"),
+    ("system priority", "deployment.spec.template.spec.priorityClassName", "system-node-critical",
+     f"{POD}.priorityClassName is 'system-node-critical': system priorities are for the cluster's own "
+     "components; remove priorityClassName"),
+    ("runtime class", "deployment.spec.template.spec.runtimeClassName", "kata",
+     f"{POD}.runtimeClassName is 'kata': viewers run in the cluster's default runtime; remove runtimeClassName"),
+    ("secret volume", "deployment.spec.template.spec.volumes", [{"name": "s", "secret": {"secretName": "oauth2-proxy-cookie"}}],
+     f"{POD}.volumes[0].secret: a viewer's volumes are emptyDir, configMap, downwardAPI, projected only (its "
+     "data comes from S3 through the aws-cred-secret Secret); remove the volume"),
+    ("nfs volume", "deployment.spec.template.spec.volumes", [{"name": "n", "nfs": {"server": "nas", "path": "/"}}],
+     f"{POD}.volumes[0].nfs: a viewer's volumes are emptyDir, configMap, downwardAPI, projected only (its data "
+     "comes from S3 through the aws-cred-secret Secret); remove the volume"),
+    ("projected token", "deployment.spec.template.spec.volumes",
+     [{"name": "t", "projected": {"sources": [{"serviceAccountToken": {"path": "t"}}]}}],
+     f"{POD}.volumes[0].projected.sources[0].serviceAccountToken: projected volumes may hold downwardAPI and "
+     "configMap only; remove it"),
+    ("another Secret in env", "deployment.spec.template.spec.containers[0].env",
+     [{"name": "X", "valueFrom": {"secretKeyRef": {"name": "oauth2-proxy-client", "key": "client-secret"}}}],
+     f"{POD}.containers[0].env[0].valueFrom.secretKeyRef.name is 'oauth2-proxy-client': a viewer reads only the "
+     "S3 credentials Secret 'aws-cred-secret' (setting CXG_AWS_SECRET); remove the reference"),
+    ("envFrom another Secret", "deployment.spec.template.spec.containers[0].envFrom",
+     [{"secretRef": {"name": "sui-operator-token"}}],
+     f"{POD}.containers[0].envFrom[0].secretRef.name is 'sui-operator-token': a viewer reads only the S3 "
+     "credentials Secret 'aws-cred-secret' (setting CXG_AWS_SECRET); remove the reference"),
+    ("unbounded memory", "deployment.spec.template.spec.containers[0].resources", {"limits": {"memory": "1Ti"}},
+     f"{POD}.containers[0].resources.limits.memory 1Ti exceeds the maximum 32Gi (setting CXG_MAX_MEMORY); ask "
+     "for less"),
+    ("an oversized scratch volume", "deployment.spec.template.spec.volumes",
+     [{"name": "data", "emptyDir": {"sizeLimit": "10Ti"}}],
+     f"{POD}.volumes[0].emptyDir.sizeLimit 10Ti exceeds the maximum 20Gi (setting CXG_DATA_VOLUME_LIMIT); ask "
+     "for less"),
 ]  # fmt: skip
 
 
 @pytest.mark.parametrize(("path", "value", "message"), [c[1:] for c in REFUSED], ids=[c[0] for c in REFUSED])
 def test_each_refused_field_is_named_with_its_fix(path: str, value: Any, message: str) -> None:
-    assert api.embedded_problems(embedded(**{path: value}), NS, AUTH) == [message]
+    assert policy.embedded_problems(embedded(**{path: value}), NS, SETTINGS) == [message]
 
 
 def test_every_problem_is_reported_at_once() -> None:
     spec = embedded(**{path: value for _, path, value, _ in REFUSED[:9]})
-    assert sorted(api.embedded_problems(spec, NS, AUTH)) == sorted(message for *_, message in REFUSED[:9])
-
-
-def test_a_group_in_the_auth_url_is_someone_named() -> None:
-    spec = embedded(**{"ingress.metadata.annotations": {AUTH_KEY: f"{AUTH}?allowed_groups=lab-a"}})
-    assert api.embedded_problems(spec, NS, AUTH) == []
+    assert sorted(policy.embedded_problems(spec, NS, SETTINGS)) == sorted(message for *_, message in REFUSED[:9])
 
 
 def test_missing_kind_is_refused() -> None:
     docs = poc_manifests(NAME)
     del docs["service"]["kind"]
     spec = api.SingleUserInstanceSpec(lifespan=600, **docs)
-    assert api.embedded_problems(spec, NS, AUTH) == [
+    assert policy.embedded_problems(spec, NS, SETTINGS) == [
         "spec.service.kind is None: the service slot takes a Service only; set kind: Service"
     ]
 
@@ -193,16 +235,16 @@ def test_malformed_manifests_do_not_crash_the_policy() -> None:
         "deployment.spec.template.spec.volumes": ["x", None],
         "ingress.spec": None,
     })  # fmt: skip
-    assert api.embedded_problems(spec, NS, AUTH) == []
+    assert policy.embedded_problems(spec, NS, SETTINGS) == []
 
 
 def test_problems_applies_the_policy_in_the_settings_namespace_by_default() -> None:
     spec = embedded(**{"deployment.metadata.namespace": "elsewhere"})
-    assert api.problems(spec, Settings(namespace="elsewhere")) == []
-    (problem,) = api.problems(spec, Settings(namespace="elsewhere"), namespace=NS)
+    assert policy.problems(spec, Settings(namespace="elsewhere")) == []
+    (problem,) = policy.problems(spec, Settings(namespace="elsewhere"), namespace=NS)
     assert problem.startswith("spec.deployment.metadata.namespace is 'elsewhere'")
     both = embedded(**{"deployment.spec.template.spec.hostPID": True})
-    assert len(api.problems(both.model_copy(update={"lifespan": 10**7}), Settings(max_lifespan=3600), NS)) == 2
+    assert len(policy.problems(both.model_copy(update={"lifespan": 10**7}), Settings(max_lifespan=3600), NS)) == 2
 
 
 # --- the CRD refuses what it can -------------------------------------------------------------------
@@ -257,3 +299,194 @@ def test_a_child_of_an_earlier_instance_of_the_same_name_is_awaited() -> None:
     found = conflict([{"kind": api.KIND, "name": NAME, "uid": "the-deleted-one"}])
     assert found is not None and found.transient
     assert "earlier SingleUserInstance of the same name" in found.message
+
+
+def test_containers_within_the_maximum_one_by_one_are_refused_together() -> None:
+    spec = embedded(**{
+        "deployment.spec.template.spec.containers[0].resources": {"limits": {"cpu": "3"}},
+        "deployment.spec.template.spec.containers[1].name": "helper",
+        "deployment.spec.template.spec.containers[1].resources": {"limits": {"cpu": "2"}},
+    })  # fmt: skip
+    assert policy.embedded_problems(spec, NS, SETTINGS) == [
+        f"{POD}.containers[*].resources.limits.cpu: together 5 exceeds the maximum 4 (setting CXG_MAX_CPU); ask for less"
+    ]
+
+
+# --- neutralised: the operator's value in the created object ------------------------------------------
+
+
+def rendered_deployment(**changes: Any) -> dict[str, Any]:
+    (_, deployment, _, _) = plan_instance(NAME, NS, {}, embedded(**changes), SETTINGS).children
+    return deployment
+
+
+def test_the_pocs_pod_is_hardened_to_pass_pod_security_restricted() -> None:
+    pod = rendered_deployment()["spec"]["template"]["spec"]
+    assert pod["securityContext"] == {
+        "runAsNonRoot": True, "runAsUser": 1000, "runAsGroup": 1000, "fsGroup": 1000,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }  # fmt: skip
+    assert pod["automountServiceAccountToken"] is False
+    assert pod["terminationGracePeriodSeconds"] == SETTINGS.termination_grace_period
+    (viewer,) = pod["containers"]
+    assert viewer["securityContext"] == {
+        "allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}, "runAsNonRoot": True,
+    }  # fmt: skip
+    default = {"cpu": SETTINGS.default_cpu, "memory": SETTINGS.default_memory}
+    assert viewer["resources"] == {"limits": default, "requests": default}
+
+
+NEUTRALISED = [
+    # (case, field set by path, value, where in the created Deployment, the operator's value)
+    ("a thousand replicas", "deployment.spec.replicas", 1000, "spec.replicas", 1),
+    ("a day of grace", "deployment.spec.template.spec.terminationGracePeriodSeconds", 86400,
+     "spec.template.spec.terminationGracePeriodSeconds", SETTINGS.termination_grace_period),
+    ("a shorter grace is kept", "deployment.spec.template.spec.terminationGracePeriodSeconds", 30,
+     "spec.template.spec.terminationGracePeriodSeconds", 30),
+    ("finalizers on the Deployment", "deployment.metadata.finalizers", ["example.org/block"],
+     "metadata.finalizers", None),
+    ("owners of the Deployment", "deployment.metadata.ownerReferences",
+     [{"apiVersion": "v1", "kind": "ConfigMap", "name": "x", "uid": "u"}], "metadata.ownerReferences", None),
+    ("finalizers on the pods", "deployment.spec.template.metadata.finalizers", ["example.org/block"],
+     "spec.template.metadata.finalizers", None),
+    ("no sizeLimit", "deployment.spec.template.spec.volumes", [{"name": "data", "emptyDir": {}}],
+     "spec.template.spec.volumes", [{"name": "data", "emptyDir": {"sizeLimit": SETTINGS.data_volume_limit}}]),
+    ("requests only", "deployment.spec.template.spec.containers[0].resources", {"requests": {"cpu": "2"}},
+     "spec.template.spec.containers[0].resources",
+     {"requests": {"cpu": "2", "memory": SETTINGS.default_memory}, "limits": {"cpu": "2", "memory": SETTINGS.default_memory}}),
+    ("the token left out", "deployment.spec.template.spec.automountServiceAccountToken", None,
+     "spec.template.spec.automountServiceAccountToken", False),
+]  # fmt: skip
+
+
+def get_path(doc: Any, path: str) -> Any:
+    for key in re.findall(r"[^.\[\]]+", path):
+        if isinstance(doc, list):
+            doc = doc[int(key)]
+        elif key not in doc:
+            return None
+        else:
+            doc = doc[key]
+    return doc
+
+
+@pytest.mark.parametrize(("path", "value", "where", "ours"), [c[1:] for c in NEUTRALISED], ids=[c[0] for c in NEUTRALISED])
+def test_each_neutralised_field_gets_the_operators_value(path: str, value: Any, where: str, ours: Any) -> None:
+    assert get_path(rendered_deployment(**{path: value}), where) == ours
+
+
+def test_the_deployment_is_named_after_the_instance_and_keeps_the_clients_labels() -> None:
+    deployment = rendered_deployment(**{"deployment.metadata.name": "viewer", "deployment.metadata.labels": {"user": "bob"}})
+    assert deployment["metadata"]["name"] == NAME
+    assert deployment["metadata"]["labels"] == {"user": "bob", "app": "cellxgene", "instance": NAME}
+    assert deployment["spec"]["selector"] == {"matchLabels": {"instance": NAME}}
+
+
+SERVICE_AND_INGRESS_ATTACKS = [
+    # (case, field set by path, value, what the Event names)
+    ("NodePort", "service.spec.type", "NodePort", "spec.service.spec.type NodePort"),
+    ("LoadBalancer", "service.spec.type", "LoadBalancer", "spec.service.spec.type LoadBalancer"),
+    ("ExternalName", "service.spec.type", "ExternalName", "spec.service.spec.type ExternalName"),
+    ("externalIPs", "service.spec.externalIPs", ["198.51.100.7"], "spec.service.spec.externalIPs"),
+    ("server-snippet", "ingress.metadata.annotations", {"nginx.ingress.kubernetes.io/server-snippet": "return 200;",
+                                                        AUTH_KEY: f"{AUTH}?allowed_emails=alice@example.org"},
+     "spec.ingress annotation nginx.ingress.kubernetes.io/server-snippet"),
+    ("auth-snippet", "ingress.metadata.annotations", {"nginx.ingress.kubernetes.io/auth-snippet": "return 200;",
+                                                      AUTH_KEY: f"{AUTH}?allowed_emails=alice@example.org"},
+     "spec.ingress annotation nginx.ingress.kubernetes.io/auth-snippet"),
+    ("a rule for /oauth2", "ingress.spec.rules[0].http.paths[0].path", "/oauth2", None),
+    ("a rule for another host", "ingress.spec.rules[0].host", "portal.example.org", None),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("path", "value", "named"), [c[1:] for c in SERVICE_AND_INGRESS_ATTACKS],
+                         ids=[c[0] for c in SERVICE_AND_INGRESS_ATTACKS])  # fmt: skip
+def test_the_clients_service_and_ingress_are_replaced_by_the_operators(path: str, value: Any, named: str | None) -> None:
+    plan = plan_instance(NAME, NS, {}, embedded(**{path: value}), SETTINGS)
+    _, _, service, ingress = plan.children
+    assert service["spec"] == {
+        "type": "ClusterIP", "selector": {"instance": NAME}, "ports": [{"name": "http", "port": 5005, "targetPort": 5005}],
+    }  # fmt: skip
+    (rule,) = ingress["spec"]["rules"]
+    assert rule["host"] == "localhost" and rule["http"]["paths"][0]["path"] == f"/{NAME}(/|$)(.*)"
+    assert not any("snippet" in key and key.endswith(("server-snippet", "auth-snippet")) for key in ingress["metadata"]["annotations"])
+    if named:
+        assert any(item.startswith(named) for item in plan.ignored), plan.ignored
+
+
+# --- who gets in -------------------------------------------------------------------------------------
+
+
+def auth_url_of(plan_access: access.Access) -> str:
+    return access.auth_url(plan_access, SETTINGS)
+
+
+@pytest.mark.parametrize(
+    ("labels", "changes", "query"),
+    [
+        ({}, {}, "allowed_emails=alice@example.org"),  # the PoC's client: the owner in its auth-url
+        ({"user": "Bob"}, {}, "allowed_groups=bob"),  # the portal's user label wins over the auth-url
+        ({}, {"deployment.metadata.labels.user": "carol"}, "allowed_groups=carol"),
+        ({}, {"deployment.spec.template.metadata.labels.user": "dave"}, "allowed_groups=dave"),
+        ({}, {"ingress.metadata.annotations": {AUTH_KEY: f"{AUTH}?allowed_groups=lab-a"}}, "allowed_groups=lab-a"),
+        ({}, {"ingress.metadata.annotations": {AUTH_KEY: "http://elsewhere/auth?allowed_emails=a@x.org,b@x.org"}},
+         "allowed_emails=a@x.org,b@x.org"),
+    ],
+    ids=["auth-url-email", "instance-user-label", "deployment-user-label", "template-user-label", "auth-url-group",
+         "another-servers-auth-url-still-names-people"],
+)  # fmt: skip
+def test_the_embedded_form_lets_in_whom_it_names(labels: dict[str, str], changes: dict[str, Any], query: str) -> None:
+    plan = plan_instance(NAME, NS, labels, embedded(**changes), SETTINGS)
+    ingress = plan.children[3]
+    assert ingress["metadata"]["annotations"][AUTH_KEY] == f"{AUTH}?{query}"
+    assert plan.open_access is None
+
+
+def test_spec_owner_wins_in_the_embedded_form() -> None:
+    spec = embedded().model_copy(update={"owner": "Erin@Example.org"})
+    plan = plan_instance(NAME, NS, {"user": "bob"}, spec, SETTINGS)
+    assert plan.access == access.Access(emails=("erin@example.org",), source="spec.owner")
+
+
+NOBODY = [
+    ("no auth-url", {"nginx.ingress.kubernetes.io/rewrite-target": "/$2"}),
+    ("empty list", {AUTH_KEY: f"{AUTH}?allowed_emails="}),
+    ("only commas", {AUTH_KEY: f"{AUTH}?allowed_emails=,"}),
+    ("a semicolon Go drops", {AUTH_KEY: f"{AUTH}?allowed_emails=a@x.org;b=1"}),
+    ("a malformed escape Go drops", {AUTH_KEY: f"{AUTH}?allowed_emails=a@x.org%zz"}),
+    ("another parameter", {AUTH_KEY: f"{AUTH}?allowed_email=a@x.org"}),
+]
+
+
+@pytest.mark.parametrize("annotations", [c[1] for c in NOBODY], ids=[c[0] for c in NOBODY])
+def test_an_embedded_instance_naming_nobody_is_refused_by_default(annotations: dict[str, str]) -> None:
+    spec = embedded(**{"ingress.metadata.annotations": annotations})
+    with pytest.raises(Refusal) as refused:
+        plan_instance(NAME, NS, {}, spec, SETTINGS)
+    (problem,) = refused.value.problems
+    assert "names nobody" in problem and "CXG_REQUIRE_OWNER=false" in problem and "spec.owner" in problem
+
+
+def test_with_require_owner_off_an_instance_naming_nobody_is_open_and_says_so() -> None:
+    spec = embedded(**{"ingress.metadata.annotations": {AUTH_KEY: f"{AUTH}?allowed_emails=,"}})
+    plan = plan_instance(NAME, NS, {}, spec, Settings(namespace=NS, require_owner=False))
+    assert plan.children[3]["metadata"]["annotations"][AUTH_KEY] == AUTH  # every signed-in user
+    assert plan.open_access is not None and "names nobody" in plan.open_access
+    assert f"spec.ingress annotation {AUTH_KEY}" in plan.ignored
+
+
+def test_oauth2_proxy_lists_are_read_as_go_reads_them() -> None:
+    lists = access.oauth2_proxy_lists("allowed_emails=a%2Bb@x.org,,c@x.org&allowed_groups=lab+a&allowed_emails=d@x.org")
+    assert lists == {"allowed_emails": ("a+b@x.org", "c@x.org", "d@x.org"), "allowed_groups": ("lab a",)}
+
+
+def test_an_embedded_viewer_without_a_port_is_refused_naming_the_field() -> None:
+    spec = embedded(**{"service.spec.ports": [], "deployment.spec.template.spec.containers[0].ports": []})
+    with pytest.raises(Refusal) as refused:
+        plan_instance(NAME, NS, {}, spec, SETTINGS)
+    assert refused.value.problems == [embedded_form.NO_PORT]
+
+
+def test_reserved_names_are_refused_by_the_crd() -> None:
+    (rule,) = api.openapi_schema()["x-kubernetes-validations"]
+    assert "'oauth2'" in rule["rule"] and "metadata.name" in rule["message"]

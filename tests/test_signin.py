@@ -260,6 +260,21 @@ def test_owner_outside_the_groups_still_gets_into_their_shared_instance(signin_e
     assert_cellxgene_page(owner.get(signin_edge.owner_only.url), signin_edge.owner_only.url)
 
 
+def test_the_portals_embedded_form_lets_in_only_the_user_it_labels(signin_edge: Edge) -> None:
+    """The data portal's shape (tests/client_shapes.py): its own auth-url names nobody, its objects
+    carry ``user: <Keycloak username>``. The Ingress is the operator's (instance_plan), which
+    names that username; the groups-own-username mapper puts each user's username into their
+    groups claim, so the labelled user, and nobody else, gets in."""
+    portal = signin_edge.portal_shape
+    owner = Browser(signin_edge)
+    assert_cellxgene_page(owner.sign_in(portal.url, signin_edge.realm.owner), portal.url)
+    assert owner.get(f"{portal.url}api/v0.2/config").status_code == 200
+    for someone in (signin_edge.realm.other, signin_edge.realm.member):
+        refused = Browser(signin_edge).sign_in(portal.url, someone)
+        assert refused.status_code == 403, redirect_chain(refused)
+        assert CELLXGENE_PAGE not in refused.text
+
+
 def test_setup_keycloak_twice_changes_nothing_the_second_time(
     signin_edge: Edge, keycloak: Keycloak, signin_client: SetupReport
 ) -> None:
@@ -271,7 +286,7 @@ def test_setup_keycloak_twice_changes_nothing_the_second_time(
     assert (second.client_id, second.client_secret) == (signin_client.client_id, signin_client.client_secret)
 
 
-def test_setup_keycloak_without_groups_mapper_removes_both_groups_mappers(
+def test_setup_keycloak_without_groups_mapper_removes_the_groups_mappers(
     signin_edge: Edge, keycloak: Keycloak
 ) -> None:
     realm = f"mappers-{secrets.token_hex(4)}"  # a realm of its own: sign-in keeps its mappers

@@ -26,7 +26,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cxg_on_k8s import userdata
+from cxg_on_k8s import manifests, userdata
+from cxg_on_k8s.settings import Settings
+from cxg_on_k8s.spec import SingleUserInstanceSpec
 from cxg_on_k8s.userdata import (
     HDF5_SIGNATURE,
     ExitCode,
@@ -401,6 +403,72 @@ def test_refetch_keeps_local_changes_that_were_not_saved_yet(s3: Any, bucket: st
 
     assert again.kept_local == ["annotations.csv"] and again.restored == ["gene_sets.csv"]
     assert (dest / "annotations.csv").read_bytes() == b"newer, not saved\n"
+
+
+def test_two_owners_and_two_datasets_that_once_collided_keep_separate_data(
+    moto_s3: MotoS3, s3: Any, bucket: str, tmp_path: Path
+) -> None:
+    """``alice+lab`` and ``alice_lab`` (one owner prefix before), and ``projA/pbmc.h5ad`` and
+    ``projB/pbmc.h5ad`` (one dataset id before): each saves through the save sidecar's own code
+    to the prefix the operator renders, and each gets its own annotations back."""
+    settings = Settings(s3_bucket=bucket)
+    for key in ("projA/pbmc.h5ad", "projB/pbmc.h5ad"):
+        s3.put_object(Bucket=bucket, Key=key, Body=hdf5_header(1000))
+    specs = [
+        SingleUserInstanceSpec(owner="alice+lab@x.org", dataset=f"s3://{bucket}/projA/pbmc.h5ad"),
+        SingleUserInstanceSpec(owner="alice_lab@x.org", dataset=f"s3://{bucket}/projA/pbmc.h5ad"),
+        SingleUserInstanceSpec(owner="alice+lab@x.org", dataset=f"s3://{bucket}/projB/pbmc.h5ad"),
+    ]
+    prefixes = [manifests.user_data_url(spec, settings) for spec in specs]
+    for i, prefix in enumerate(prefixes):
+        src = tmp_path / f"viewer-{i}"
+        src.mkdir()
+        (src / "annotations.csv").write_text(f"cell_id,who\ncell_0,viewer-{i}\n")
+        syncer = userdata.Syncer(s3, parse_s3_url(prefix, what="prefix", prefix=True), src, retries=0, backoff=0, settle=0)
+        assert syncer.save_changed()
+    for i, (spec, prefix) in enumerate(zip(specs, prefixes, strict=True)):
+        dest = tmp_path / f"back-{i}"
+        userdata.fetch(spec.dataset or "", prefix, dest, client=s3)
+        assert (dest / "annotations.csv").read_text() == f"cell_id,who\ncell_0,viewer-{i}\n"
+
+
+def test_data_saved_at_the_earlier_default_place_is_found_and_moves_on_the_next_save(
+    moto_s3: MotoS3, s3: Any, bucket: str, tmp_path: Path
+) -> None:
+    settings = Settings(s3_bucket=bucket)
+    spec = SingleUserInstanceSpec(owner="bob@x.org", dataset=f"s3://{bucket}/d/pbmc.h5ad")
+    s3.put_object(Bucket=bucket, Key="d/pbmc.h5ad", Body=hdf5_header(1000))
+    legacy = manifests.legacy_user_data_url(spec, settings)
+    assert legacy == f"s3://{bucket}/cxg_on_k8/bob@x.org/pbmc/"
+    s3.put_object(Bucket=bucket, Key="cxg_on_k8/bob@x.org/pbmc/annotations.csv", Body=b"cell_id,x\ncell_0,old\n")
+    prefix = manifests.user_data_url(spec, settings)
+    dest = tmp_path / "data"
+    result = userdata.fetch(spec.dataset or "", prefix, dest, client=s3, legacy_user_data=legacy)
+    assert result.restored == ["annotations.csv"]
+    assert (dest / "annotations.csv").read_bytes() == b"cell_id,x\ncell_0,old\n"
+    syncer = userdata.Syncer(s3, parse_s3_url(prefix, what="prefix", prefix=True), dest, retries=0, backoff=0, settle=0)
+    assert syncer.save_changed()
+    new_key = parse_s3_url(prefix, what="prefix", prefix=True).key + "annotations.csv"
+    assert s3_text(s3, bucket, new_key) == "cell_id,x\ncell_0,old\n"
+    # Once the new place holds data, the earlier one is no longer read.
+    s3.put_object(Bucket=bucket, Key="cxg_on_k8/bob@x.org/pbmc/annotations.csv", Body=b"stale\n")
+    again = userdata.fetch(spec.dataset or "", prefix, tmp_path / "again", client=s3, legacy_user_data=legacy)
+    assert (tmp_path / "again" / "annotations.csv").read_bytes() == b"cell_id,x\ncell_0,old\n"
+    assert again.restored == ["annotations.csv"]
+
+
+def test_a_dataset_over_the_size_cap_is_refused_naming_the_setting(
+    moto_s3: MotoS3, s3: Any, bucket: str, tmp_path: Path
+) -> None:
+    s3.put_object(Bucket=bucket, Key="big.h5ad", Body=hdf5_header(5000))
+    term = tmp_path / "term"
+    result = run_userdata(
+        "fetch", "--dataset", f"s3://{bucket}/big.h5ad", "--user-data", f"s3://{bucket}/u/",
+        "--dest", str(tmp_path / "data"), "--max-size", "4Ki", "--termination-log", str(term), env=moto_s3.env(),
+    )  # fmt: skip
+    assert result.returncode == ExitCode.TOO_LARGE == 8
+    assert "over the maximum 4096 (setting CXG_MAX_DATASET_SIZE)" in term.read_text()
+    assert not (tmp_path / "data" / "dataset.h5ad").exists()
 
 
 # --- sync -----------------------------------------------------------------------------------

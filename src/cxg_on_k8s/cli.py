@@ -26,6 +26,7 @@ from rich.table import Table
 from cxg_on_k8s import envfile, manifests
 from cxg_on_k8s import spec as api
 from cxg_on_k8s.api import ApiError, K8ApiHandler, load_client
+from cxg_on_k8s.instance_plan import Refusal, plan_instance
 from cxg_on_k8s.settings import DEFAULT_OPERATOR_IMAGE, Settings, SettingsError
 from cxg_on_k8s.yaml_convert import py_to_yaml, yaml_to_py
 
@@ -110,22 +111,56 @@ def age(timestamp: str | None) -> str:
 
 @app.command()
 def render(
-    owner: Annotated[str, typer.Option(help="the user's OIDC identity (e-mail).")],
-    dataset: Annotated[str, typer.Option(help="s3://bucket/key.h5ad or https://...")],
-    name: Annotated[str | None, typer.Option(help="instance name (default cellxgene-<uuid4>).")] = None,
+    file: Annotated[Path | None, typer.Option("--file", "-f", help="a SingleUserInstance YAML file (either form); '-' reads stdin.")] = None,
+    owner: Annotated[str | None, typer.Option(help="the user's OIDC identity (e-mail); portal form.")] = None,
+    dataset: Annotated[str | None, typer.Option(help="s3://bucket/key.h5ad or https://...; portal form.")] = None,
+    name: Annotated[str | None, typer.Option(help="instance name (default: the file's, else cellxgene-<uuid4>).")] = None,
     namespace: Namespace = None,
     lifespan: Annotated[int | None, typer.Option(help="seconds.")] = None,
 ) -> None:
-    """Print the instance and the children the operator would create; nothing is applied."""
+    """Print the instance and the children the operator would create, through the operator's own
+    code path; nothing is applied and no cluster is needed. A refused instance prints the
+    operator's message and exits 2. Notes (what was not applied, open access) go to stderr."""
     settings = settings_or_exit(namespace=namespace)
-    name = name or manifests.new_instance_name()
+    if file is not None:
+        body = _read_instance(file)
+    elif owner and dataset:
+        try:
+            body = manifests.instance(name or manifests.new_instance_name(), settings.namespace, owner, dataset,
+                                      **({"lifespan": lifespan} if lifespan else {}))  # fmt: skip
+        except ValidationError as exc:
+            raise fail(f"SingleUserInstance {name}: {_validation_text(exc)}", EXIT_USAGE) from None
+    else:
+        raise fail("give --file FILE, or --owner and --dataset", EXIT_USAGE)
+    meta = body.setdefault("metadata", {})
+    meta["name"] = name or meta.get("name") or manifests.new_instance_name()
+    meta["namespace"] = namespace or meta.get("namespace") or settings.namespace
     try:
-        body = manifests.instance(name, settings.namespace, owner, dataset, **({"lifespan": lifespan} if lifespan else {}))
+        model = api.SingleUserInstanceSpec.model_validate(body.get("spec") or {})
     except ValidationError as exc:
-        raise fail(f"SingleUserInstance {name}: {_validation_text(exc)}", EXIT_USAGE) from None
-    model = api.SingleUserInstanceSpec.model_validate(body["spec"])
-    docs = [body, *manifests.children(name, settings.namespace, model, settings)]
-    out.print(yaml.safe_dump_all(docs, sort_keys=False), end="", markup=False, highlight=False)
+        raise fail(f"SingleUserInstance {meta['name']}: {_validation_text(exc)}", EXIT_USAGE) from None
+    try:
+        plan = plan_instance(meta["name"], meta["namespace"], meta.get("labels") or {}, model, settings)
+    except Refusal as refusal:
+        raise fail(str(refusal), EXIT_USAGE) from None
+    for note in plan.ignored:
+        console.print(f"note: not applied: {note}", markup=False, highlight=False)
+    if plan.open_access:
+        console.print(f"warning: every signed-in user may open it: {plan.open_access}", markup=False, highlight=False)
+    # Machine output: plain text, never wrapped or styled, so `| kubectl apply -f -` parses it.
+    sys.stdout.write(yaml.safe_dump_all([body, *plan.children], sort_keys=False))
+
+
+def _read_instance(file: Path) -> dict[str, Any]:
+    """The SingleUserInstance in ``file`` (or stdin for '-'), or exit 2 naming what is wrong."""
+    try:
+        text = sys.stdin.read() if str(file) == "-" else file.read_text()
+        body = yaml.safe_load(text)
+    except (OSError, yaml.YAMLError) as exc:
+        raise fail(f"cannot read {file}: {exc}", EXIT_USAGE) from None
+    if not isinstance(body, dict) or body.get("kind") != api.KIND:
+        raise fail(f"{file}: not a {api.KIND} (kind: {api.KIND}, apiVersion: {api.API_VERSION}, metadata, spec)", EXIT_USAGE)
+    return body
 
 
 def _validation_text(exc: ValidationError) -> str:
@@ -420,8 +455,8 @@ def operator(
 
 
 GROUPS_MAPPER_HELP = (
-    "fill the groups claim with the user's groups and own e-mail (what allowedGroups needs); "
-    "--no-groups-mapper removes both mappers."
+    "fill the groups claim with the user's groups, own e-mail and own username (what allowedGroups "
+    "and the embedded form's user label need); --no-groups-mapper removes the three mappers."
 )
 
 

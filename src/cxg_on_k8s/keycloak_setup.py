@@ -13,12 +13,12 @@ What oauth2-proxy needs from the realm, and why each piece exists:
   URL as web origin;
 - an audience mapper putting the client id into ``aud`` of the access token, because Keycloak's
   access tokens otherwise name only ``account`` and oauth2-proxy rejects tokens not meant for it;
-- optionally two mappers that fill the ``groups`` claim, which ``allowedGroups`` of an instance
-  needs: the user's groups (plain names) and the user's own e-mail. oauth2-proxy's ``/oauth2/auth``
-  ANDs ``allowed_emails`` with ``allowed_groups``, so "the owner or a member" can only be said as
-  one ``allowed_groups`` list that holds the owner's e-mail next to the group names. Both mappers
-  are multivalued, which makes Keycloak merge their values into one list instead of letting the
-  second overwrite the first.
+- optionally three mappers that fill the ``groups`` claim, which ``allowedGroups`` of an instance
+  and the embedded form's ``user`` label need: the user's groups (plain names), the user's own
+  e-mail and the user's own username. oauth2-proxy's ``/oauth2/auth`` ANDs ``allowed_emails``
+  with ``allowed_groups`` and knows no usernames, so "the owner or a member" and "this username"
+  can only be said as one ``allowed_groups`` list. All three are multivalued, which makes Keycloak
+  merge their values into one list instead of letting a later one overwrite the first.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ AUDIENCE_MAPPER = "audience"
 GROUPS_CLAIM = "groups"  # oauth2-proxy's default --oidc-groups-claim
 GROUPS_MAPPER = "groups"
 OWN_EMAIL_MAPPER = "groups-own-email"
+OWN_USERNAME_MAPPER = "groups-own-username"
 CLIENT_NAME = "cellxgene viewers (oauth2-proxy)"
 ADMIN_TIMEOUT = 30  # seconds per admin API call; a hung server fails the setup instead of hanging it
 
@@ -127,10 +128,12 @@ def desired_audience_mapper(settings: Settings) -> dict[str, Any]:
 
 
 def desired_groups_mappers() -> list[dict[str, Any]]:
-    """The two mappers behind the ``groups`` claim, by name and kind (the kinds decide removal).
+    """The three mappers behind the ``groups`` claim, by name and kind (the kinds decide removal):
+    the user's groups, their own e-mail (the owner of an instance shared with groups) and their
+    own username (an embedded-form instance a portal labelled ``user: <username>``).
 
     Group names are plain (full path off): an instance's allowedGroups lists ``lab-a``, not
-    ``/lab-a``. ``multivalued`` on both is what makes Keycloak add the second mapper's values to
+    ``/lab-a``. ``multivalued`` on all is what makes Keycloak add a later mapper's values to
     the first one's list; without it the later mapper replaces the claim.
     """
     claim = {
@@ -153,6 +156,12 @@ def desired_groups_mappers() -> list[dict[str, Any]]:
             "protocol": "openid-connect",
             "protocolMapper": "oidc-usermodel-property-mapper",
             "config": {**claim, "user.attribute": "email", "jsonType.label": "String"},
+        },
+        {
+            "name": OWN_USERNAME_MAPPER,
+            "protocol": "openid-connect",
+            "protocolMapper": "oidc-usermodel-property-mapper",
+            "config": {**claim, "user.attribute": "username", "jsonType.label": "String"},
         },
     ]
 

@@ -6,13 +6,14 @@ tests, and ``cxg-k8s render`` prints exactly what the operator would create.
 
 from __future__ import annotations
 
-import copy
+import hashlib
 import re
 import uuid
 from typing import Any
 from urllib.parse import quote, urlsplit
 
 from cxg_on_k8s import spec as api
+from cxg_on_k8s.access import Access, auth_url, owner_access
 from cxg_on_k8s.settings import OAUTH2_PROXY_NAME, Settings
 
 Manifest = dict[str, Any]
@@ -66,12 +67,30 @@ def instance_url(name: str, settings: Settings) -> str:
 
 
 def user_data_url(spec: api.SingleUserInstanceSpec, settings: Settings) -> str:
-    """Where the owner's annotations live: the spec's prefix, else the PoC's layout."""
+    """Where the owner's annotations live: the spec's prefix, else
+    ``s3://<bucket>/<prefix>/<owner>/<dataset id>-<hash>/``, which no two owners or datasets share.
+
+    The owner is kept exactly, percent-encoded where it holds more than letters, digits and
+    ``@._-`` (an injective encoding: ``alice+lab`` and ``alice_lab`` stay apart). The dataset keeps
+    the proof of concept's readable id (its file name) followed by 12 hex digits of the SHA-256 of
+    its full URL, so ``s3://b/projA/pbmc.h5ad`` and ``s3://c/projB/pbmc.h5ad`` stay apart too, and
+    the prefix stays flat (no prefix is another one's parent)."""
     if spec.user_data:
         return spec.user_data if spec.user_data.endswith("/") else spec.user_data + "/"
+    owner = quote(spec.owner or "anonymous", safe="@._-")
+    dataset = spec.dataset or ""
+    digest = hashlib.sha256(dataset.encode()).hexdigest()[:12]
+    return f"s3://{settings.s3_bucket}/{settings.user_data_prefix}/{owner}/{api.dataset_id(dataset)}-{digest}/"
+
+
+def legacy_user_data_url(spec: api.SingleUserInstanceSpec, settings: Settings) -> str | None:
+    """Where earlier versions saved the owner's data by default (``<owner>/<dataset id>/``, the
+    owner with other characters as ``_``): the fetch step reads it once when the new prefix holds
+    nothing yet, so nobody's saved work is left behind. None when the spec names its prefix."""
+    if spec.user_data:
+        return None
     owner = re.sub(r"[^A-Za-z0-9@._-]", "_", spec.owner or "anonymous")
-    dataset = api.dataset_id(spec.dataset or "")
-    return f"s3://{settings.s3_bucket}/{settings.user_data_prefix}/{owner}/{dataset}/"
+    return f"s3://{settings.s3_bucket}/{settings.user_data_prefix}/{owner}/{api.dataset_id(spec.dataset or '')}/"
 
 
 def _aws_env(settings: Settings) -> list[dict[str, Any]]:
@@ -144,11 +163,13 @@ def deployment(name: str, namespace: str, spec: api.SingleUserInstanceSpec, sett
     """One viewer pod: fetch (init), save (native sidecar, outlives the viewer), cellxgene."""
     user_data = user_data_url(spec, settings)
     image = settings.cellxgene_vip_image if spec.flavor == api.Flavor.CELLXGENE_VIP else settings.cellxgene_image
+    legacy = legacy_user_data_url(spec, settings)
     fetch = _data_container(
         "fetch",
-        ["fetch", "--dataset", spec.dataset or "", "--user-data", user_data, "--dest", DATA_DIR],
+        ["fetch", "--dataset", spec.dataset or "", "--user-data", user_data, "--dest", DATA_DIR,
+         "--max-size", settings.max_dataset_size, *(["--legacy-user-data", legacy] if legacy else [])],
         settings,
-    )
+    )  # fmt: skip
     # A native sidecar (restartPolicy Always) is stopped after the viewer, so its final save on
     # SIGTERM sees the viewer's last write; it also saves every save_interval seconds.
     save = _data_container(
@@ -197,14 +218,18 @@ def deployment(name: str, namespace: str, spec: api.SingleUserInstanceSpec, sett
                     },
                     "initContainers": [fetch, save],
                     "containers": [viewer],
-                    "volumes": [{"name": "data", "emptyDir": {}}, {"name": "tmp", "emptyDir": {}}],
+                    "volumes": [
+                        {"name": "data", "emptyDir": {"sizeLimit": settings.data_volume_limit}},
+                        {"name": "tmp", "emptyDir": {"sizeLimit": settings.data_volume_limit}},
+                    ],
                 },
             },
         },
     }
 
 
-def service(name: str, namespace: str) -> Manifest:
+def service(name: str, namespace: str, port: int = 80, target_port: int | str = "http") -> Manifest:
+    """ClusterIP only, whatever a client asked: a viewer is reached through its Ingress alone."""
     return {
         "apiVersion": "v1",
         "kind": "Service",
@@ -212,35 +237,17 @@ def service(name: str, namespace: str) -> Manifest:
         "spec": {
             "type": "ClusterIP",
             "selector": {"instance": name},
-            "ports": [{"name": "http", "port": 80, "targetPort": "http"}],
+            "ports": [{"name": "http", "port": port, "targetPort": target_port}],
         },
     }
 
 
-def auth_url(spec: api.SingleUserInstanceSpec, settings: Settings) -> str:
-    """oauth2-proxy's /oauth2/auth, narrowed to who may open this instance.
-
-    Without allowedGroups only the owner's e-mail passes. With them, the owner must still get in,
-    but oauth2-proxy ANDs ``allowed_emails`` with ``allowed_groups``; so the owner's e-mail goes
-    into the group list, where ``keycloak-setup``'s ``groups-own-email`` mapper puts every user's
-    own e-mail too. The spec refuses commas in the owner and group names, because oauth2-proxy
-    splits both lists on commas after decoding the query. The owner is lower-cased because
-    Keycloak stores (and so signs) every e-mail in lower case, and oauth2-proxy compares exactly.
-    """
-    base = settings.oauth2_proxy_auth_endpoint
-    owner = (spec.owner or "").lower()
-    if spec.allowed_groups:
-        allowed = dict.fromkeys([owner, *spec.allowed_groups] if owner else spec.allowed_groups)
-        return f"{base}?allowed_groups={','.join(quote(item, safe='@/') for item in allowed)}"
-    return f"{base}?allowed_emails={quote(owner, safe='@')}"
-
-
-def ingress_annotations(spec: api.SingleUserInstanceSpec, settings: Settings) -> dict[str, str]:
-    """The PoC's annotations, with the owner carried into the auth check."""
+def ingress_annotations(access: Access, settings: Settings) -> dict[str, str]:
+    """The PoC's annotations, with who may pass carried into the auth check."""
     return {
         "nginx.ingress.kubernetes.io/use-regex": "true",
         "nginx.ingress.kubernetes.io/rewrite-target": "/$2",
-        api.AUTH_URL_ANNOTATION: auth_url(spec, settings),
+        api.AUTH_URL_ANNOTATION: auth_url(access, settings),
         "nginx.ingress.kubernetes.io/auth-signin": (
             f"{settings.base_url}/oauth2/sign_in?rd=$escaped_request_uri"
         ),
@@ -249,11 +256,11 @@ def ingress_annotations(spec: api.SingleUserInstanceSpec, settings: Settings) ->
     }
 
 
-def ingress(name: str, namespace: str, spec: api.SingleUserInstanceSpec, settings: Settings) -> Manifest:
+def ingress(name: str, namespace: str, access: Access, settings: Settings) -> Manifest:
     """Path ``/<name>(/|$)(.*)`` rewritten to ``/$2``; ``/<name>`` is redirected to ``/<name>/``
     because cellxgene computes its API base from the page URL, which must end with a slash (the
     controller must allow snippet annotations, as the PoC's did)."""
-    annotations = ingress_annotations(spec, settings)
+    annotations = ingress_annotations(access, settings)
     annotations["nginx.ingress.kubernetes.io/configuration-snippet"] = (
         # Relative redirect: ingress-nginx drops a non-standard port from absolute ones.
         f"absolute_redirect off; rewrite ^/{name}$ /{name}/ redirect;"
@@ -285,14 +292,9 @@ def ingress_host(settings: Settings) -> str:
     return urlsplit(settings.base_url).hostname or settings.host_name
 
 
-def network_policy(name: str, namespace: str, settings: Settings, port: int | None = VIEWER_PORT) -> Manifest:
-    """Only the ingress controller's namespace reaches the viewer, so nobody skips the sign-in.
-    ``port`` None: any port, for an embedded viewer whose port the operator does not choose."""
-    allowed: dict[str, Any] = {
-        "from": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": settings.ingress_namespace}}}]
-    }
-    if port is not None:
-        allowed["ports"] = [{"protocol": "TCP", "port": port}]
+def network_policy(name: str, namespace: str, settings: Settings, port: int = VIEWER_PORT) -> Manifest:
+    """Only the ingress controller's namespace reaches the viewer, on its port alone, so nobody
+    skips the sign-in."""
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
@@ -300,64 +302,30 @@ def network_policy(name: str, namespace: str, settings: Settings, port: int | No
         "spec": {
             "podSelector": {"matchLabels": {"instance": name}},
             "policyTypes": ["Ingress"],
-            "ingress": [allowed],
+            "ingress": [
+                {
+                    "from": [
+                        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": settings.ingress_namespace}}}
+                    ],
+                    "ports": [{"protocol": "TCP", "port": port}],
+                }
+            ],
         },
     }
 
 
-def children(name: str, namespace: str, spec: api.SingleUserInstanceSpec, settings: Settings) -> list[Manifest]:
-    """What an instance owns, in creation order.
-
-    The embedded form passes the client's manifests through, relabelled and renamed so that the
-    PoC's defects (shared selector, missing instance label) cannot come back through it.
-    Both forms get the NetworkPolicy, first: the viewer must never run, even briefly, reachable
-    around the sign-in.
-    """
-    if spec.embedded:
-        service_name = (spec.service or {}).get("metadata", {}).get("name")
-        return [
-            network_policy(name, namespace, settings, port=None),
-            *(
-                _embedded(doc, name, namespace, service_name)
-                for doc in (spec.deployment, spec.service, spec.ingress)
-                if doc is not None
-            ),
-        ]
+def children(
+    name: str, namespace: str, spec: api.SingleUserInstanceSpec, access: Access, settings: Settings
+) -> list[Manifest]:
+    """What a portal-form instance owns, in creation order: the NetworkPolicy first, so the
+    viewer never runs, even briefly, reachable around the sign-in. (The embedded form's are
+    built by :func:`cxg_on_k8s.plan.plan`.)"""
     return [
         network_policy(name, namespace, settings),
         deployment(name, namespace, spec, settings),
         service(name, namespace),
-        ingress(name, namespace, spec, settings),
+        ingress(name, namespace, access, settings),
     ]
-
-
-def _embedded(doc: dict[str, Any], name: str, namespace: str, service_name: str | None) -> Manifest:
-    # A deep copy: the client's spec (kopf's body) must not change under the operator's feet.
-    out = copy.deepcopy(doc)
-    meta = out.setdefault("metadata", {})
-    meta["name"] = name
-    meta["namespace"] = namespace
-    meta["labels"] = {**meta.get("labels", {}), **labels(name)}
-    meta.pop("resourceVersion", None)
-    meta.pop("uid", None)
-    if out.get("kind") == "Deployment":
-        pod_spec = out.setdefault("spec", {})
-        pod_spec["selector"] = {"matchLabels": {"instance": name}}
-        template = pod_spec.setdefault("template", {}).setdefault("metadata", {})
-        template["labels"] = {**template.get("labels", {}), **labels(name)}
-    elif out.get("kind") == "Service":
-        out.setdefault("spec", {})["selector"] = {"instance": name}
-    elif out.get("kind") == "Ingress":
-        # The Service was renamed to the instance: backends that named it must follow.
-        ing_spec = out.get("spec", {})
-        backends = [ing_spec.get("defaultBackend")] + [
-            path.get("backend") for rule in ing_spec.get("rules", []) for path in (rule.get("http") or {}).get("paths", [])
-        ]
-        for backend in backends:
-            service = (backend or {}).get("service")
-            if service and service.get("name") in (service_name, None):
-                service["name"] = name
-    return out
 
 
 def instance(
@@ -618,7 +586,30 @@ def portal_rbac(settings: Settings) -> list[Manifest]:
             ],
         },
         _binding("RoleBinding", meta, "Role", PORTAL_ACCOUNT, PORTAL_ACCOUNT, ns),
+        portal_token_secret(settings),
     ]
+
+
+PORTAL_TOKEN_SECRET = f"{PORTAL_ACCOUNT}-token"
+
+
+def portal_token_secret(settings: Settings) -> Manifest:
+    """A long-lived token of the portal's account, which the controller-manager fills in: the
+    proof of concept's clients are configured with a static ``ACCOUNT_TOKEN`` read by
+    ``kubectl describe secrets omicsdm-token``, and a ``kubectl create token`` one expires within
+    hours. The token never expires; it stops working when this Secret is deleted (rotation:
+    delete it, apply it again, give the portal the new token). It grants only the portal's Role."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "kubernetes.io/service-account-token",
+        "metadata": {
+            "name": PORTAL_TOKEN_SECRET,
+            "namespace": settings.namespace,
+            "labels": {"app": APP_LABEL},
+            "annotations": {"kubernetes.io/service-account.name": PORTAL_ACCOUNT},
+        },
+    }
 
 
 def operator_deployment(settings: Settings, image: str) -> Manifest:
@@ -667,9 +658,11 @@ def operator_deployment(settings: Settings, image: str) -> Manifest:
 
 
 def namespace(name: str) -> Manifest:
-    """A namespace of this project (``cellxgene`` for instances, ``testing`` for tests). Viewer and
-    operator pods meet the restricted Pod Security Standard; it warns and audits rather than
-    enforces, so that embedded-form instances rendered by older clients still start."""
+    """A namespace of this project (``cellxgene`` for instances, ``testing`` for tests). The API
+    server enforces the restricted Pod Security Standard on every pod in it: viewer and operator
+    pods are rendered to meet it, and an embedded-form pod is hardened to meet it
+    (``policy.harden_pod``), so the PoC's clients still start while nothing a client writes can
+    run a pod outside that box, even past the operator."""
     return {
         "apiVersion": "v1",
         "kind": "Namespace",
@@ -677,6 +670,7 @@ def namespace(name: str) -> Manifest:
             "name": name,
             "labels": {
                 "app": APP_LABEL,
+                "pod-security.kubernetes.io/enforce": "restricted",
                 "pod-security.kubernetes.io/warn": "restricted",
                 "pod-security.kubernetes.io/audit": "restricted",
             },
@@ -837,8 +831,7 @@ def poc_embedded_spec(name: str, namespace: str, owner: str, dataset_id: str, se
         "metadata": {"name": name, "namespace": namespace, "labels": poc_labels()},
         "spec": {"selector": poc_labels(), "ports": [{"port": VIEWER_PORT, "targetPort": VIEWER_PORT}]},
     }
-    portal_spec = api.SingleUserInstanceSpec(owner=owner, dataset=f"s3://{settings.s3_bucket}/{dataset_id}")
-    ingress_doc = ingress(name, namespace, portal_spec, settings)
+    ingress_doc = ingress(name, namespace, owner_access(owner, None, "spec.owner"), settings)
     ingress_doc["metadata"]["labels"] = poc_labels()
     ingress_doc["spec"]["rules"][0]["http"]["paths"][0]["backend"] = {
         "service": {"name": name, "port": {"number": VIEWER_PORT}}

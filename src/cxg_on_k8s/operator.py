@@ -23,10 +23,11 @@ from typing import Any, NoReturn
 import kopf
 import prometheus_client
 
-from cxg_on_k8s import manifests
+from cxg_on_k8s import manifests, policy
 from cxg_on_k8s import spec as api
 from cxg_on_k8s.api import ApiError, K8ApiHandler, load_client, parse_time, rfc3339, utcnow, with_pool
 from cxg_on_k8s.culler import API_CONCURRENCY, Culler
+from cxg_on_k8s.instance_plan import Plan, Refusal, plan_instance
 from cxg_on_k8s.manifests import PEERING_NAME
 from cxg_on_k8s.peering import ensure_peering_object, standby_check
 from cxg_on_k8s.pod_status import pod_phase
@@ -109,6 +110,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: lo
     memo.api = handler
     memo.instances = {}
     memo.pod_news = {}  # (namespace, name) -> PodNews
+    memo.user_data = {}  # user-data URL -> (namespace, name) of the instance saving there
     memo.culler = Culler(config, handler, memo.instances, standby=standby)
     memo.culler.start()
     logger.info("operator configured for namespace %s, tick %.0f s", config.namespace, config.tick)
@@ -132,6 +134,8 @@ def remember(event: dict[str, Any], body: kopf.Body, memo: kopf.Memo, logger: lo
     if event.get("type") == "DELETED":
         memo.instances.pop(key, None)
         memo.pod_news.pop(key, None)
+        for url in [url for url, holder in memo.user_data.items() if holder == key]:
+            del memo.user_data[url]
     else:
         memo.instances[key] = {
             "metadata": dict(body["metadata"]),
@@ -163,11 +167,16 @@ async def spawn(
     if status.get("phase") in (api.Phase.FAILED.value, api.Phase.TERMINATING.value):
         return
     model = api.SingleUserInstanceSpec.model_validate(dict(spec))
-    # The embedded form's policy runs here too: nothing is created for a refused spec.
-    problems = api.problems(model, config, namespace)
-    if problems:
-        await _refuse(body, f"SingleUserInstance {namespace}/{name}: " + "; ".join(problems), meta, patch, memo)
-    children = manifests.children(name, namespace, model, config)
+    # The policy runs here, before anything exists: nothing is created for a refused spec.
+    try:
+        plan = plan_instance(name, namespace, dict(meta.get("labels") or {}), model, config)
+    except Refusal as refusal:
+        await _refuse(body, str(refusal), meta, patch, memo)
+    if not model.embedded:
+        taken = _claim_user_data(manifests.user_data_url(model, config), (namespace, name), bool(status.get("phase")), memo)
+        if taken:
+            await _refuse(body, taken, meta, patch, memo)
+    children = plan.children
     kopf.adopt(children, owner=body)
     # Every child is checked before any is created: one that another owner holds fails the
     # instance with nothing of its own left running. Children it already owns are kept.
@@ -185,7 +194,7 @@ async def spawn(
         # handler) it could land after the pod's Ready and step the phase back. With the URL
         # and expiry in the same write: one status write (and watch event) less per instance.
         starting = {"phase": api.Phase.STARTING.value, "message": "creating the viewer; waiting for it to become ready",
-                    **update}  # fmt: skip
+                    "conditions": [_restricted_condition(plan)], **update}  # fmt: skip
         try:
             await asyncio.to_thread(memo.api.patch_instance_status, name, starting, namespace)
         except Exception as exc:  # the API's own exception types; all mean "try again"
@@ -198,6 +207,7 @@ async def spawn(
             await asyncio.to_thread(memo.api.post_event, body, "Normal", api.Phase.STARTING.value, news)
         except Exception as exc:  # an Event is best effort: status.phase already says Starting
             logger.warning("could not post the Starting event: %s", exc)
+        await _tell_the_client(body, plan, memo, logger)
     for child in children:
         if child["kind"] in owned:
             continue
@@ -218,6 +228,61 @@ async def spawn(
         logger.debug("%s %s/%s", "created" if created else "kept existing", child["kind"], name)
     if status.get("phase") and any(status.get(key) != value for key, value in update.items()):
         patch.status.update(update)  # a resumed instance written by an older operator
+
+
+def _restricted_condition(plan: Plan) -> dict[str, Any]:
+    """Condition ``Restricted``: whether the sign-in lets only the people named in the spec in."""
+    restricted = plan.access.restricted
+    return {
+        "type": "Restricted",
+        "status": "True" if restricted else "False",
+        "reason": "Named" if restricted else "NobodyNamed",
+        "message": f"only {plan.access.describe()} may open it" if restricted else (
+            f"every signed-in user may open it: {plan.open_access}"
+        ),
+        "lastTransitionTime": rfc3339(utcnow()),
+    }
+
+
+async def _tell_the_client(body: kopf.Body, plan: Plan, memo: kopf.Memo, logger: logging.Logger) -> None:
+    """Warning Events for what a client of the embedded form should change: the parts of its
+    manifests the operator did not apply, and an instance open to every signed-in user."""
+    notices = []
+    if plan.ignored:
+        notices.append(("Ignored", "not applied, the operator renders the Service and Ingress itself: " + "; ".join(plan.ignored)))
+    if plan.open_access:
+        notices.append(("OpenAccess", f"every signed-in user may open this viewer: {plan.open_access}"))
+    for reason, message in notices:
+        try:
+            await asyncio.to_thread(memo.api.post_event, body, "Warning", reason, message)
+        except Exception as exc:  # best effort, as the Starting Event
+            logger.warning("could not post the %s event: %s", reason, exc)
+
+
+def _claim_user_data(url: str, key: tuple[str, str], resumed: bool, memo: kopf.Memo) -> str | None:
+    """Claim ``url`` for instance ``key``, or say which live instance saves there already: two
+    viewers saving to one prefix would overwrite each other's work. A second instance is refused
+    naming the first and its URL, not redirected to it: the portal waits on the name it created,
+    and the message tells it where the open viewer is. A resumed instance keeps its claim (it was
+    accepted before the operator restarted). Runs on the event loop between awaits, so two
+    creations cannot both claim."""
+    holder = memo.user_data.get(url)
+    other = memo.instances.get(holder) if holder not in (None, key) else None
+    live = (
+        other is not None
+        and not other["metadata"].get("deletionTimestamp")
+        and other["status"].get("phase") not in (api.Phase.FAILED.value, api.Phase.TERMINATING.value)
+    )
+    if live and not resumed:
+        assert other is not None and holder is not None
+        return (
+            f"SingleUserInstance {key[0]}/{key[1]}: its user data {url} is in use by SingleUserInstance "
+            f"{holder[0]}/{holder[1]} (open at {other['status'].get('url', 'its URL once ready')}): two viewers "
+            "saving to one place would overwrite each other's work; use that one, delete it first, or set "
+            "spec.userData to another prefix"
+        )
+    memo.user_data[url] = key
+    return None
 
 
 async def _refuse(body: kopf.Body, message: str, meta: kopf.Meta, patch: kopf.Patch, memo: kopf.Memo) -> NoReturn:
@@ -254,7 +319,7 @@ async def _owned(
 def relife(name: str, new: int | None, meta: kopf.Meta, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
     """A changed lifespan moves expiresAt; the culler reads the new value from its cache."""
     config: Settings = memo.config
-    problem = api.lifespan_problem(new, config)
+    problem = policy.lifespan_problem(new, config)
     if problem:
         raise kopf.PermanentError(f"SingleUserInstance {name}: {problem}")
     patch.status.update(expiresAt=_expires_at(meta, new, config), observedGeneration=meta.get("generation"))
@@ -356,7 +421,8 @@ def carry_pod_state(memo: kopf.Memo, key: tuple[str, str], logger: logging.Logge
             "message": message,
             "lastTransitionTime": now,
         }
-        update: dict[str, Any] = {"phase": phase.value, "message": message, "conditions": [condition]}
+        others = [c for c in current.get("conditions") or [] if isinstance(c, dict) and c.get("type") != "Ready"]
+        update: dict[str, Any] = {"phase": phase.value, "message": message, "conditions": [*others, condition]}
         if first_ready:
             update["readyAt"] = now
         if startup is not None:

@@ -156,10 +156,29 @@ class Settings(BaseModel):
     default_memory: str = Field("4Gi", description="Memory request and limit when the spec gives none.")
     max_cpu: str = Field("4", description="Largest CPU a spec may ask for.")
     max_memory: str = Field("32Gi", description="Largest memory a spec may ask for.")
+    data_volume_limit: str = Field(
+        "20Gi",
+        description="sizeLimit of every emptyDir of a viewer pod (the kubelet evicts a pod that "
+        "writes more, so one viewer cannot fill its node's disk); also the largest one an embedded "
+        "manifest may ask for.",
+    )
+    max_dataset_size: str = Field(
+        "16Gi",
+        description="Largest dataset the fetch step downloads (https or S3); a larger one fails the "
+        "instance with its size. Keep it below data_volume_limit.",
+    )
+    require_owner: bool = Field(
+        True,
+        description="Refuse an embedded-form instance that names nobody (no spec.owner, no user "
+        "label, no allowed_emails/allowed_groups in its auth-url). Off: it is accepted as the proof "
+        "of concept accepted it, open to every signed-in user, with a Warning Event and the "
+        "condition Restricted=False. On by default: in a shared portal such a viewer shows one "
+        "user's data to everyone in the realm.",
+    )
 
     # --- user data -------------------------------------------------------------------------
     s3_bucket: str = Field(
-        "cellxgene", description="Bucket of the default userData prefix s3://<bucket>/<prefix>/<owner>/<dataset id>/."
+        "cellxgene", description="Bucket of the default userData prefix s3://<bucket>/<prefix>/<owner>/<dataset id>-<hash>/."
     )
     user_data_prefix: str = Field("cxg_on_k8", description="Key prefix of users' saved data (PoC: cxg_on_k8).")
     s3_endpoint_url: str = Field(

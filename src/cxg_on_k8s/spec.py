@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import re
 from enum import Enum
-from urllib.parse import parse_qs
 from typing import Annotated, Any, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -32,13 +31,20 @@ QUANTITY_PATTERN = r"^[0-9]+(\.[0-9]+)?(m|Ki|Mi|Gi|Ti|k|M|G|T)?$"
 NO_COMMA_PATTERN = r"^[^,]+$"
 GroupName = Annotated[str, Field(min_length=1, max_length=255, pattern=NO_COMMA_PATTERN)]
 
-FORM_RULE = (
-    "(has(self.owner) && has(self.dataset)) != "
-    "(has(self.deployment) && has(self.service) && has(self.ingress))"
-)
+EMBEDDED_ANY = "has(self.deployment) || has(self.service) || has(self.ingress)"
+EMBEDDED_ALL = "has(self.deployment) && has(self.service) && has(self.ingress)"
+FORM_RULE = f"({EMBEDDED_ANY}) ? ({EMBEDDED_ALL} && !has(self.dataset)) : (has(self.owner) && has(self.dataset))"
 FORM_MESSAGE = (
     "spec needs exactly one form: the portal form (spec.owner and spec.dataset) or the embedded "
-    "form (spec.deployment, spec.service and spec.ingress), not both and not neither"
+    "form (spec.deployment, spec.service and spec.ingress, optionally spec.owner), not both and not neither"
+)
+# Instance names that would shadow a path of the shared edge (/oauth2 is the sign-in) or collide
+# with an object of the installation in the instances' namespace.
+RESERVED_NAMES = ("oauth2", "oauth2-proxy", "sui-operator")
+NAME_RULE = "!(self.metadata.name in [" + ", ".join(f"'{n}'" for n in RESERVED_NAMES) + "])"
+NAME_MESSAGE = (
+    f"metadata.name may not be {', '.join(RESERVED_NAMES)}: /<name>/ would shadow the sign-in or the "
+    "name is the installation's own; use cellxgene-<uuid4>"
 )
 # The proof of concept required a lifespan with the embedded form; the portal form has a default.
 LIFESPAN_RULE = "!has(self.deployment) || has(self.lifespan)"
@@ -53,9 +59,6 @@ EMBEDDED_SLOTS = {
     "service": ("v1", "Service"),
     "ingress": ("networking.k8s.io/v1", "Ingress"),
 }
-# Service accounts an embedded viewer may run as: the namespace's default (or none given, which
-# is the same). Any other account could carry RBAC that a client must not be able to borrow.
-ALLOWED_SERVICE_ACCOUNTS = ("", "default")
 
 
 def _slot_schema(schema: dict[str, Any], slot: str) -> None:
@@ -104,7 +107,7 @@ class SingleUserInstanceSpec(BaseModel):
         max_length=254,
         pattern=NO_COMMA_PATTERN,
         description="The user's identity as the OIDC provider gives it (e-mail, no commas); only they "
-        "get in.",
+        "get in. Also allowed in the embedded form, where it wins over a user label.",
         json_schema_extra={
             "x-kubernetes-validations": [
                 {"rule": "self == oldSelf", "message": "spec.owner is immutable; create a new instance"}
@@ -123,7 +126,8 @@ class SingleUserInstanceSpec(BaseModel):
         pattern=USER_DATA_PATTERN,
         max_length=1024,
         description="S3 prefix holding the user's annotations.csv and gene_sets.csv. Default: "
-        "s3://<bucket>/cxg_on_k8/<owner>/<dataset id>/ from settings.",
+        "s3://<bucket>/cxg_on_k8/<owner>/<dataset id>-<hash of the dataset URL>/ from settings, "
+        "never shared by two owners or two datasets.",
     )
     flavor: Flavor = Field(Flavor.CELLXGENE, description="Viewer: cellxgene or cellxgene-vip.")
     title: str | None = Field(None, max_length=200, description="Title shown by the viewer.")
@@ -155,21 +159,20 @@ class SingleUserInstanceSpec(BaseModel):
     )
     deployment: dict[str, Any] | None = Field(
         None,
-        description="Embedded form: the Deployment manifest the client rendered (kind Deployment; "
-        "refused if privileged, with host access or another service account: see the embedded-form "
-        "policy below).",
+        description="Embedded form: the Deployment manifest the client rendered (kind Deployment); "
+        "its pod template is kept, policed and hardened: see the embedded form below.",
         json_schema_extra=lambda schema: _slot_schema(schema, "deployment"),
     )
     service: dict[str, Any] | None = Field(
         None,
-        description="Embedded form: the Service manifest the client rendered (kind Service).",
+        description="Embedded form: the Service manifest the client rendered (kind Service); only its "
+        "port is kept, the operator renders a ClusterIP Service.",
         json_schema_extra=lambda schema: _slot_schema(schema, "service"),
     )
     ingress: dict[str, Any] | None = Field(
         None,
-        description="Embedded form: the Ingress manifest the client rendered (kind Ingress; its "
-        "auth-url must ask this installation's oauth2-proxy and name the owner: see the embedded-form "
-        "policy below).",
+        description="Embedded form: the Ingress manifest the client rendered (kind Ingress); only who "
+        "its auth-url names is kept, the operator renders the Ingress.",
         json_schema_extra=lambda schema: _slot_schema(schema, "ingress"),
     )
 
@@ -271,6 +274,7 @@ def openapi_schema() -> dict[str, Any]:
         "type": "object",
         "description": "A private cellxgene viewer for one user, removed when done.",
         "required": ["spec"],
+        "x-kubernetes-validations": [{"rule": NAME_RULE, "message": NAME_MESSAGE}],
         "properties": {
             "apiVersion": {"type": "string"},
             "kind": {"type": "string"},
@@ -336,184 +340,6 @@ def quantity(text: str) -> float:
     if not match or match.group(2) not in _SUFFIX:
         raise ValueError(f"{text!r} is not a quantity such as 500m, 2, 512Mi or 4Gi")
     return float(match.group(1)) * _SUFFIX[match.group(2)]
-
-
-def problems(spec: SingleUserInstanceSpec, settings: Any, namespace: str | None = None) -> list[str]:
-    """What the API server's schema cannot know: limits that are operator settings, and the
-    embedded form's policy (:func:`embedded_problems`) for an instance in ``namespace`` (default:
-    the settings' namespace).
-
-    Each problem names the field, the limit and the fix; an empty list means acceptable.
-    """
-    found: list[str] = embedded_problems(spec, namespace or settings.namespace, settings.oauth2_proxy_auth_endpoint)
-    lifespan = lifespan_problem(spec.lifespan, settings)
-    if lifespan is not None:
-        found.append(lifespan)
-    if spec.resources:
-        for field, limit in (("cpu", settings.max_cpu), ("memory", settings.max_memory)):
-            asked = getattr(spec.resources, field)
-            if asked and quantity(asked) > quantity(limit):
-                found.append(
-                    f"spec.resources.{field} {asked} exceeds the maximum {limit} "
-                    f"(setting CXG_MAX_{field.upper()}); ask for less"
-                )
-    return found
-
-
-def lifespan_problem(lifespan: int | None, settings: Any) -> str | None:
-    """Why ``lifespan`` (None: the default) exceeds the operator's max_lifespan, or None: on its
-    own so that a changed lifespan is judged by the same rule, and words, as a new instance."""
-    if lifespan is None or lifespan <= settings.max_lifespan:
-        return None
-    return (
-        f"spec.lifespan {lifespan} s exceeds the maximum {settings.max_lifespan} s "
-        "(setting CXG_MAX_LIFESPAN); ask for less"
-    )
-
-
-def embedded_problems(spec: SingleUserInstanceSpec, namespace: str, auth_endpoint: str) -> list[str]:
-    """The embedded form's policy: refuse manifests that would raise privilege, leave the
-    instance's namespace or skip the sign-in. Pure; each problem names the exact field path and
-    the fix.
-
-    Refused: a slot holding another kind (or apiVersion) than its own; a ``metadata.namespace``
-    other than the instance's; in the pod template, ``hostNetwork``/``hostPID``/``hostIPC``,
-    ``hostPath`` volumes, a service account other than the namespace's ``default``,
-    ``automountServiceAccountToken: true``, and in any container (``containers``,
-    ``initContainers``, ``ephemeralContainers``) ``privileged``, ``allowPrivilegeEscalation: true``,
-    ``capabilities.add``, ``hostPort`` and Windows ``hostProcess``; an Ingress whose ``auth-url``
-    is missing, asks another server than ``auth_endpoint`` (this installation's oauth2-proxy), or
-    names nobody (no ``allowed_emails``/``allowed_groups``, so any signed-in user would get in).
-
-    ``automountServiceAccountToken`` left out is accepted: the proof of concept's clients never set
-    it, and the token is then the ``default`` account's, which this project binds to nothing. Set
-    to true it is refused: a viewer never talks to the API server, so asking for a token is asking
-    for access it does not need.
-    """
-    found: list[str] = []
-    for slot, (version, kind) in EMBEDDED_SLOTS.items():
-        doc = getattr(spec, slot)
-        if doc is None:
-            continue
-        where = f"spec.{slot}"
-        if doc.get("kind") != kind:
-            found.append(f"{where}.kind is {doc.get('kind')!r}: the {slot} slot takes a {kind} only; set kind: {kind}")
-        if "apiVersion" in doc and doc["apiVersion"] != version:
-            found.append(
-                f"{where}.apiVersion is {doc['apiVersion']!r}: the {slot} slot takes {version} {kind}; "
-                f"set apiVersion: {version}"
-            )
-        other = _mapping(doc.get("metadata")).get("namespace")
-        if other not in (None, "", namespace):
-            found.append(
-                f"{where}.metadata.namespace is {other!r}, not the instance's namespace {namespace!r}: "
-                f"children live next to their instance; remove metadata.namespace or set it to {namespace}"
-            )
-    template = _mapping(_mapping(_mapping(spec.deployment).get("spec")).get("template")).get("spec")
-    found += _pod_problems(_mapping(template), "spec.deployment.spec.template.spec")
-    if spec.ingress is not None:
-        found += _sign_in_problems(spec.ingress, auth_endpoint)
-    return found
-
-
-def _sign_in_problems(ingress: dict[str, Any], auth_endpoint: str) -> list[str]:
-    """An embedded Ingress must send every request through this installation's oauth2-proxy and
-    name who may pass, as the portal form's Ingress does (the embedded form has no spec.owner)."""
-    where = f'spec.ingress.metadata.annotations["{AUTH_URL_ANNOTATION}"]'
-    fix = f"set it to {auth_endpoint}?allowed_emails=<the owner's e-mail>"
-    url = _mapping(_mapping(ingress.get("metadata")).get("annotations")).get(AUTH_URL_ANNOTATION)
-    if not isinstance(url, str) or not url:
-        return [f"{where} is missing: a viewer is reachable only through the sign-in; {fix}"]
-    base, _, query = url.partition("?")
-    if base != auth_endpoint:
-        return [f"{where} is {url!r}, which does not ask this installation's oauth2-proxy; {fix}"]
-    allowed = parse_qs(query)
-    if not any(value.strip() for key in ("allowed_emails", "allowed_groups") for value in allowed.get(key, [])):
-        return [f"{where} is {url!r}, which names nobody, so every signed-in user would get in; {fix}"]
-    return []
-
-
-_HOST_NAMESPACES = {"hostNetwork": "network", "hostPID": "process", "hostIPC": "IPC"}
-
-
-def _mapping(value: Any) -> dict[str, Any]:
-    """A manifest's sub-object, or {} where the client put nothing (or something malformed, which
-    the API server refuses with its own message when the child is created)."""
-    return value if isinstance(value, dict) else {}
-
-
-def _listed(value: Any) -> list[Any]:
-    return value if isinstance(value, list) else []
-
-
-def _pod_problems(pod: dict[str, Any], where: str) -> list[str]:
-    found: list[str] = []
-    for field, shared in _HOST_NAMESPACES.items():
-        if pod.get(field) is True:
-            found.append(
-                f"{where}.{field} is true: a viewer must not share the node's {shared} namespace; "
-                "remove it or set it to false"
-            )
-    for field in ("serviceAccountName", "serviceAccount"):  # serviceAccount: the deprecated alias
-        account = pod.get(field)
-        if account is not None and account not in ALLOWED_SERVICE_ACCOUNTS:
-            found.append(
-                f"{where}.{field} is {account!r}: an embedded viewer runs as the namespace's default "
-                f"service account only; remove {field}"
-            )
-    if pod.get("automountServiceAccountToken") is True:
-        found.append(
-            f"{where}.automountServiceAccountToken is true: a viewer never talks to the Kubernetes "
-            "API; remove it or set it to false"
-        )
-    if _mapping(_mapping(pod.get("securityContext")).get("windowsOptions")).get("hostProcess") is True:
-        found.append(
-            f"{where}.securityContext.windowsOptions.hostProcess is true: host processes are not "
-            "allowed; remove it"
-        )
-    for i, volume in enumerate(_listed(pod.get("volumes"))):
-        if "hostPath" in _mapping(volume):
-            found.append(
-                f"{where}.volumes[{i}].hostPath: directories of the node are not allowed; use an "
-                "emptyDir (the pod fetches its data from S3) instead"
-            )
-    for group in ("containers", "initContainers", "ephemeralContainers"):
-        for i, container in enumerate(_listed(pod.get(group))):
-            found += _container_problems(_mapping(container), f"{where}.{group}[{i}]")
-    return found
-
-
-def _container_problems(container: dict[str, Any], where: str) -> list[str]:
-    found: list[str] = []
-    security = _mapping(container.get("securityContext"))
-    if security.get("privileged") is True:
-        found.append(
-            f"{where}.securityContext.privileged is true: privileged containers are not allowed; "
-            "remove it or set it to false"
-        )
-    if security.get("allowPrivilegeEscalation") is True:
-        found.append(
-            f"{where}.securityContext.allowPrivilegeEscalation is true: a viewer must not gain "
-            "privileges; remove it or set it to false"
-        )
-    added = _mapping(security.get("capabilities")).get("add")
-    if added:
-        found.append(
-            f"{where}.securityContext.capabilities.add is {added!r}: added capabilities are not "
-            "allowed; remove capabilities.add (drop: [ALL] is what a viewer needs)"
-        )
-    if _mapping(security.get("windowsOptions")).get("hostProcess") is True:
-        found.append(
-            f"{where}.securityContext.windowsOptions.hostProcess is true: host processes are not "
-            "allowed; remove it"
-        )
-    for j, port in enumerate(_listed(container.get("ports"))):
-        if _mapping(port).get("hostPort"):
-            found.append(
-                f"{where}.ports[{j}].hostPort is {_mapping(port)['hostPort']}: ports of the node are "
-                "not allowed (the viewer is reached through its Service and Ingress); remove hostPort"
-            )
-    return found
 
 
 class Conflict(NamedTuple):

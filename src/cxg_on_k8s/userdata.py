@@ -31,7 +31,6 @@ import json
 import logging
 import os
 import re
-import shutil
 import signal
 import struct
 import sys
@@ -46,11 +45,12 @@ from enum import IntEnum
 from functools import partial
 from pathlib import Path
 from types import FrameType
-from typing import Any, TypeAlias, TypeVar
+from typing import Any, BinaryIO, TypeAlias, TypeVar
 
 import boto3
 import botocore.exceptions
 from botocore.config import Config
+from kubernetes.utils import parse_quantity
 
 from cxg_on_k8s.settings import Settings
 
@@ -114,6 +114,7 @@ class ExitCode(IntEnum):
     UNREACHABLE = 5
     CORRUPT = 6
     SAVE_FAILED = 7
+    TOO_LARGE = 8
 
 
 class UserDataError(Exception):
@@ -415,20 +416,45 @@ class FetchResult:
     kept_local: list[str] = field(default_factory=list)
 
 
-def _download_s3(client: S3Client, url: S3Url, tmp: Path) -> None:
+def _too_large(source: str, size: int, max_bytes: int) -> UserDataError:
+    return UserDataError(
+        ExitCode.TOO_LARGE,
+        f"dataset {source}: {size} bytes or more, over the maximum {max_bytes} (setting "
+        "CXG_MAX_DATASET_SIZE). Fix: open a smaller dataset, or raise the setting (and "
+        "CXG_DATA_VOLUME_LIMIT with it).",
+    )
+
+
+def _copy_capped(chunks: Iterator[bytes], out: BinaryIO, source: str, max_bytes: int | None) -> None:
+    """Write ``chunks`` to ``out``, stopping once more than ``max_bytes`` arrived: a server may
+    send more than its Content-Length said, or none at all."""
+    written = 0
+    for chunk in chunks:
+        written += len(chunk)
+        if max_bytes is not None and written > max_bytes:
+            raise _too_large(source, written, max_bytes)
+        out.write(chunk)
+
+
+def _download_s3(client: S3Client, url: S3Url, tmp: Path, max_bytes: int | None = None) -> None:
     endpoint = client.meta.endpoint_url
     with _s3_errors(what="dataset", url=url, endpoint=endpoint, action="GetObject"):
         response = client.get_object(Bucket=url.bucket, Key=url.key)
+        size = int(response.get("ContentLength") or 0)
+        if max_bytes is not None and size > max_bytes:
+            raise _too_large(str(url), size, max_bytes)
         with tmp.open("wb") as out:
-            for chunk in response["Body"].iter_chunks(1 << 20):
-                out.write(chunk)
+            _copy_capped(response["Body"].iter_chunks(1 << 20), out, str(url), max_bytes)
 
 
-def _download_http(url: str, tmp: Path) -> None:
+def _download_http(url: str, tmp: Path, max_bytes: int | None = None) -> None:
     fix_access = "Fix: make the URL readable without sign-in, or copy the file to S3."
     try:
         with urllib.request.urlopen(url, timeout=30) as response, tmp.open("wb") as out:
-            shutil.copyfileobj(response, out, 1 << 20)
+            size = int(response.headers.get("Content-Length") or 0)
+            if max_bytes is not None and size > max_bytes:
+                raise _too_large(url, size, max_bytes)
+            _copy_capped(iter(partial(response.read, 1 << 20), b""), out, url, max_bytes)
     except urllib.error.HTTPError as exc:
         if exc.code in (404, 410):
             raise UserDataError(
@@ -467,20 +493,22 @@ def fetch_dataset(
     *,
     retries: int = DEFAULT_RETRIES,
     backoff: float = DEFAULT_BACKOFF,
+    max_bytes: int | None = None,
 ) -> Path:
     """Download the dataset to ``dest/dataset.h5ad``: to a temporary name, checked, then renamed.
 
-    cellxgene therefore only ever sees a complete, valid file; a failed or corrupt download
-    leaves nothing under the final name. ``dataset`` is as ``_parse_dataset`` returns it.
+    cellxgene therefore only ever sees a complete, valid file; a failed, corrupt or too large
+    (over ``max_bytes``) download leaves nothing under the final name. ``dataset`` is as
+    ``_parse_dataset`` returns it.
     """
     final = dest / DATASET_FILE
     tmp = dest / f".{DATASET_FILE}.part"
     source = str(dataset)
     download: Callable[[], None]
     if isinstance(dataset, S3Url):
-        download = partial(_download_s3, client, dataset, tmp)
+        download = partial(_download_s3, client, dataset, tmp, max_bytes)
     else:
-        download = partial(_download_http, dataset, tmp)
+        download = partial(_download_http, dataset, tmp, max_bytes)
     started = time.monotonic()
     try:
         _retrying(
@@ -576,19 +604,32 @@ def fetch(
     client: S3Client | None = None,
     retries: int = DEFAULT_RETRIES,
     backoff: float = DEFAULT_BACKOFF,
+    max_bytes: int | None = None,
+    legacy_user_data: str | None = None,
 ) -> FetchResult:
     """Put the dataset and the user's saved files into ``dest``, ready for cellxgene.
 
     Both URLs are checked before anything is downloaded; user files come first because they are
-    small, so bad credentials are reported before a long dataset download.
+    small, so bad credentials are reported before a long dataset download. When the user-data
+    prefix holds nothing yet and ``legacy_user_data`` is given (where earlier versions saved by
+    default), the files are restored from there once; the save sidecar writes them to the new
+    prefix, so nothing saved before is lost.
     """
     prefix = parse_s3_url(user_data, what="--user-data", prefix=True)
+    legacy = parse_s3_url(legacy_user_data, what="--legacy-user-data", prefix=True) if legacy_user_data else None
     source = _parse_dataset(dataset)
     client = client or s3_client()
     dest.mkdir(parents=True, exist_ok=True)
     result = FetchResult()
     fetch_user_files(client, prefix, dest, result, retries=retries, backoff=backoff)
-    fetch_dataset(client, source, dest, retries=retries, backoff=backoff)
+    if legacy is not None and legacy != prefix and not result.restored and not result.kept_local:
+        fetch_user_files(client, legacy, dest, result, retries=retries, backoff=backoff)
+        if result.restored:
+            log.info("restored %s from the earlier default place %s; saves go to %s", result.restored, legacy, prefix)
+            # The state file now says "as saved" for files the new prefix lacks: forget it, so the
+            # save sidecar writes them to the new prefix at its first pass.
+            save_state(dest, {})
+    fetch_dataset(client, source, dest, retries=retries, backoff=backoff, max_bytes=max_bytes)
     return result
 
 
@@ -793,7 +834,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Fetch a cellxgene dataset and the user's annotations from S3, and save "
         "them back.",
         epilog="Exit codes: 0 ok, 1 unexpected, 2 bad arguments, 3 object not found, "
-        "4 access denied, 5 store unreachable, 6 corrupt dataset, 7 final save failed. "
+        "4 access denied, 5 store unreachable, 6 corrupt dataset, 7 final save failed, "
+        "8 dataset too large. "
         "S3 settings come from AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_DEFAULT_REGION "
         "and AWS_ENDPOINT_URL.",
     )
@@ -814,6 +856,19 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="URL",
         required=True,
         help="s3://bucket/prefix/ with the user's annotations.csv and gene_sets.csv.",
+    )
+    fetch_cmd.add_argument(
+        "--legacy-user-data",
+        metavar="URL",
+        default=None,
+        help="s3://bucket/prefix/ where earlier versions saved by default; read once when "
+        "--user-data holds nothing yet (default: none).",
+    )
+    fetch_cmd.add_argument(
+        "--max-size",
+        metavar="QUANTITY",
+        default=None,
+        help="Largest dataset to download, e.g. 16Gi; larger fails with exit code 8 (default: no limit).",
     )
     fetch_cmd.add_argument(
         "--dest",
@@ -864,6 +919,8 @@ def _run(args: argparse.Namespace, termination_log: Path | None) -> int:
             args.dest,
             retries=args.retries,
             backoff=args.backoff,
+            max_bytes=int(parse_quantity(args.max_size)) if args.max_size else None,
+            legacy_user_data=args.legacy_user_data,
         )
         return ExitCode.OK
     prefix = parse_s3_url(args.user_data, what="--user-data", prefix=True)

@@ -1,0 +1,78 @@
+"""What the operator creates for one SingleUserInstance, or why it creates nothing.
+
+One pure function of the instance and the settings, :func:`plan_instance`, called by the
+operator's create handler and by ``cxg-k8s render -f FILE``: what a user previews is what the
+operator does, refusals included.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from cxg_on_k8s import access as who
+from cxg_on_k8s import embedded, manifests, policy
+from cxg_on_k8s import spec as api
+from cxg_on_k8s.settings import Settings
+
+
+class Refusal(ValueError):
+    """The instance is refused: ``problems`` each name the field and the fix."""
+
+    def __init__(self, name: str, namespace: str, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__(f"SingleUserInstance {namespace}/{name}: " + "; ".join(problems))
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The children in creation order, who gets in, and what the client should be told: the
+    parts of its manifests that were not applied, and (``open_access``) that every signed-in user
+    may open the viewer."""
+
+    children: list[manifests.Manifest]
+    access: who.Access
+    ignored: list[str] = field(default_factory=list)
+    open_access: str | None = None
+
+
+def nobody_named(access: who.Access) -> str:
+    """Why an embedded instance names nobody, and the ways to name someone."""
+    where = f"{access.source} names nobody (oauth2-proxy reads an empty list as everyone)" if access.source else (
+        "the instance names nobody who may open it"
+    )
+    return (
+        f"{where}: set spec.owner (the user's e-mail), a {who.USER_LABEL!r} label (their Keycloak "
+        "username) or allowed_emails in spec.ingress's auth-url"
+    )
+
+
+def plan_instance(
+    name: str, namespace: str, labels: Mapping[str, str], spec: api.SingleUserInstanceSpec, settings: Settings
+) -> Plan:
+    """The instance's children, built with the same builders for both forms; raises
+    :class:`Refusal` with every problem at once."""
+    problems = policy.problems(spec, settings, namespace)
+    access = who.resolve(spec, labels)
+    open_access = None
+    if not access.restricted:
+        open_access = nobody_named(access)
+        if settings.require_owner:
+            problems.append(f"{open_access}; or let every signed-in user in with CXG_REQUIRE_OWNER=false")
+    if not spec.embedded:
+        if problems:
+            raise Refusal(name, namespace, problems)
+        return Plan(manifests.children(name, namespace, spec, access, settings), access)
+    port = embedded.viewer_port(spec)
+    if port is None:
+        problems.append(embedded.NO_PORT)
+    if problems or port is None:
+        raise Refusal(name, namespace, problems)
+    ingress = manifests.ingress(name, namespace, access, settings)
+    children = [
+        manifests.network_policy(name, namespace, settings, port=port),
+        embedded.deployment(name, namespace, spec, settings),
+        manifests.service(name, namespace, port=embedded.service_port(spec), target_port=port),
+        ingress,
+    ]
+    return Plan(children, access, embedded.ignored(spec, ingress), open_access)

@@ -1,0 +1,136 @@
+"""The two shapes of SingleUserInstance that clients render today (issue 12's test vectors).
+
+Written from the facts the issue lists, not copied from any client:
+
+* :func:`poc_test_instance`: the proof of concept's own test instance: embedded form, an nginx
+  container, an Ingress with no auth annotations at all, a Deployment named apart from the instance.
+* :func:`portal_instance`: what a data portal renders for "open file F for user U": embedded form,
+  ``lifespan: 999``, a ``user: <username>`` label on every object, the shared ``app=cellxgene``
+  selector, an aws-cli init container, a preStop upload, and an auth-url of this installation's
+  oauth2-proxy that names nobody (no ``allowed_emails``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cxg_on_k8s import spec as api
+from cxg_on_k8s.settings import Settings
+
+APP = {"app": "cellxgene"}
+
+
+def body(name: str, namespace: str, spec: dict[str, Any], labels: dict[str, str] | None = None) -> dict[str, Any]:
+    return {
+        "apiVersion": api.API_VERSION,
+        "kind": api.KIND,
+        "metadata": {"name": name, "namespace": namespace, "labels": {**APP, **(labels or {})}},
+        "spec": spec,
+    }
+
+
+def poc_test_instance(name: str, namespace: str) -> dict[str, Any]:
+    """nginx on port 80 behind a Service and an Ingress that asks nobody to sign in."""
+    deployment_name = f"{name}-deployment"
+    return body(name, namespace, {
+        "lifespan": 600,
+        "deployment": {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": deployment_name, "labels": dict(APP)},
+            "spec": {
+                "replicas": 1,
+                "selector": {"matchLabels": dict(APP)},
+                "template": {
+                    "metadata": {"labels": dict(APP)},
+                    "spec": {"containers": [{"name": "nginx", "image": "nginx:1.25", "ports": [{"containerPort": 80}]}]},
+                },
+            },
+        },
+        "service": {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": f"{name}-service", "labels": dict(APP)},
+            "spec": {"selector": dict(APP), "ports": [{"port": 80, "targetPort": 80}]},
+        },
+        "ingress": {
+            "apiVersion": "networking.k8s.io/v1",
+            "kind": "Ingress",
+            "metadata": {"name": f"{name}-ingress", "labels": dict(APP)},
+            "spec": {
+                "ingressClassName": "nginx",
+                "rules": [{"http": {"paths": [{
+                    "path": f"/{name}", "pathType": "Prefix",
+                    "backend": {"service": {"name": f"{name}-service", "port": {"number": 80}}},
+                }]}}],
+            },
+        },
+    })  # fmt: skip
+
+
+def portal_instance(name: str, namespace: str, username: str, dataset_key: str, settings: Settings) -> dict[str, Any]:
+    """aws-cli fetches ``s3://<bucket>/cxg_on_k8/<username>/<dataset>/``, cellxgene serves it on
+    5005, a preStop hook uploads the annotations; every object carries ``user: <username>``."""
+    user = {**APP, "user": username}
+    prefix = f"s3://{settings.s3_bucket}/cxg_on_k8/{username}/{dataset_key}/"
+    aws = [
+        {"name": "AWS_ACCESS_KEY_ID", "valueFrom": {"secretKeyRef": {"name": settings.aws_secret, "key": "AWS_ACCESS_KEY_ID"}}},
+        {"name": "AWS_SECRET_ACCESS_KEY", "valueFrom": {"secretKeyRef": {"name": settings.aws_secret, "key": "AWS_SECRET_ACCESS_KEY"}}},
+    ]  # fmt: skip
+    data = [{"name": "data", "mountPath": "/data"}]
+    return body(name, namespace, {
+        "lifespan": 999,
+        "deployment": {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": name, "labels": dict(user)},
+            "spec": {
+                "replicas": 1,
+                "selector": {"matchLabels": dict(APP)},
+                "template": {
+                    "metadata": {"labels": dict(user)},
+                    "spec": {
+                        "initContainers": [{
+                            "name": "download", "image": "amazon/aws-cli:2.15.0",
+                            "command": ["aws", "s3", "sync", prefix, "/data/"], "env": aws, "volumeMounts": data,
+                        }],
+                        "containers": [{
+                            "name": "cellxgene", "image": settings.cellxgene_image,
+                            "command": ["cellxgene", "launch", "--host", "0.0.0.0", "-p", "5005", f"/data/{dataset_key}",
+                                        "--annotations-file", "/data/annotations.csv"],
+                            "ports": [{"containerPort": 5005}], "env": aws, "volumeMounts": data,
+                            "lifecycle": {"preStop": {"exec": {"command": [
+                                "sh", "-c", f"aws s3 cp /data/annotations.csv {prefix}annotations.csv"]}}},
+                        }],
+                        "volumes": [{"name": "data", "emptyDir": {}}],
+                    },
+                },
+            },
+        },
+        "service": {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": name, "labels": dict(user)},
+            "spec": {"selector": dict(APP), "ports": [{"port": 5005, "targetPort": 5005}]},
+        },
+        "ingress": {
+            "apiVersion": "networking.k8s.io/v1",
+            "kind": "Ingress",
+            "metadata": {
+                "name": name,
+                "labels": dict(user),
+                "annotations": {
+                    "nginx.ingress.kubernetes.io/auth-url": settings.oauth2_proxy_auth_endpoint,
+                    "nginx.ingress.kubernetes.io/auth-signin": f"{settings.base_url}/oauth2/start?rd=$escaped_request_uri",
+                    "nginx.ingress.kubernetes.io/rewrite-target": "/$2",
+                },
+            },
+            "spec": {
+                "ingressClassName": "nginx",
+                "rules": [{"host": settings.host_name.split(":")[0], "http": {"paths": [{
+                    "path": f"/{name}(/|$)(.*)", "pathType": "ImplementationSpecific",
+                    "backend": {"service": {"name": name, "port": {"number": 5005}}},
+                }]}}],
+            },
+        },
+    }, labels={"user": username})  # fmt: skip

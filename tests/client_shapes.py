@@ -29,24 +29,28 @@ def body(name: str, namespace: str, spec: dict[str, Any], labels: dict[str, str]
     }
 
 
+def deployment(name: str, labels: dict[str, str], pod: dict[str, Any]) -> dict[str, Any]:
+    """A Deployment as both clients render it: one replica, the shared ``app=cellxgene`` selector."""
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name, "labels": dict(labels)},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": dict(APP)},
+            "template": {"metadata": {"labels": dict(labels)}, "spec": pod},
+        },
+    }
+
+
 def poc_test_instance(name: str, namespace: str) -> dict[str, Any]:
     """nginx on port 80 behind a Service and an Ingress that asks nobody to sign in."""
     deployment_name = f"{name}-deployment"
     return body(name, namespace, {
         "lifespan": 600,
-        "deployment": {
-            "apiVersion": "apps/v1",
-            "kind": "Deployment",
-            "metadata": {"name": deployment_name, "labels": dict(APP)},
-            "spec": {
-                "replicas": 1,
-                "selector": {"matchLabels": dict(APP)},
-                "template": {
-                    "metadata": {"labels": dict(APP)},
-                    "spec": {"containers": [{"name": "nginx", "image": "nginx:1.25", "ports": [{"containerPort": 80}]}]},
-                },
-            },
-        },
+        "deployment": deployment(
+            deployment_name, APP, {"containers": [{"name": "nginx", "image": "nginx:1.25", "ports": [{"containerPort": 80}]}]}
+        ),
         "service": {
             "apiVersion": "v1",
             "kind": "Service",
@@ -80,33 +84,21 @@ def portal_instance(name: str, namespace: str, username: str, dataset_key: str, 
     data = [{"name": "data", "mountPath": "/data"}]
     return body(name, namespace, {
         "lifespan": 999,
-        "deployment": {
-            "apiVersion": "apps/v1",
-            "kind": "Deployment",
-            "metadata": {"name": name, "labels": dict(user)},
-            "spec": {
-                "replicas": 1,
-                "selector": {"matchLabels": dict(APP)},
-                "template": {
-                    "metadata": {"labels": dict(user)},
-                    "spec": {
-                        "initContainers": [{
-                            "name": "download", "image": "amazon/aws-cli:2.15.0",
-                            "command": ["aws", "s3", "sync", prefix, "/data/"], "env": aws, "volumeMounts": data,
-                        }],
-                        "containers": [{
-                            "name": "cellxgene", "image": settings.cellxgene_image,
-                            "command": ["cellxgene", "launch", "--host", "0.0.0.0", "-p", "5005", f"/data/{dataset_key}",
-                                        "--annotations-file", "/data/annotations.csv"],
-                            "ports": [{"containerPort": 5005}], "env": aws, "volumeMounts": data,
-                            "lifecycle": {"preStop": {"exec": {"command": [
-                                "sh", "-c", f"aws s3 cp /data/annotations.csv {prefix}annotations.csv"]}}},
-                        }],
-                        "volumes": [{"name": "data", "emptyDir": {}}],
-                    },
-                },
-            },
-        },
+        "deployment": deployment(name, user, {
+            "initContainers": [{
+                "name": "download", "image": "amazon/aws-cli:2.15.0",
+                "command": ["aws", "s3", "sync", prefix, "/data/"], "env": aws, "volumeMounts": data,
+            }],
+            "containers": [{
+                "name": "cellxgene", "image": settings.cellxgene_image,
+                "command": ["cellxgene", "launch", "--host", "0.0.0.0", "-p", "5005", f"/data/{dataset_key}",
+                            "--annotations-file", "/data/annotations.csv"],
+                "ports": [{"containerPort": 5005}], "env": aws, "volumeMounts": data,
+                "lifecycle": {"preStop": {"exec": {"command": [
+                    "sh", "-c", f"aws s3 cp /data/annotations.csv {prefix}annotations.csv"]}}},
+            }],
+            "volumes": [{"name": "data", "emptyDir": {}}],
+        }),
         "service": {
             "apiVersion": "v1",
             "kind": "Service",

@@ -43,6 +43,8 @@ def test_namespace() -> None:
             "name": "testing",
             "labels": {
                 "app": "cellxgene",
+                # enforced by the API server: no pod outside the box runs, even past the operator
+                "pod-security.kubernetes.io/enforce": "restricted",
                 "pod-security.kubernetes.io/warn": "restricted",
                 "pod-security.kubernetes.io/audit": "restricted",
             },
@@ -179,7 +181,9 @@ def test_manifests_carry_the_proof_of_concepts_file_names() -> None:
     ])  # fmt: skip
     by_file = {name: [(d["kind"], d["metadata"]["name"]) for d in load(MANIFESTS / name)] for name in names if name != "kustomization.yaml"}
     assert by_file["namespace_testing.yaml"] == [("Namespace", "testing")]
-    assert by_file["serviceaccount_omicsdm.yaml"] == [("ServiceAccount", "omicsdm"), ("Role", "omicsdm"), ("RoleBinding", "omicsdm")]
+    assert by_file["serviceaccount_omicsdm.yaml"] == [
+        ("ServiceAccount", "omicsdm"), ("Role", "omicsdm"), ("RoleBinding", "omicsdm"), ("Secret", "omicsdm-token"),
+    ]  # fmt: skip
     assert by_file["secret_aws-cred.yaml"] == [("Secret", "aws-cred-secret")] * 2
     assert [d["metadata"]["namespace"] for d in load(MANIFESTS / "secret_aws-cred.yaml")] == ["cellxgene", "testing"]
     assert by_file["crd_kopf-peering.yaml"] == [("CustomResourceDefinition", "kopfpeerings.kopf.dev")]

@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -60,26 +61,34 @@ def test_py_to_yaml_imports_from_the_repository_root() -> None:
 # --- kopf run -n NS operator/operator_single-user-instances.py ---------------------------------------
 
 
-def test_kopf_run_on_the_pocs_operator_file_makes_an_instance_ready(
-    cluster: DevCluster, k8s: K8ApiHandler, namespace: str, tmp_path: Path
-) -> None:
-    env = operator_env(cluster.kubeconfig, namespace)
-    log = tmp_path / "kopf-run.log"
+@contextmanager
+def seed_operator(cluster: DevCluster, namespace: str, log: Path, **settings: str) -> Iterator[None]:
+    """The operator as the seed starts it, ``kopf run -n NS operator/operator_single-user-instances.py``,
+    until the block ends; then it must stop cleanly on SIGINT."""
     with log.open("wb") as handle:
         proc = subprocess.Popen(
             [str(KOPF), "run", "-n", namespace, "operator/operator_single-user-instances.py"],
-            cwd=REPO, env=env, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True,
+            cwd=REPO, env=operator_env(cluster.kubeconfig, namespace, **settings), stdout=handle,
+            stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
     try:
         wait_for(lambda: "operator configured for namespace" in log.read_text() or proc.poll() is not None, 60, "the operator to start")
         assert proc.poll() is None, log.read_text()[-3000:]
+        yield
+    finally:
+        stop_process(proc, timeout=30, sig=signal.SIGINT)
+    assert proc.returncode == 0, log.read_text()[-3000:]
+
+
+def test_kopf_run_on_the_pocs_operator_file_makes_an_instance_ready(
+    cluster: DevCluster, k8s: K8ApiHandler, namespace: str, tmp_path: Path
+) -> None:
+    log = tmp_path / "kopf-run.log"
+    with seed_operator(cluster, namespace, log):
         name = create(k8s, instance_body(namespace))
         body = wait_phase(k8s, name, api.Phase.READY)
         assert body["status"]["url"] == f"http://cxg.localtest/{name}/"
         assert k8s.read_deployment(name).metadata.owner_references[0].name == name
-    finally:
-        stop_process(proc, timeout=30, sig=signal.SIGINT)
-    assert proc.returncode == 0, log.read_text()[-3000:]
     assert "Handler 'spawn' succeeded" in log.read_text()
 
 
@@ -92,18 +101,9 @@ def test_the_clients_of_today_become_ready_through_the_seeds_start_command(
     is started as the seed starts it, with CXG_REQUIRE_OWNER=false, which the PoC's own test
     instance (it names nobody) needs; the portal's shape names its user and is restricted."""
     cluster.kubectl("label", "namespace", namespace, "pod-security.kubernetes.io/enforce=restricted")
-    env = operator_env(cluster.kubeconfig, namespace, require_owner="false")
-    log = tmp_path / "kopf-run.log"
-    with log.open("wb") as handle:
-        proc = subprocess.Popen(
-            [str(KOPF), "run", "-n", namespace, "operator/operator_single-user-instances.py"],
-            cwd=REPO, env=env, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
     settings = Settings(namespace=namespace)
     poc, portal = manifests.new_instance_name(), manifests.new_instance_name()
-    try:
-        wait_for(lambda: "operator configured for namespace" in log.read_text() or proc.poll() is not None, 60, "the operator to start")
-        assert proc.poll() is None, log.read_text()[-3000:]
+    with seed_operator(cluster, namespace, tmp_path / "kopf-run.log", require_owner="false"):
         create(k8s, client_shapes.poc_test_instance(poc, namespace))
         create(k8s, client_shapes.portal_instance(portal, namespace, "bob", "pbmc.h5ad", settings))
         restricted = {}
@@ -120,9 +120,10 @@ def test_the_clients_of_today_become_ready_through_the_seeds_start_command(
         assert k8s.read_deployment(portal).metadata.labels["user"] == "bob"
         warnings = {(e.involved_object.name, e.reason) for e in k8s.list_events(poc) if e.type == "Warning"}
         assert (poc, "OpenAccess") in warnings
-    finally:
-        stop_process(proc, timeout=30, sig=signal.SIGINT)
-    assert proc.returncode == 0, log.read_text()[-3000:]
+        # The portal form's own pods pass the enforced standard too.
+        portal_form = create(k8s, instance_body(namespace))
+        wait_phase(k8s, portal_form, api.Phase.READY)
+        assert len(k8s.list_pods(f"instance={portal_form}").items) == 1
 
 
 # --- the PoC's .env ---------------------------------------------------------------------------------

@@ -1,0 +1,66 @@
+"""``cxg-k8s render -f FILE``: what the operator would create, or its refusal, with no cluster.
+
+It runs as a user runs it (its own process, output through a pipe), on both client shapes of
+tests/client_shapes.py.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from cxg_on_k8s import manifests
+from cxg_on_k8s.settings import Settings
+from tests import client_shapes
+
+NAME = "cellxgene-0b6f3c1e-9d7a-4c55-8f0e-1a2b3c4d5e6f"
+
+
+def render(tmp_path: Path, body: dict[str, Any], **env: str) -> subprocess.CompletedProcess[str]:
+    path = tmp_path / "instance.yaml"
+    path.write_text(yaml.safe_dump(body))
+    return subprocess.run(
+        [sys.executable, "-m", "cxg_on_k8s", "render", "-f", str(path)],
+        capture_output=True, text=True, timeout=60, cwd=tmp_path,
+        env={**{k: v for k, v in os.environ.items() if not k.startswith("CXG_")}, **env, "COLUMNS": "40"},
+    )  # fmt: skip
+
+
+def test_the_portals_shape_renders_as_the_operator_would_create_it(tmp_path: Path) -> None:
+    body = client_shapes.portal_instance(NAME, "cellxgene", "bob", "pbmc.h5ad", Settings())
+    result = render(tmp_path, body)
+    assert result.returncode == 0, result.stderr
+    docs = list(yaml.safe_load_all(result.stdout))  # a narrow pipe does not wrap machine output
+    assert [d["kind"] for d in docs] == ["SingleUserInstance", "NetworkPolicy", "Deployment", "Service", "Ingress"]
+    deployment, ingress = docs[2], docs[4]
+    assert deployment["metadata"]["name"] == NAME and deployment["spec"]["selector"] == {"matchLabels": {"instance": NAME}}
+    assert ingress["metadata"]["annotations"][manifests.api.AUTH_URL_ANNOTATION].endswith("?allowed_groups=bob")
+    assert "not applied: spec.ingress annotation nginx.ingress.kubernetes.io/auth-url" in result.stderr
+
+
+def test_a_refused_file_prints_the_operators_message_and_exits_2(tmp_path: Path) -> None:
+    body = client_shapes.portal_instance(NAME, "cellxgene", "bob", "pbmc.h5ad", Settings())
+    body["spec"]["deployment"]["spec"]["template"]["spec"]["hostNetwork"] = True
+    result = render(tmp_path, body)
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert "spec.deployment.spec.template.spec.hostNetwork is true" in result.stderr
+
+
+def test_the_pocs_test_instance_is_refused_unless_owners_are_optional(tmp_path: Path) -> None:
+    body = client_shapes.poc_test_instance(NAME, "cellxgene")
+    refused = render(tmp_path, body)
+    assert refused.returncode == 2 and "names nobody" in refused.stderr
+    opened = render(tmp_path, body, CXG_REQUIRE_OWNER="false")
+    assert opened.returncode == 0, opened.stderr
+    assert "every signed-in user may open it" in opened.stderr
+
+
+def test_a_file_that_is_no_instance_is_named(tmp_path: Path) -> None:
+    result = render(tmp_path, {"kind": "Deployment"})
+    assert result.returncode == 2 and "not a SingleUserInstance" in result.stderr

@@ -211,8 +211,10 @@ def metrics_page(namespace: str, names: list[str]) -> str:
 
 
 def ours_instance(name: str, namespace: str) -> dict[str, Any]:
-    return manifests.instance(name, namespace, owner="user@example.org", dataset="s3://bench-data/pbmc3k.h5ad",
-                              lifespan=3600)  # fmt: skip
+    """A user of their own per instance, as a portal has them: one owner's second viewer of one
+    dataset would be refused (it would save to the first one's place)."""
+    return manifests.instance(name, namespace, owner=f"user-{name[-12:]}@example.org",
+                              dataset="s3://bench-data/pbmc3k.h5ad", lifespan=3600)  # fmt: skip
 
 
 def poc_instance(name: str, namespace: str) -> dict[str, Any]:

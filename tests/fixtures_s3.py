@@ -293,7 +293,7 @@ def run_cellxgene(venv: Path, data: Path, *extra: str, timeout: float = 180) -> 
     port = free_port()
     log_path = data.parent / f"cellxgene-{port}.log"
     command = [
-        str(venv / "bin" / "cellxgene"), "launch", "--verbose", "-p", str(port),
+        str(venv / "bin" / "cellxgene"), "--no-upgrade-check", "launch", "--verbose", "-p", str(port),
         "--host", "127.0.0.1", str(data / "dataset.h5ad"),
         "--annotations-file", str(data / "annotations.csv"),
         "--gene-sets-file", str(data / "gene_sets.csv"), *extra,

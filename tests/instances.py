@@ -17,10 +17,17 @@ DATASET = "s3://omics-data/projects/p1/pbmc3k.h5ad"
 CHILD_KINDS = ("Deployment", "Service", "Ingress", "NetworkPolicy")
 
 
+def dataset_of(name: str) -> str:
+    """A dataset of the instance's own: two live instances of one owner and one dataset would
+    save to one place, which the operator refuses, and most tests run several side by side."""
+    return DATASET.replace("/pbmc3k.h5ad", f"/{name}/pbmc3k.h5ad")
+
+
 def instance_body(namespace: str, name: str | None = None, **fields: Any) -> dict[str, Any]:
-    """A portal-form instance of OWNER and DATASET unless ``owner``/``dataset`` say otherwise."""
+    """A portal-form instance of OWNER and its own dataset (:func:`dataset_of`) unless
+    ``owner``/``dataset`` say otherwise."""
     name = name or manifests.new_instance_name()
-    return manifests.instance(name, namespace, fields.pop("owner", OWNER), fields.pop("dataset", DATASET), **fields)
+    return manifests.instance(name, namespace, fields.pop("owner", OWNER), fields.pop("dataset", dataset_of(name)), **fields)
 
 
 def create(k8s: K8ApiHandler, body: dict[str, Any]) -> str:

@@ -52,7 +52,8 @@ def create_instance(k8s: K8ApiHandler, **spec: Any) -> str:
             "apiVersion": api.API_VERSION,
             "kind": api.KIND,
             "metadata": {"name": name, "namespace": k8s.namespace},
-            "spec": {"owner": OWNER, "dataset": DATASET, **spec},
+            # A dataset of its own: two live instances of one owner and dataset are refused.
+            "spec": {"owner": OWNER, "dataset": DATASET.replace("pbmc3k", f"{name}/pbmc3k"), **spec},
         }
     )
     return name

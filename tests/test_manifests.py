@@ -218,8 +218,10 @@ def test_viewer_has_readiness_probe_and_the_pocs_launch_line_on_data_files() -> 
     assert viewer["image"] == SETTINGS.cellxgene_image
     assert viewer["readinessProbe"]["httpGet"] == {"path": "/health", "port": "http"}
     assert viewer["ports"] == [{"name": "http", "containerPort": 5005}]
-    assert viewer["command"] == [
-        "cellxgene", "launch", "--verbose", "-p", "5005", "--host", "0.0.0.0",
+    # args to the image's entrypoint (tini -- cellxgene), which passes SIGTERM on
+    assert "command" not in viewer
+    assert viewer["args"] == [
+        "--no-upgrade-check", "launch", "--verbose", "-p", "5005", "--host", "0.0.0.0",
         "/data/dataset.h5ad",
         "--annotations-file", "/data/annotations.csv",
         "--gene-sets-file", "/data/gene_sets.csv",

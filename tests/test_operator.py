@@ -375,7 +375,7 @@ def test_fetch_failure_reaches_status_and_a_warning_event(
     through the real API (the pod status subresource), as a kubelet would. The viewer asks for
     more CPU than any node has, so the pod stays Pending and kwok never overwrites the status."""
     start_operator(max_cpu="5000")
-    name = create(k8s, instance_body(k8s.namespace, resources={"cpu": "2000"}))
+    name = create(k8s, instance_body(k8s.namespace, resources={"cpu": "2000"}, dataset=DATASET))
     wait_phase(k8s, name, api.Phase.STARTING)
     (pod,) = wait_for(lambda: k8s.list_pods(f"instance={name}").items, 30, "the viewer pod")
     failure = f"dataset {DATASET} not found: check the key, or ask the data manager to upload it"
@@ -840,7 +840,7 @@ NEUTRALISED = [
      lambda k8s, n: (read_child(k8s, "Service", n).spec.type, read_child(k8s, "Service", n).spec.external_name),
      ("ClusterIP", None)),
     ("externalIPs", {"service.spec.externalIPs": ["198.51.100.7"]},
-     lambda k8s, n: read_child(k8s, "Service", n).spec.external_i_ps, None),
+     lambda k8s, n: read_child(k8s, "Service", n).spec.external_ips, None),
     ("a server-snippet", {"ingress.metadata.annotations": {"nginx.ingress.kubernetes.io/server-snippet": "return 200;",
                                                            "nginx.ingress.kubernetes.io/auth-url": POC_AUTH_URL}},
      lambda k8s, n: sorted(a for a in read_child(k8s, "Ingress", n).metadata.annotations if "snippet" in a),
@@ -906,9 +906,9 @@ def test_a_second_live_instance_saving_to_the_same_place_is_refused_naming_the_f
     k8s: K8ApiHandler, start_operator: StartOperator
 ) -> None:
     start_operator()
-    first = create(k8s, instance_body(k8s.namespace))
+    first = create(k8s, instance_body(k8s.namespace, dataset=DATASET))
     wait_phase(k8s, first, api.Phase.READY)
-    second = create(k8s, instance_body(k8s.namespace))
+    second = create(k8s, instance_body(k8s.namespace, dataset=DATASET))
     message = wait_phase(k8s, second, api.Phase.FAILED)["status"]["message"]
     assert f"in use by SingleUserInstance {k8s.namespace}/{first}" in message
     assert f"http://cxg.localtest/{first}/" in message
@@ -917,7 +917,7 @@ def test_a_second_live_instance_saving_to_the_same_place_is_refused_naming_the_f
     # Once the first is gone, the place is free again.
     k8s.delete_instance(first)
     wait_for(lambda: get_or_none(k8s, first) is None, 30, f"{first} to be gone")
-    wait_phase(k8s, create(k8s, instance_body(k8s.namespace)), api.Phase.READY)
+    wait_phase(k8s, create(k8s, instance_body(k8s.namespace, dataset=DATASET)), api.Phase.READY)
 
 
 # --- children: used only if this instance owns them --------------------------------------------------

@@ -400,7 +400,8 @@ def wait_crd_established(dynamic: Any, name: str = api.CRD_NAME, timeout: float 
     crds = dynamic.resources.get(api_version="apiextensions.k8s.io/v1", kind="CustomResourceDefinition")
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        conditions = crds.get(name=name).to_dict().get("status", {}).get("conditions", [])
+        # A just-created CRD's status (and its conditions) may be null, not absent.
+        conditions = (crds.get(name=name).to_dict().get("status") or {}).get("conditions") or []
         if any(c["type"] == "Established" and c["status"] == "True" for c in conditions):
             return
         time.sleep(0.2)

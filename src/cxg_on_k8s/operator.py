@@ -52,6 +52,9 @@ class PodNews:
     latest: tuple[api.Phase, str] | None = None  # the pod's last phase and message
     announced: tuple[api.Phase, dict[str, Any]] | None = None  # the phase carried, the status written
     written_version: str | None = None  # resourceVersion of the instance after that write
+    # Conditions other than Ready (Restricted), written with every Ready write: a merge patch
+    # replaces the whole list, and the cached status may not show them yet.
+    kept_conditions: list[dict[str, Any]] = field(default_factory=list)
     # Pod and instance events of one instance must not both announce, while hundreds of
     # instances starting at once must not queue behind one lock.
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -178,6 +181,8 @@ async def spawn(
             await _refuse(body, taken, meta, patch, memo)
     children = plan.children
     kopf.adopt(children, owner=body)
+    restricted = _restricted_condition(plan)
+    memo.pod_news.setdefault((namespace, name), PodNews()).kept_conditions = [restricted]
     # Every child is checked before any is created: one that another owner holds fails the
     # instance with nothing of its own left running. Children it already owns are kept.
     owned: set[str] = set()
@@ -194,7 +199,7 @@ async def spawn(
         # handler) it could land after the pod's Ready and step the phase back. With the URL
         # and expiry in the same write: one status write (and watch event) less per instance.
         starting = {"phase": api.Phase.STARTING.value, "message": "creating the viewer; waiting for it to become ready",
-                    "conditions": [_restricted_condition(plan)], **update}  # fmt: skip
+                    "conditions": [restricted], **update}  # fmt: skip
         try:
             await asyncio.to_thread(memo.api.patch_instance_status, name, starting, namespace)
         except Exception as exc:  # the API's own exception types; all mean "try again"
@@ -421,8 +426,10 @@ def carry_pod_state(memo: kopf.Memo, key: tuple[str, str], logger: logging.Logge
             "message": message,
             "lastTransitionTime": now,
         }
-        others = [c for c in current.get("conditions") or [] if isinstance(c, dict) and c.get("type") != "Ready"]
-        update: dict[str, Any] = {"phase": phase.value, "message": message, "conditions": [*others, condition]}
+        others = {c.get("type"): c for c in current.get("conditions") or [] if isinstance(c, dict)}
+        others.update({c["type"]: c for c in news.kept_conditions})
+        others.pop("Ready", None)
+        update: dict[str, Any] = {"phase": phase.value, "message": message, "conditions": [*others.values(), condition]}
         if first_ready:
             update["readyAt"] = now
         if startup is not None:

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Builds the Go programs the tests run (control plane, etcd, kwok, oauth2-proxy, helm) from the
-# module proxy. Each binary lands in $CXG_BIN_DIR under a name that carries its version, so a
-# second run finds it and builds nothing; Go's own build and module caches make a rebuild after a
-# version bump incremental. Usage: devcluster/build.sh [component ...]   (default: all)
+# Builds the Go programs the tests run (control plane, etcd, kwok, oauth2-proxy, helm, and the real
+# node's kubelet, kube-proxy and CoreDNS) from the module proxy, and the real node's pause program
+# (devcluster/pause/pause.c, gcc -static). Each binary lands in $CXG_BIN_DIR under a name that
+# carries its version, so a second run finds it and builds nothing; Go's own build and module
+# caches make a rebuild after a version bump incremental.
+# Usage: devcluster/build.sh [component ...]   (default: all; `node` = kubelet coredns pause)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 bin_dir=${CXG_BIN_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/cxg-on-k8s/bin}
@@ -14,6 +16,9 @@ ETCD_VERSION=v3.6.16
 KWOK_VERSION=v0.8.0
 OAUTH2_PROXY_VERSION=v7.15.6
 HELM_VERSION=v3.22.0
+COREDNS_VERSION=v1.15.0
+# The pause program's "version" is its source's digest, so an edit builds a new binary.
+PAUSE_VERSION=$(sha256sum "$here/pause/pause.c" | cut -c1-12)
 
 k8s_ldflags="-X k8s.io/component-base/version.gitVersion=$K8S_VERSION -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=36 -X k8s.io/component-base/version.gitTreeState=clean"
 
@@ -47,8 +52,21 @@ kwok_stages() {
   mv "$out.tmp" "$out"
 }
 
-want=("$@")
-[ ${#want[@]} -eq 0 ] && want=(kubernetes etcd kwok oauth2-proxy helm)
+# The pause program: static, so its image holds this one file and nothing else.
+build_pause() {
+  local out="$bin_dir/pause-$PAUSE_VERSION"
+  [ -x "$out" ] && return 0
+  gcc -static -O2 -s -Wall -Wextra -Werror -o "$out.tmp" "$here/pause/pause.c"
+  mv "$out.tmp" "$out"
+  echo "built pause $PAUSE_VERSION" >&2
+}
+
+components="kubernetes etcd kwok oauth2-proxy helm kubelet coredns pause (node = kubelet coredns pause)"
+want=()
+for c in "$@"; do
+  if [ "$c" = node ]; then want+=(kubelet coredns pause); else want+=("$c"); fi
+done
+[ ${#want[@]} -eq 0 ] && want=(kubernetes etcd kwok oauth2-proxy helm kubelet coredns pause)
 for c in "${want[@]}"; do
   case $c in
     kubernetes) build kubernetes "$K8S_VERSION" "$k8s_ldflags" \
@@ -59,7 +77,11 @@ for c in "${want[@]}"; do
     kwok) build kwok "$KWOK_VERSION" "-X sigs.k8s.io/kwok/pkg/consts.Version=$KWOK_VERSION" kwok=sigs.k8s.io/kwok/cmd/kwok
       kwok_stages ;;
     oauth2-proxy) build oauth2-proxy "$OAUTH2_PROXY_VERSION" "-X github.com/oauth2-proxy/oauth2-proxy/v7/pkg/version.VERSION=$OAUTH2_PROXY_VERSION" oauth2-proxy=github.com/oauth2-proxy/oauth2-proxy/v7 ;;
+    kubelet) build kubernetes "$K8S_VERSION" "$k8s_ldflags" \
+      kubelet=k8s.io/kubernetes/cmd/kubelet kube-proxy=k8s.io/kubernetes/cmd/kube-proxy ;;
+    coredns) build coredns "$COREDNS_VERSION" "" coredns=github.com/coredns/coredns ;;
+    pause) build_pause ;;
     helm) build helm "$HELM_VERSION" "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" helm=helm.sh/helm/v3/cmd/helm ;;
-    *) echo "unknown component '$c': choose from kubernetes etcd kwok oauth2-proxy helm" >&2; exit 2 ;;
+    *) echo "unknown component '$c': choose from $components" >&2; exit 2 ;;
   esac
 done

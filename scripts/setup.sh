@@ -3,7 +3,9 @@
 #   scripts/setup.sh          the demo's needs: Python venv (.venv) and the Go-built control plane
 #   scripts/setup.sh --all    plus what the full test suite needs: the cellxgene venv, Debian
 #                             packages (nginx, chromium; by install-signin-deps.sh), Keycloak, oauth2-proxy, helm,
-#                             hadolint and the browser test's npm packages
+#                             hadolint and the browser test's npm packages, and the real node
+#                             (Debian's containerd, runc, CNI plugins, iptables by install-node-deps.sh;
+#                             kubelet, kube-proxy, CoreDNS and the pause program by devcluster/build.sh)
 # Caches: ~/.cache/cxg-on-k8s (binaries keyed by version, venvs, Keycloak), Go's and pip's caches.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,6 +23,11 @@ if [ ! -x .venv/bin/python ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; th
   echo "$want" > "$stamp"
 fi
 
+if $all; then
+  # before the build: the pause program (devcluster/build.sh pause) needs gcc
+  step "the real node's Debian packages: containerd, runc, CNI plugins, iptables, gcc"
+  scripts/install-node-deps.sh
+fi
 step "building the control plane from Go modules (15-25 min the first time, seconds after)"
 if $all; then devcluster/build.sh; else devcluster/build.sh kubernetes etcd kwok; fi
 

@@ -3,7 +3,10 @@
 etcd, kube-apiserver, kube-controller-manager (garbage collector, deployments, replica sets,
 EndpointSlices, namespaces), kube-scheduler and kwok (fake nodes on which scheduled pods turn
 Running and Ready without a kubelet), all built from the Go module proxy by ``devcluster/build.sh``
-and started here on free 127.0.0.1 ports. Everything it starts it stops, also on failure.
+and started here on free 127.0.0.1 ports; with ``real_node=True`` also a real kubelet node
+(:mod:`cxg_on_k8s.devcluster_node`). Its made-up addresses (kwok's pods and node, Services) are
+routed locally while it runs, so no connection to one leaves the machine. Everything it starts it
+stops, also on failure.
 
 This module needs the ``test`` extra (``cryptography``), and the binaries the build script makes.
 """
@@ -25,7 +28,7 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 from cryptography import x509
@@ -38,6 +41,15 @@ ETCD_VERSION = "v3.6.16"
 KWOK_VERSION = "v0.8.0"
 REPO_ROOT = Path(__file__).resolve().parents[2]
 FAKE_NODE_ANNOTATION = "kwok.x-k8s.io/node"
+NODE_LABEL = "cxg-on-k8s.dev/node"  # "kwok" on kwok's nodes, "real" on the real node
+SERVICE_CIDR = "10.0.0.0/16"  # a /16: room for thousands of viewer Services (a /24 fills up at 253)
+KWOK_POD_CIDR = "10.244.0.0/16"
+KWOK_NODE_IP = "10.1.0.1"
+KWOK_NODE_RANGE = "10.1.0.0/24"
+API_ADVERTISE_ADDRESS = "10.251.0.1"  # devcluster_node.NODE_IP
+
+if TYPE_CHECKING:
+    from cxg_on_k8s.devcluster_node import LocalRoutes, RealNode
 
 
 def default_bin_dir() -> Path:
@@ -115,7 +127,8 @@ def _name(cn: str, org: str | None = None) -> x509.Name:
 
 
 def write_pki(pki: Path) -> None:
-    """A CA, the API server's serving cert, an admin client cert and the service-account key."""
+    """A CA, the API server's serving cert, an admin client cert, the API server's client cert
+    for kubelets (``kubectl logs``/``exec`` on a real node) and the service-account key."""
     pki.mkdir(parents=True, exist_ok=True)
     ca_key = _key()
     ca_name = _name("cxg-devcluster-ca")
@@ -131,6 +144,10 @@ def write_pki(pki: Path) -> None:
     server = _cert(_name("kube-apiserver"), server_key, ca_name, ca_key, sans=sans)
     admin_key = _key()
     admin = _cert(_name("cxg-admin", "system:masters"), admin_key, ca_name, ca_key, client=True)
+    kubelet_client_key = _key()
+    kubelet_client = _cert(
+        _name("kube-apiserver-kubelet-client", "system:masters"), kubelet_client_key, ca_name, ca_key, client=True
+    )
     sa_key = _key()
     files = {
         "ca.crt": ca.public_bytes(serialization.Encoding.PEM),
@@ -139,6 +156,8 @@ def write_pki(pki: Path) -> None:
         "apiserver.key": _pem_key(server_key),
         "admin.crt": admin.public_bytes(serialization.Encoding.PEM),
         "admin.key": _pem_key(admin_key),
+        "kubelet-client.crt": kubelet_client.public_bytes(serialization.Encoding.PEM),
+        "kubelet-client.key": _pem_key(kubelet_client_key),
         "sa.key": _pem_key(sa_key),
         "sa.pub": sa_key.public_key().public_bytes(
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
@@ -198,16 +217,23 @@ class Process:
 
 @dataclass
 class DevCluster:
-    """The control plane's processes and the files a client needs (kubeconfig, CA)."""
+    """The control plane's processes and the files a client needs (kubeconfig, CA).
+
+    ``real_node``: also start a real kubelet node (``self.node``); pods still go to kwok unless
+    their namespace carries :func:`cxg_on_k8s.devcluster_node.namespace_annotations`.
+    """
 
     workdir: Path
     bin_dir: Path = field(default_factory=default_bin_dir)
     nodes: int = 2
     quiet: bool = False
+    real_node: bool = False
+    node: RealNode | None = None
     apiserver_extra_args: list[str] = field(default_factory=list)
     processes: dict[str, Process] = field(default_factory=dict)
     api_port: int = 0
     etcd_port: int = 0
+    _routes: LocalRoutes | None = field(default=None, init=False, repr=False)
 
     @property
     def kubeconfig(self) -> Path:
@@ -282,6 +308,10 @@ class DevCluster:
         return self
 
     def _start_all(self) -> None:
+        from cxg_on_k8s.devcluster_node import LocalRoutes
+
+        self._routes = LocalRoutes()
+        self._routes.add()
         self.workdir.mkdir(parents=True, exist_ok=True)
         write_pki(self.pki)
         self.etcd_port, peer_port = free_port(), free_port()
@@ -305,9 +335,21 @@ class DevCluster:
         self._write_kubeconfig()
         self._start_controllers()
         self._create_nodes()
+        if self.real_node:
+            self.start_real_node()
+
+    def start_real_node(self) -> RealNode:
+        """Start the real node on this running cluster (once; ``stop()`` stops it first)."""
+        from cxg_on_k8s.devcluster_node import RealNode
+
+        if self.node is None:
+            self.node = RealNode(self)
+        return self.node.start()
 
     def start_apiserver(self) -> None:
         """(Re)start the API server on the same port, e.g. after a fault test stopped it."""
+        from cxg_on_k8s.devcluster_node import ADMISSION_PLUGINS
+
         if not self.api_port:
             self.api_port = free_port()
         pki = self.pki
@@ -319,18 +361,28 @@ class DevCluster:
                 f"--etcd-servers=http://127.0.0.1:{self.etcd_port}",
                 f"--secure-port={self.api_port}",
                 "--bind-address=127.0.0.1",
-                "--advertise-address=127.0.0.1",
+                # the `kubernetes` Service's endpoint: the real node's address, where its relay
+                # (devcluster_node.ApiRelay) passes pods' connections on to 127.0.0.1; without a
+                # real node nothing listens there and a dial fails locally
+                f"--advertise-address={API_ADVERTISE_ADDRESS}",
                 f"--tls-cert-file={pki / 'apiserver.crt'}",
                 f"--tls-private-key-file={pki / 'apiserver.key'}",
                 f"--client-ca-file={pki / 'ca.crt'}",
-                # /16: room for thousands of viewer Services (a /24 fills up at 253).
-                "--service-cluster-ip-range=10.0.0.0/16",
+                f"--service-cluster-ip-range={SERVICE_CIDR}",
                 f"--service-account-issuer=https://127.0.0.1:{self.api_port}",
                 f"--service-account-key-file={pki / 'sa.pub'}",
                 f"--service-account-signing-key-file={pki / 'sa.key'}",
                 "--authorization-mode=RBAC",
                 "--allow-privileged=true",
-                "--enable-admission-plugins=NamespaceLifecycle,LimitRanger,ResourceQuota",
+                # the last two read a namespace's node selector and default tolerations: how a
+                # namespace sends its pods to the real node (devcluster_node.namespace_annotations)
+                f"--enable-admission-plugins=NamespaceLifecycle,LimitRanger,ResourceQuota,{','.join(ADMISSION_PLUGINS)}",
+                # a real node's kubelet is dialled at its InternalIP (no DNS name for it here),
+                # with a client certificate it trusts and a serving certificate checked by our CA
+                "--kubelet-preferred-address-types=InternalIP",
+                f"--kubelet-client-certificate={pki / 'kubelet-client.crt'}",
+                f"--kubelet-client-key={pki / 'kubelet-client.key'}",
+                f"--kubelet-certificate-authority={pki / 'ca.crt'}",
                 "--profiling=false",
                 *self.apiserver_extra_args,
             ],
@@ -408,8 +460,8 @@ class DevCluster:
                 f"--kubeconfig={self.kubeconfig}",
                 "--manage-all-nodes=false",
                 f"--manage-nodes-with-annotation-selector={FAKE_NODE_ANNOTATION}=fake",
-                "--node-ip=10.1.0.1",
-                "--cidr=10.244.0.0/16",
+                f"--node-ip={KWOK_NODE_IP}",
+                f"--cidr={KWOK_POD_CIDR}",
                 f"--server-address=127.0.0.1:{kwok_port}",
                 f"--config={self.bin_dir / f'kwok-stages-{KWOK_VERSION}.yaml'}",
             ],
@@ -427,7 +479,7 @@ class DevCluster:
                 "metadata": {
                     "name": f"kwok-node-{i}",
                     "annotations": {FAKE_NODE_ANNOTATION: "fake"},
-                    "labels": {"type": "kwok", "kubernetes.io/hostname": f"kwok-node-{i}"},
+                    "labels": {"type": "kwok", NODE_LABEL: "kwok", "kubernetes.io/hostname": f"kwok-node-{i}"},
                 },
                 "status": {
                     "allocatable": {"cpu": "1000", "memory": "4Ti", "pods": "1000"},
@@ -455,14 +507,21 @@ class DevCluster:
         return result
 
     def stop(self) -> None:
-        """Stop in reverse start order; an already dead process is fine. Peak memory of each
+        """Stop in reverse start order (the real node first, while the API server can still
+        tell its kubelet to stop pods); an already dead process is fine. Peak memory of each
         component is reported first, since it is only readable while the process lives."""
+        if self.node is not None:
+            self.node.stop()
+            self.node = None
         peaks = {name: proc.peak_rss_mib() for name, proc in self.processes.items()}
         shown = ", ".join(f"{name} {mib:.0f} MiB" for name, mib in peaks.items() if mib is not None)
         if shown:
             self._say(f"peak RSS: {shown}")
         for name in reversed(list(self.processes)):
             self.processes.pop(name).stop()
+        if self._routes is not None:
+            self._routes.remove()
+            self._routes = None
 
     def __enter__(self) -> DevCluster:
         return self.start()
@@ -476,11 +535,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m cxg_on_k8s.devcluster", description=main.__doc__)
     parser.add_argument("command", choices=["up"])
     parser.add_argument("workdir", type=Path, help="where certificates, etcd data, logs and admin.kubeconfig go")
+    parser.add_argument("--real-node", action="store_true", help="also start a real kubelet node (needs root)")
     args = parser.parse_args(argv)
     if args.workdir.exists():
         shutil.rmtree(args.workdir)
-    with DevCluster(workdir=args.workdir) as cluster:
+    with DevCluster(workdir=args.workdir, real_node=args.real_node) as cluster:
         print(f"export KUBECONFIG={cluster.kubeconfig}", flush=True)
+        if cluster.node is not None:
+            print(f"# containerd for images: ctr --address {cluster.node.socket} -n k8s.io images import X.tar", flush=True)
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
         with contextlib.suppress(KeyboardInterrupt):
             while True:

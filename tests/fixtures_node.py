@@ -1,5 +1,5 @@
-"""The dev cluster's real node for tests: the node itself, a test image, a namespace whose pods
-run on it.
+"""The dev cluster's real node for tests: the node itself, a test image, the project's images, a
+namespace whose pods run on it.
 
 Loaded with ``pytest_plugins = ["tests.fixtures_node"]``. The node starts on the session's
 cluster the first time a test asks for it and stops before the control plane does. Pods go to kwok
@@ -50,6 +50,13 @@ def busybox_image(real_node: RealNode, tmp_path_factory: pytest.TempPathFactory)
     )
     assert real_node.import_image(archive) == [name]
     return name
+
+
+@pytest.fixture(scope="session")
+def project_images(real_node: RealNode) -> list[str]:
+    """The project's images (scripts/build-images.sh, run by scripts/setup.sh --all) imported into
+    the node, under the names the settings' defaults give pods; about 25 s the first time."""
+    return real_node.import_built_images()
 
 
 def create_real_namespace(cluster: DevCluster) -> str:

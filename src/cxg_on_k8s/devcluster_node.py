@@ -13,6 +13,11 @@ to kwok as before; a namespace opted in with :func:`namespace_annotations` (the 
 PodNodeSelector and PodTolerationRestriction admission plugins) sends all its pods to the real
 node and none to kwok, without a change to the pods or the manifests that make them.
 
+Pods reach the API server through the ``kubernetes`` Service: its advertise address is the
+node's IP, where :class:`ApiRelay` passes connections on to the API server on 127.0.0.1.
+Images: :meth:`RealNode.import_image` (an OCI archive) or :meth:`RealNode.import_built_images`
+(everything ``scripts/build-images.sh`` built).
+
 Network rule: no connection may leave the machine. kwok's pod and node addresses, the Service
 range and the real node's own ranges are routed locally (:class:`LocalRoutes`, whenever a dev
 cluster runs); pods cannot forward past their bridge (a ``mangle FORWARD`` drop); containerd's
@@ -260,6 +265,12 @@ def write_oci_archive(archive: Path, name: str, files: dict[str, tuple[bytes, in
     tmp.rename(archive)
 
 
+def built_images_listing() -> Path:
+    """Where ``scripts/build-images.sh`` lists the archives it wrote (the same rule as the script)."""
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return cache / "cxg-on-k8s" / "images" / "images.txt"
+
+
 def import_image(socket: Path, archive: Path) -> list[str]:
     """Import an OCI or docker archive (``podman save --format oci-archive``) into containerd's
     ``k8s.io`` namespace, where the kubelet finds it; return the image names it holds. Pods use
@@ -343,6 +354,22 @@ class RealNode:
         names = import_image(self.socket, archive)
         if archive not in self.imported:
             self.imported.append(archive)
+        return names
+
+    def import_built_images(self, listing: Path | None = None) -> list[str]:
+        """Import every image ``scripts/build-images.sh`` built: its ``images.txt`` lists one
+        ``NAME<TAB>ARCHIVE`` per line (default: the one in the cache). Returns the names."""
+        listing = listing or built_images_listing()
+        if not listing.is_file():
+            raise FileNotFoundError(f"{listing} is missing: run `bash scripts/build-images.sh` to build the images")
+        names = []
+        for line in listing.read_text().splitlines():
+            if line.strip():
+                name, archive = line.split("\t")
+                imported = self.import_image(Path(archive))
+                if name not in imported:
+                    raise RuntimeError(f"{archive} holds {imported}, not {name} as {listing} says: rebuild it")
+                names.append(name)
         return names
 
     def _say(self, message: str) -> None:

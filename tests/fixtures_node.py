@@ -62,7 +62,8 @@ def project_images(real_node: RealNode) -> list[str]:
 def create_real_namespace(cluster: DevCluster) -> str:
     """A namespace whose pods all go to the real node (and none to kwok)."""
     name = f"real-{uuid.uuid4().hex[:10]}"
-    namespace = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "annotations": namespace_annotations()}}
+    metadata = {"name": name, "annotations": namespace_annotations()}
+    namespace = {"apiVersion": "v1", "kind": "Namespace", "metadata": metadata}
     cluster.kubectl("apply", "-f", "-", input=json.dumps(namespace))
     return name
 

@@ -34,7 +34,8 @@ HTTPD = ["httpd", "-f", "-v", "-p", "8080", "-h", "/www"]
 
 
 def _wait_ready(cluster: DevCluster, namespace: str, *names: str, timeout: int = 90) -> None:
-    cluster.kubectl("wait", "-n", namespace, "--for=condition=Ready", *[f"pod/{n}" for n in names], f"--timeout={timeout}s")
+    pods = [f"pod/{n}" for n in names]
+    cluster.kubectl("wait", "-n", namespace, "--for=condition=Ready", *pods, f"--timeout={timeout}s")
 
 
 @pytest.fixture(scope="module")
@@ -125,8 +126,8 @@ def test_pods_reach_the_api_server_through_the_kubernetes_service(cluster: DevCl
     kube-proxy and the node's relay to the API server on 127.0.0.1. busybox speaks no modern
     TLS, so the pod sends plain HTTP and the API server's own refusal proves it answered; the
     host checks that TLS passes the relay intact."""
-    reply = _exec(cluster, web["namespace"], "client", "sh", "-c",
-                  'printf "GET /version HTTP/1.0\\r\\n\\r\\n" | /bin/busybox nc -w 5 kubernetes.default.svc 443')  # fmt: skip
+    request = 'printf "GET /version HTTP/1.0\\r\\n\\r\\n" | /bin/busybox nc -w 5 kubernetes.default.svc 443'
+    reply = _exec(cluster, web["namespace"], "client", "sh", "-c", request)
     assert "Client sent an HTTP request to an HTTPS server" in reply, reply
     context = ssl.create_default_context(cafile=str(cluster.pki / "ca.crt"))
     context.load_cert_chain(str(cluster.pki / "admin.crt"), str(cluster.pki / "admin.key"))
@@ -180,7 +181,9 @@ class _FailingNode(RealNode):
         raise dc.ClusterStartError("CoreDNS failed on purpose")
 
 
-def test_stop_and_a_failed_start_leave_nothing_behind(cluster: DevCluster, real_node: RealNode, busybox_image: str) -> None:
+def test_stop_and_a_failed_start_leave_nothing_behind(
+    cluster: DevCluster, real_node: RealNode, busybox_image: str
+) -> None:
     """Runs last in this module: it stops the session's node (with a pod running, so there are
     shims, mounts, a network namespace and iptables rules), checks the machine, then starts it
     again (images are imported again)."""

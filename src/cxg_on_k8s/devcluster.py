@@ -376,7 +376,8 @@ class DevCluster:
                 "--allow-privileged=true",
                 # the last two read a namespace's node selector and default tolerations: how a
                 # namespace sends its pods to the real node (devcluster_node.namespace_annotations)
-                f"--enable-admission-plugins=NamespaceLifecycle,LimitRanger,ResourceQuota,{','.join(ADMISSION_PLUGINS)}",
+                "--enable-admission-plugins="
+                + ",".join(["NamespaceLifecycle", "LimitRanger", "ResourceQuota", *ADMISSION_PLUGINS]),
                 # a real node's kubelet is dialled at its InternalIP (no DNS name for it here),
                 # with a client certificate it trusts and a serving certificate checked by our CA
                 "--kubelet-preferred-address-types=InternalIP",
@@ -542,7 +543,7 @@ def main(argv: list[str] | None = None) -> int:
     with DevCluster(workdir=args.workdir, real_node=args.real_node) as cluster:
         print(f"export KUBECONFIG={cluster.kubeconfig}", flush=True)
         if cluster.node is not None:
-            print(f"# containerd for images: ctr --address {cluster.node.socket} -n k8s.io images import X.tar", flush=True)
+            print(f"# images: ctr --address {cluster.node.socket} -n k8s.io images import X.tar", flush=True)
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
         with contextlib.suppress(KeyboardInterrupt):
             while True:

@@ -102,7 +102,12 @@ KERNEL_SETTINGS = (
 NO_PULL_PROXY = "http://127.0.0.1:9"
 STATE_DIR = Path("/run/cxg-on-k8s")
 NETNS_DIR = Path("/var/run/netns")
-CONTAINER_LOG_LINKS = Path("/var/log/containers")  # the kubelet's fixed directory of symlinks
+# Fixed paths outside the node's directory that the programs write anyway: the kubelet's log links
+# and device-plugin socket, libcni's result cache, containerd 1.6's shim sockets.
+CONTAINER_LOG_LINKS = Path("/var/log/containers")
+KUBELET_PLUGIN_SOCKET = Path("/var/lib/kubelet/device-plugins/kubelet.sock")
+CNI_RESULTS = Path("/var/lib/cni/results")
+SHIM_SOCKETS = Path("/run/containerd/s")
 FORWARD_GUARD = ["-i", BRIDGE, "!", "-o", BRIDGE, "-m", "comment", "--comment",
                  "cxg-on-k8s real node: pods reach only their bridge and this host", "-j", "DROP"]  # fmt: skip
 
@@ -117,7 +122,9 @@ def namespace_annotations() -> dict[str, str]:
     }
 
 
-def _run(*args: str, check: bool = True, input: str | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def _run(
+    *args: str, check: bool = True, input: str | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
     """Run a host tool; a failure raises with the command and its stderr."""
     result = subprocess.run(list(args), capture_output=True, text=True, input=input, timeout=timeout)
     if check and result.returncode != 0:
@@ -275,7 +282,8 @@ def import_image(socket: Path, archive: Path) -> list[str]:
     """Import an OCI or docker archive (``podman save --format oci-archive``) into containerd's
     ``k8s.io`` namespace, where the kubelet finds it; return the image names it holds. Pods use
     them with ``imagePullPolicy: Never`` or ``IfNotPresent``."""
-    result = _run("ctr", "--address", str(socket), "--namespace", "k8s.io", "images", "import", str(archive), timeout=600)
+    ctr = ["ctr", "--address", str(socket), "--namespace", "k8s.io"]
+    result = _run(*ctr, "images", "import", str(archive), timeout=600)
     names = re.findall(r"^unpacking (\S+) \(", result.stdout, flags=re.MULTILINE)
     if not names:
         raise RuntimeError(f"{archive} held no named image (ctr said: {result.stdout.strip()}); tag it before saving")
@@ -501,6 +509,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
       [{cri}.containerd.runtimes.runc.options]
         SystemdCgroup = false
         BinaryName = "{shutil.which('runc')}"
+        Root = "{root / 'runc'}"
   [{cri}.cni]
     bin_dir = "/usr/lib/cni"
     conf_dir = "{cni_conf}"
@@ -511,7 +520,11 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
         env = {**os.environ, "HTTP_PROXY": NO_PULL_PROXY, "HTTPS_PROXY": NO_PULL_PROXY, "NO_PROXY": ""}
         self._say("starting containerd")
         proc = self._start("containerd", ["containerd", "--config", str(path)], env=env)
-        self._wait(proc, lambda: _run("ctr", "--address", str(self.socket), "version", check=False).returncode == 0, 30, "its socket")
+
+        def answers() -> bool:
+            return _run("ctr", "--address", str(self.socket), "version", check=False).returncode == 0
+
+        self._wait(proc, answers, 30, "its socket")
 
     def _write_kubelet_certs(self) -> tuple[Path, Path]:
         """The kubelet's serving certificate from the cluster CA, for the API server's
@@ -521,7 +534,8 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
         ca = x509.load_pem_x509_certificate((pki / "ca.crt").read_bytes())
         key = dc._key()
         sans: list[x509.GeneralName] = [x509.DNSName(NODE_NAME), x509.IPAddress(ipaddress.ip_address(NODE_IP))]
-        cert = dc._cert(dc._name(f"system:node:{NODE_NAME}", "system:nodes"), key, ca.subject, ca_key, sans=sans)  # type: ignore[arg-type]
+        subject = dc._name(f"system:node:{NODE_NAME}", "system:nodes")
+        cert = dc._cert(subject, key, ca.subject, ca_key, sans=sans)  # type: ignore[arg-type]
         crt_path, key_path = self.root / "kubelet.crt", self.root / "kubelet.key"
         crt_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
         key_path.write_bytes(dc._pem_key(key))
@@ -641,8 +655,9 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
         log.parent.mkdir(parents=True, exist_ok=True)
         with log.open("ab") as handle:
             popen = subprocess.Popen(
-                args, stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True, env=env
-            )
+                args, stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                start_new_session=True,  # a Ctrl-C of the caller reaches it only through stop()
+            )  # fmt: skip
         proc = dc.Process(name, popen, log)
         self.processes[name] = proc
         return proc
@@ -658,7 +673,9 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
             if ready():
                 return
             time.sleep(0.2)
-        raise dc.ClusterStartError(f"{proc.name} did not answer on {what} within {timeout:.0f} s; its log:\n{proc.tail()}")
+        raise dc.ClusterStartError(
+            f"{proc.name} did not answer on {what} within {timeout:.0f} s; its log ({proc.log}):\n{proc.tail()}"
+        )
 
     # ----------------------------------------------------------------- stop
 
@@ -666,7 +683,8 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
         """Stop everything and undo every change; safe to call twice and after a failed start."""
         if self._lock is None:
             return
-        api_up = "kube-apiserver" in self.cluster.processes and self.cluster.processes["kube-apiserver"].popen.poll() is None
+        apiserver = self.cluster.processes.get("kube-apiserver")
+        api_up = apiserver is not None and apiserver.popen.poll() is None
         if api_up and "kubelet" in self.processes:
             # the kubelet stops its pods the proper way (CNI DEL, unmounts) while it still can
             self.cluster.kubectl(
@@ -830,10 +848,39 @@ def _forward_guard_present() -> bool:
     return _run("iptables", "-w", "-t", "mangle", "-C", "FORWARD", *FORWARD_GUARD, check=False).returncode == 0
 
 
+def _sandbox_ids(root: Path) -> set[str]:
+    """The ids of the containers and sandboxes containerd kept state for under ``root``."""
+    state = root / "containerd" / "state"
+    dirs = [state / "io.containerd.runtime.v2.task" / "k8s.io", state / "io.containerd.grpc.v1.cri" / "sandboxes"]
+    return {entry.name for d in dirs if d.is_dir() for entry in d.iterdir()}
+
+
+def _stale_socket(path: Path) -> bool:
+    """A socket file nothing listens on any more (its process is gone)."""
+    with socket.socket(socket.AF_UNIX) as probe:
+        try:
+            probe.connect(str(path))
+        except OSError:
+            return path.is_socket()
+    return False
+
+
+def _stale_files() -> list[Path]:
+    """What the node's programs left in the fixed paths outside its directory."""
+    found = list(CNI_RESULTS.glob(f"{CNI_NETWORK}-*")) if CNI_RESULTS.is_dir() else []
+    if SHIM_SOCKETS.is_dir():
+        found += [p for p in SHIM_SOCKETS.iterdir() if _stale_socket(p)]
+    if KUBELET_PLUGIN_SOCKET.exists() and _stale_socket(KUBELET_PLUGIN_SOCKET):
+        found.append(KUBELET_PLUGIN_SOCKET)
+    return found
+
+
 def clean_up(root: Path, kube_proxy: Path | None) -> None:
     """Remove everything a real node rooted at ``root`` may have left, in an order that works
     when nothing, part or all of it still runs: processes, containers' processes (by cgroup),
-    mounts, pod network namespaces, the bridge, iptables rules, cgroups, the node's address."""
+    mounts, pod network namespaces, the bridge, iptables rules, cgroups, the node's address,
+    files in fixed paths (then their directories, if empty)."""
+    ids = _sandbox_ids(root)
     for pid in _processes_of(root):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
@@ -866,6 +913,17 @@ def clean_up(root: Path, kube_proxy: Path | None) -> None:
             if link.is_symlink() and str(root) in os.readlink(link):
                 link.unlink()
     _run("ip", "address", "del", f"{NODE_IP}/32", "dev", "lo", check=False)
+    if CNI_RESULTS.is_dir():  # the loopback network's results carry the sandbox id only
+        for result in CNI_RESULTS.iterdir():
+            if any(f"-{sandbox}-" in result.name for sandbox in ids):
+                result.unlink(missing_ok=True)
+    for stale in _stale_files():
+        stale.unlink(missing_ok=True)
+    kubelet_dir = KUBELET_PLUGIN_SOCKET.parent
+    for directory in (CNI_RESULTS, CNI_RESULTS.parent, SHIM_SOCKETS, SHIM_SOCKETS.parent, kubelet_dir,
+                      kubelet_dir.parent, CONTAINER_LOG_LINKS):  # fmt: skip
+        with contextlib.suppress(OSError):
+            directory.rmdir()  # only when empty: what others keep there stays
     if root.exists():
         shutil.rmtree(root, ignore_errors=True)
 
@@ -885,7 +943,9 @@ def leftovers(root: Path) -> list[str]:
     if NODE_IP in _run("ip", "-4", "-o", "address", "show", "dev", "lo").stdout:
         found.append(f"address {NODE_IP} on lo")
     if CONTAINER_LOG_LINKS.is_dir():
-        found += [f"log link {p}" for p in CONTAINER_LOG_LINKS.iterdir() if p.is_symlink() and str(root) in os.readlink(p)]
+        links = [p for p in CONTAINER_LOG_LINKS.iterdir() if p.is_symlink() and str(root) in os.readlink(p)]
+        found += [f"log link {p}" for p in links]
+    found += [f"file {p}" for p in _stale_files()]
     if root.exists():
         found.append(f"directory {root}")
     return found

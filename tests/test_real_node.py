@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import signal
 import socket
 import ssl
 import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -22,7 +24,7 @@ from cxg_on_k8s import devcluster as dc
 from cxg_on_k8s import devcluster_node as dn
 from cxg_on_k8s.devcluster import DevCluster
 from cxg_on_k8s.devcluster_node import RealNode, leftovers
-from tests.conftest import wait_for
+from tests.conftest import REPO, wait_for
 
 pytest.register_assert_rewrite("tests.fixtures_node")  # before the import below, so its asserts explain
 from tests.fixtures_node import PAGE, apply, busybox_pod, create_real_namespace, pod  # noqa: E402
@@ -205,3 +207,38 @@ def test_stop_and_a_failed_start_leave_nothing_behind(
     _wait_ready(cluster, namespace, "again")
     assert _get(f"http://{pod(cluster, namespace, 'again')['status']['podIP']}:8080/") == PAGE
     cluster.kubectl("delete", "namespace", namespace, "--wait=false")
+
+
+CRASHING_NODE = """
+import json, os, signal, sys
+from pathlib import Path
+from cxg_on_k8s.devcluster import DevCluster
+from tests.fixtures_node import apply, busybox_pod, create_real_namespace
+
+workdir, bin_dir, api_port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+cluster = DevCluster(workdir=Path(workdir), bin_dir=Path(bin_dir), api_port=api_port, quiet=True)
+node = cluster.start_real_node()
+namespace = create_real_namespace(cluster)
+apply(cluster, namespace, busybox_pod("p", node.pause_image, []))
+cluster.kubectl("wait", "-n", namespace, "--for=condition=Ready", "pod/p", "--timeout=60s")
+print(json.dumps({"namespace": namespace, "pids": [p.popen.pid for p in node.processes.values()]}), flush=True)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_a_start_clears_what_a_crashed_node_left(cluster: DevCluster, real_node: RealNode) -> None:
+    """A node whose process was killed (SIGKILL: no stop ran) leaves its processes, shims, mounts,
+    bridge and rules; the next start of a node clears them before it begins."""
+    real_node.stop()
+    crashed = subprocess.run(
+        [sys.executable, "-c", CRASHING_NODE, str(cluster.workdir), str(cluster.bin_dir), str(cluster.api_port)],
+        capture_output=True, text=True, timeout=180, cwd=REPO,
+    )  # fmt: skip
+    assert crashed.returncode == -signal.SIGKILL, crashed.stderr[-3000:]
+    left = json.loads(crashed.stdout.splitlines()[-1])
+    assert len(leftovers(real_node.root)) > 10, "a crashed node should leave things behind"
+    real_node.start()
+    alive = [pid for pid in left["pids"] if Path(f"/proc/{pid}").exists()]
+    assert alive == [], f"processes of the crashed node still run: {alive}"
+    assert all(proc.popen.poll() is None for proc in real_node.processes.values())
+    cluster.kubectl("delete", "namespace", left["namespace"], "--wait=false")

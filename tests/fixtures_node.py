@@ -75,6 +75,14 @@ def real_namespace(cluster: DevCluster, real_node: RealNode) -> Iterator[str]:
     cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
 
 
+@pytest.fixture
+def on_real_node(cluster: DevCluster, real_node: RealNode, namespace: str) -> str:
+    """conftest's per-test ``namespace``, opted in: every pod created in it from now on (the
+    operator's viewer pods included) runs on the real node."""
+    cluster.kubectl("annotate", "namespace", namespace, *[f"{k}={v}" for k, v in namespace_annotations().items()])
+    return namespace
+
+
 def busybox_pod(name: str, image: str, args: list[str], **spec: Any) -> dict[str, Any]:
     """A one-container pod of the busybox image; ``spec`` adds pod or container fields
     (``readinessProbe``, ``ports`` go to the container, the rest to the pod)."""

@@ -139,6 +139,25 @@ def test_pods_reach_the_api_server_through_the_kubernetes_service(cluster: DevCl
             assert b'"gitVersion": "v1.36.3"' in tls.recv(65536) + tls.recv(65536)
 
 
+def test_an_opted_in_test_namespace_runs_its_deployments_on_the_real_node(
+    cluster: DevCluster, on_real_node: str, busybox_image: str
+) -> None:
+    """What an end-to-end test of the operator relies on: a Deployment's pods (made by the
+    controllers, no node selector or toleration of their own) land on the real node."""
+    template = busybox_pod("web", busybox_image, HTTPD)
+    deployment = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "web"},
+        "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "web"}},
+                 "template": {"metadata": template["metadata"], "spec": template["spec"]}},
+    }  # fmt: skip
+    apply(cluster, on_real_node, deployment)
+    cluster.kubectl("rollout", "status", "-n", on_real_node, "deployment/web", "--timeout=90s")
+    pods = json.loads(cluster.kubectl("get", "pods", "-n", on_real_node, "-l", "app=web", "-o", "json").stdout)
+    assert {p["spec"]["nodeName"] for p in pods["items"]} == {dn.NODE_NAME}
+
+
 def test_pods_of_other_namespaces_stay_on_kwok(cluster: DevCluster, real_node: RealNode, namespace: str) -> None:
     """The real node's taint keeps every pod that did not ask for it on kwok's nodes, so the
     kwok tests keep their instant, image-less pods."""

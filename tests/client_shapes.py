@@ -72,21 +72,27 @@ def poc_test_instance(name: str, namespace: str) -> dict[str, Any]:
     })  # fmt: skip
 
 
-def portal_instance(name: str, namespace: str, username: str, dataset_key: str, settings: Settings) -> dict[str, Any]:
+def portal_instance(
+    name: str, namespace: str, username: str, dataset_key: str, settings: Settings, aws_cli_image: str = "amazon/aws-cli:2.15.0"
+) -> dict[str, Any]:
     """aws-cli fetches ``s3://<bucket>/cxg_on_k8/<username>/<dataset>/``, cellxgene serves it on
-    5005, a preStop hook uploads the annotations; every object carries ``user: <username>``."""
+    5005, a preStop hook uploads the annotations; every object carries ``user: <username>``. A
+    portal on a non-AWS store (settings.s3_endpoint_url) passes its endpoint, as MinIO users do."""
     user = {**APP, "user": username}
     prefix = f"s3://{settings.s3_bucket}/cxg_on_k8/{username}/{dataset_key}/"
-    aws = [
+    aws: list[dict[str, Any]] = [
         {"name": "AWS_ACCESS_KEY_ID", "valueFrom": {"secretKeyRef": {"name": settings.aws_secret, "key": "AWS_ACCESS_KEY_ID"}}},
         {"name": "AWS_SECRET_ACCESS_KEY", "valueFrom": {"secretKeyRef": {"name": settings.aws_secret, "key": "AWS_SECRET_ACCESS_KEY"}}},
+        {"name": "AWS_DEFAULT_REGION", "value": "us-east-1"},
     ]  # fmt: skip
+    if settings.s3_endpoint_url:
+        aws.append({"name": "AWS_ENDPOINT_URL", "value": settings.s3_endpoint_url})
     data = [{"name": "data", "mountPath": "/data"}]
     return body(name, namespace, {
         "lifespan": 999,
         "deployment": deployment(name, user, {
             "initContainers": [{
-                "name": "download", "image": "amazon/aws-cli:2.15.0",
+                "name": "download", "image": aws_cli_image,
                 "command": ["aws", "s3", "sync", prefix, "/data/"], "env": aws, "volumeMounts": data,
             }],
             "containers": [{

@@ -130,20 +130,8 @@ def start_operator(
         """``args``: extra ``cxg-k8s operator`` options (e.g. ``--standalone``). ``kubeconfig``:
         run with other credentials than the admin's (e.g. the operator's own service account,
         to prove its RBAC suffices)."""
-        port = free_port()
         env = operator_env(kubeconfig or cluster.kubeconfig, namespace, **settings)
-        log = tmp_path / f"operator-{len(started)}.log"
-        handle = log.open("wb")
-        popen = subprocess.Popen(
-            [sys.executable, "-m", "cxg_on_k8s", "operator", "--liveness", f"http://127.0.0.1:{port}/healthz", *args],
-            env=env, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
-        handle.close()
-        proc = OperatorProcess(popen, log, env)
-        started.append(proc)
-        wait_for(lambda: _healthy(port) or _died(proc), 60, "the operator's liveness endpoint")
-        if popen.poll() is not None:
-            raise AssertionError(f"operator exited with {popen.returncode}:\n{proc.text()[-3000:]}")
+        proc = launch_operator(env, tmp_path / f"operator-{len(started)}.log", *args, started=started)
         return proc
 
     yield start
@@ -152,6 +140,23 @@ def start_operator(
     if request.node.stash.get(FAILED, False):
         for i, proc in enumerate(started):
             request.node.add_report_section("teardown", f"operator log {i}", proc.text()[-20000:])
+
+
+def launch_operator(env: dict[str, str], log: Path, *args: str, started: list[OperatorProcess]) -> OperatorProcess:
+    """``cxg-k8s operator`` as its own process with ``env``, once its liveness endpoint answers;
+    appended to ``started`` first, so that the caller stops it even when it never answers."""
+    port = free_port()
+    with log.open("wb") as handle:
+        popen = subprocess.Popen(
+            [sys.executable, "-m", "cxg_on_k8s", "operator", "--liveness", f"http://127.0.0.1:{port}/healthz", *args],
+            env=env, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    proc = OperatorProcess(popen, log, env)
+    started.append(proc)
+    wait_for(lambda: _healthy(port) or _died(proc), 60, "the operator's liveness endpoint")
+    if popen.poll() is not None:
+        raise AssertionError(f"operator exited with {popen.returncode}:\n{proc.text()[-3000:]}")
+    return proc
 
 
 def _healthy(port: int) -> bool:

@@ -96,13 +96,14 @@ class MotoS3:
 
 
 @contextlib.contextmanager
-def moto_server(log_path: Path) -> Iterator[str]:
-    """moto's S3 server as its own process on a free port; yields the endpoint URL once it answers."""
+def moto_server(log_path: Path, host: str = "127.0.0.1") -> Iterator[str]:
+    """moto's S3 server as its own process on a free port of ``host`` (loopback, or the real
+    node's address, which its pods reach); yields the endpoint URL once it answers."""
     port = free_port()
-    endpoint = f"http://127.0.0.1:{port}"
+    endpoint = f"http://{host}:{port}"
     with log_path.open("wb") as log_file:
         process = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+            [sys.executable, "-m", "moto.server", "-H", host, "-p", str(port)],
             stdout=log_file,
             stderr=subprocess.STDOUT,
         )
@@ -116,8 +117,14 @@ def moto_server(log_path: Path) -> Iterator[str]:
 @pytest.fixture(scope="session")
 def moto_s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoS3]:
     """moto_server with an IAM user whose keys, from then on, are the only ones accepted."""
-    log_path = tmp_path_factory.mktemp("moto") / "moto.log"
-    with moto_server(log_path) as endpoint:
+    with moto_with_keys(tmp_path_factory.mktemp("moto") / "moto.log") as moto:
+        yield moto
+
+
+@contextlib.contextmanager
+def moto_with_keys(log_path: Path, host: str = "127.0.0.1") -> Iterator[MotoS3]:
+    """:func:`moto_server` on ``host`` with an IAM user whose keys are the only ones accepted."""
+    with moto_server(log_path, host) as endpoint:
         iam = boto3.client(
             "iam",
             endpoint_url=endpoint,

@@ -95,7 +95,7 @@ def measure(k8s: K8ApiHandler, dataset: str, cells: int) -> dict[str, Any]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cells", default="3000,100000", help="dataset sizes, comma-separated (default 3000,100000)")
-    parser.add_argument("--genes", type=int, default=2000, help="genes of each dataset (default 2000)")
+    parser.add_argument("--genes", type=int, default=500, help="genes of each dataset (default 500)")
     args = parser.parse_args()
     sizes = [int(c) for c in args.cells.split(",")]
     venv = ensure_cellxgene_venv()

@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Installs everything the demo and the tests need, idempotently; a second run takes seconds.
-#   scripts/setup.sh          the demo's needs: Python venv (.venv) and the Go-built control plane
-#   scripts/setup.sh --all    plus what the full test suite needs: the cellxgene venv, Debian
-#                             packages (nginx, chromium; by install-signin-deps.sh), Keycloak, oauth2-proxy, helm,
-#                             hadolint and the browser test's npm packages, and the real node
-#                             (Debian's containerd, runc, CNI plugins, iptables by install-node-deps.sh;
-#                             kubelet, kube-proxy, CoreDNS and the pause program by devcluster/build.sh)
-# Caches: ~/.cache/cxg-on-k8s (binaries keyed by version, venvs, Keycloak), Go's and pip's caches.
+#   scripts/setup.sh          the demo's needs: the Python venv (.venv), the Go-built control plane
+#                             and real node (kubelet, kube-proxy, CoreDNS, the pause program; Debian's
+#                             containerd, runc, CNI plugins and iptables by install-node-deps.sh), the
+#                             cellxgene venv (the demo's dataset is generated with it) and the
+#                             container images (podman, FROM a debootstrapped stand-in base)
+#   scripts/setup.sh --all    plus what the full test suite needs: Debian's nginx and chromium,
+#                             Keycloak, oauth2-proxy, helm, hadolint and the browser test's npm
+#                             packages (by install-signin-deps.sh)
+# Caches: ~/.cache/cxg-on-k8s (binaries keyed by version, venvs, Keycloak, images), Go's and pip's caches.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 all=false
@@ -23,19 +25,16 @@ if [ ! -x .venv/bin/python ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; th
   echo "$want" > "$stamp"
 fi
 
+# before the build: the pause program (devcluster/build.sh pause) needs gcc
+step "the real node's Debian packages: containerd, runc, CNI plugins, iptables, gcc"
+scripts/install-node-deps.sh
+step "building the control plane and the real node from Go modules (15-25 min the first time, seconds after)"
+if $all; then devcluster/build.sh; else devcluster/build.sh kubernetes etcd kwok node; fi
+step "cellxgene 1.3.0 venv (a few minutes the first time)"
+scripts/cellxgene-venv.sh >/dev/null
+step "container images with podman, FROM a debootstrapped stand-in base (7-9 min the first time, under a minute after)"
+scripts/build-images.sh
 if $all; then
-  # before the build: the pause program (devcluster/build.sh pause) needs gcc
-  step "the real node's Debian packages: containerd, runc, CNI plugins, iptables, gcc"
-  scripts/install-node-deps.sh
-fi
-step "building the control plane from Go modules (15-25 min the first time, seconds after)"
-if $all; then devcluster/build.sh; else devcluster/build.sh kubernetes etcd kwok; fi
-
-if $all; then
-  step "cellxgene 1.3.0 venv (a few minutes the first time)"
-  scripts/cellxgene-venv.sh >/dev/null
   step "Keycloak, oauth2-proxy, browser test packages"
   scripts/install-signin-deps.sh
-  step "container images with podman, FROM a debootstrapped stand-in base (7-9 min the first time, under a minute after)"
-  scripts/build-images.sh
 fi

@@ -648,6 +648,22 @@ def test_missing_secret_is_failed_and_says_what_to_create() -> None:
     assert "CreateContainerConfigError" in text and 'secret "aws-cred-secret" not found' in text
 
 
+@pytest.mark.parametrize(("restarts", "failed"), [(2, False), (3, True)])
+def test_a_viewer_that_keeps_exiting_fails_its_instance_with_its_last_words(restarts: int, failed: bool) -> None:
+    crashing = {
+        "name": "cellxgene",
+        "restartCount": restarts,
+        "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+        "lastState": {"terminated": {"exitCode": 2, "reason": "Error", "message": "Error: Invalid value for 'DATAPATH'"}},
+    }
+    phase, text = pod_phase(pod(phase="Running", containerStatuses=[crashing]))
+    if failed:
+        assert phase == api.Phase.FAILED
+        assert text == "container cellxgene keeps exiting (exit 2, restarted 3 times): Error: Invalid value for 'DATAPATH'"
+    else:
+        assert phase is None  # one or two restarts may still heal
+
+
 def test_ready_condition_is_ready() -> None:
     phase, _ = pod_phase(
         pod(

@@ -249,6 +249,27 @@ def test_a_missing_dataset_fails_the_instance_naming_it(viewers: Viewers) -> Non
     viewers.k8s.delete_instance(name)
 
 
+def test_wrong_credentials_fail_the_instance_saying_so(viewers: Viewers) -> None:
+    """The namespace's AWS secret with a key the store does not know, for one instance; then the
+    right one back for the tests after it."""
+    def secret(access_key: str) -> str:
+        return yaml.safe_dump({
+            "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "aws-cred-secret", "namespace": viewers.k8s.namespace},
+            "stringData": {"AWS_ACCESS_KEY_ID": access_key, "AWS_SECRET_ACCESS_KEY": viewers.s3.secret_key,
+                           "AWS_DEFAULT_REGION": "us-east-1"},
+        })  # fmt: skip
+
+    viewers.cluster.kubectl("apply", "-f", "-", input=secret("AKIAWRONGWRONGWRONG0"))
+    try:
+        name = create(viewers.k8s, manifests.instance(manifests.new_instance_name(), viewers.k8s.namespace,
+                                                     "ida@example.org", viewers.dataset))  # fmt: skip
+        message = wait_phase(viewers.k8s, name, api.Phase.FAILED, timeout=READY_TIMEOUT)["status"]["message"]
+    finally:
+        viewers.cluster.kubectl("apply", "-f", "-", input=secret(viewers.s3.access_key))
+    assert "access denied" in message and "AWS_ACCESS_KEY_ID" in message, message
+    viewers.k8s.delete_instance(name)
+
+
 def test_the_portals_embedded_form_runs_on_the_real_node(viewers: Viewers) -> None:
     """The data portal's shape (tests/client_shapes.py) with the images this machine has: its
     aws-cli init container syncs the user's prefix, its cellxgene command runs as the client

@@ -196,6 +196,8 @@ def deployment(name: str, namespace: str, spec: api.SingleUserInstanceSpec, sett
         "resources": resources(spec, settings),
         "volumeMounts": [{"name": "data", "mountPath": DATA_DIR}, {"name": "tmp", "mountPath": "/tmp"}],
         "securityContext": _container_security(),
+        # cellxgene's last log lines become the status message of a viewer that keeps exiting
+        "terminationMessagePolicy": "FallbackToLogsOnError",
     }
     return {
         "apiVersion": "apps/v1",

@@ -15,6 +15,11 @@ FATAL_WAITING = {
 }
 
 
+# Restarts of a crash-looping viewer before its instance is Failed: one or two may be a node's
+# hiccup; a viewer that cannot start fails the same way every time.
+CRASH_RESTARTS = 3
+
+
 def pod_phase(pod: Mapping[str, Any]) -> tuple[Phase | None, str]:
     """(Ready | Failed | None, message). None: nothing new to say (still starting)."""
     status = pod.get("status") or {}
@@ -30,6 +35,15 @@ def pod_phase(pod: Mapping[str, Any]) -> tuple[Phase | None, str]:
         reason = waiting.get("reason")
         if reason in FATAL_WAITING:
             return Phase.FAILED, f"container {container.get('name')}: {reason}: {FATAL_WAITING[reason]}. {waiting.get('message', '')}".strip()
+    for container in status.get("containerStatuses") or []:
+        waiting = (container.get("state") or {}).get("waiting") or {}
+        last = (container.get("lastState") or {}).get("terminated") or {}
+        if waiting.get("reason") == "CrashLoopBackOff" and container.get("restartCount", 0) >= CRASH_RESTARTS and last:
+            detail = (last.get("message") or last.get("reason") or "").strip()
+            return Phase.FAILED, (
+                f"container {container.get('name')} keeps exiting (exit {last.get('exitCode')}, restarted "
+                f"{container.get('restartCount')} times): {detail}"
+            ).strip()
     for condition in status.get("conditions") or []:
         if condition.get("type") == "Ready" and condition.get("status") == "True":
             return Phase.READY, "the viewer is ready"

@@ -33,6 +33,7 @@ sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO))
 
 from cxg_on_k8s import manifests  # noqa: E402  (after the path is set)
+from cxg_on_k8s import spec as api  # noqa: E402
 from cxg_on_k8s.api import K8ApiHandler, load_client  # noqa: E402
 from cxg_on_k8s.devcluster import DevCluster  # noqa: E402
 from cxg_on_k8s.devcluster_node import CGROUP_ROOT, NODE_IP, namespace_annotations  # noqa: E402
@@ -102,6 +103,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="cxg-viewer-start-") as tmp, DevCluster(workdir=Path(tmp) / "cluster") as cluster:
         node = cluster.start_real_node()
         node.import_built_images()
+        cluster.kubectl("apply", "--server-side", "-f", "-", input=yaml.safe_dump(api.crd()))
+        cluster.kubectl("wait", "--for=condition=Established", f"crd/{api.CRD_NAME}", "--timeout=60s")
         with moto_with_keys(Path(tmp) / "moto.log", host=NODE_IP) as s3:
             client = s3.client()
             client.create_bucket(Bucket="bench")

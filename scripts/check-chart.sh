@@ -115,7 +115,7 @@ def normalise(doc, settings, problems):
                 diff = {k: (getattr(read, k), getattr(settings, k)) for k in Settings.model_fields
                         if getattr(read, k) != getattr(settings, k)}
                 problems.append(f"operator env reads as different settings (got, want): {diff}")
-    if doc["kind"] == "Secret":
+    if doc["kind"] == "Secret" and doc["metadata"]["name"] == settings.oauth2_proxy_cookie_secret:
         data = doc.pop("data", None) or {}
         string_data = doc.pop("stringData", None) or {}
         value = base64.b64decode(data["cookie-secret"]).decode() if "cookie-secret" in data else string_data.get("cookie-secret", "")

@@ -37,17 +37,7 @@ images=(
     "aws-cli:1.46.3        docker/aws-cli/Dockerfile         docker/aws-cli"
 )
 
-missing=()
-for pkg in podman runc debootstrap; do
-    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
-done
-if [[ ${#missing[@]} -gt 0 ]]; then
-    if ! apt-cache policy "${missing[0]}" 2>/dev/null | grep -q 'Candidate: [0-9]'; then
-        apt-get update -qq
-    fi
-    say "installing Debian packages: ${missing[*]}"
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -o DPkg::Lock::Timeout=600 "${missing[@]}" >/dev/null
-fi
+"$root/scripts/apt-install-missing.sh" podman runc debootstrap
 
 # runc, because crun refuses cgroup v1 "hybrid" hosts such as this VM; explicit rlimits, because
 # podman's defaults are above what the VM lets a process raise (setrlimit fails without them).

@@ -6,7 +6,10 @@
 #   - the browser test's npm packages (playwright-core, no browser download) by `npm ci`;
 #   - Debian packages, only those missing: nginx-light, chromium, chromium-driver, and
 #     libnginx-mod-http-set-misc, whose set_escape_uri gives nginx ingress-nginx's $escaped_request_uri.
-# Needs mvn, a JDK 21+ under /usr/lib/jvm (or CXG_JAVA_HOME; scripts/find-jdk.sh) to run Keycloak, node/npm.
+# Installs mvn and node/npm from Debian when missing. Needs a JDK 21+ under /usr/lib/jvm (or
+# CXG_JAVA_HOME; scripts/find-jdk.sh) to run Keycloak.
+# Usage: scripts/install-signin-deps.sh [--no-go]   (--no-go: leave oauth2-proxy to a
+#        devcluster/build.sh running beside it, as scripts/setup.sh does)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 step() { printf '== %s\n' "$*" >&2; }
@@ -18,16 +21,10 @@ KEYCLOAK_ZIP=$KEYCLOAK_DIR/keycloak-quarkus-dist-$KEYCLOAK_VERSION.zip
 KEYCLOAK_STAMP=$KEYCLOAK_DIR/.unpacked
 OAUTH2_PROXY=${CXG_BIN_DIR:-$CACHE/bin}/oauth2-proxy-v7.15.6
 
-missing=()
-for pkg in nginx-light chromium chromium-driver libnginx-mod-http-set-misc unzip; do
-  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-  step "installing Debian packages: ${missing[*]}"
-  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO=sudo
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
-fi
+packages=(nginx-light chromium chromium-driver libnginx-mod-http-set-misc unzip)
+command -v mvn >/dev/null || packages+=(maven)        # fetches the Keycloak zip from Maven Central
+command -v npm >/dev/null || packages+=(nodejs npm)   # the browser test's packages
+scripts/apt-install-missing.sh "${packages[@]}"
 
 if [ ! -f "$KEYCLOAK_STAMP" ]; then
   mkdir -p "$KEYCLOAK_DIR"
@@ -44,7 +41,7 @@ if [ ! -f "$KEYCLOAK_STAMP" ]; then
 fi
 scripts/find-jdk.sh >/dev/null  # says what is missing and fails when no JDK can run Keycloak
 
-if [ ! -x "$OAUTH2_PROXY" ]; then
+if [ "${1:-}" != --no-go ] && [ ! -x "$OAUTH2_PROXY" ]; then
   step "building oauth2-proxy (devcluster/build.sh oauth2-proxy)"
   devcluster/build.sh oauth2-proxy
 fi

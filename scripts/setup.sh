@@ -8,6 +8,9 @@
 #   scripts/setup.sh --all    plus what the full test suite needs: Debian's nginx and chromium,
 #                             Keycloak, oauth2-proxy, helm, hadolint and the browser test's npm
 #                             packages (by install-signin-deps.sh)
+# The Go builds use both cores; everything that mostly waits on downloads (Debian packages, the
+# debootstrap base, pip in the cellxgene venv and in the images, Keycloak, npm) runs beside them,
+# which takes a cold run from about 45 to about 30 minutes on 2 cores.
 # Caches: ~/.cache/cxg-on-k8s (binaries keyed by version, venvs, Keycloak, images), Go's and pip's caches.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,16 +28,40 @@ if [ ! -x .venv/bin/python ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; th
   echo "$want" > "$stamp"
 fi
 
-# before the build: the pause program (devcluster/build.sh pause) needs gcc
-step "the real node's Debian packages: containerd, runc, CNI plugins, iptables, gcc"
-scripts/install-node-deps.sh
+log=$(mktemp -t cxg-setup-background.XXXXXX.log)
+step "in the background (log: $log): Debian packages, cellxgene 1.3.0 venv, the images (podman, FROM a debootstrapped stand-in base)$($all && echo ', Keycloak, npm packages')"
+(
+  set -e
+  t=$SECONDS
+  scripts/install-node-deps.sh
+  if $all; then scripts/install-signin-deps.sh --no-go; fi
+  echo "[background] Debian packages$($all && echo ', Keycloak, npm'): $((SECONDS - t)) s"
+  t=$SECONDS
+  scripts/cellxgene-venv.sh >/dev/null
+  echo "[background] cellxgene venv: $((SECONDS - t)) s"
+  scripts/build-images.sh
+) >"$log" 2>&1 &
+background=$!
+trap 'kill $background 2>/dev/null || true' EXIT
+
 step "building the control plane and the real node from Go modules (15-25 min the first time, seconds after)"
-if $all; then devcluster/build.sh; else devcluster/build.sh kubernetes etcd kwok node; fi
-step "cellxgene 1.3.0 venv (a few minutes the first time)"
-scripts/cellxgene-venv.sh >/dev/null
-step "container images with podman, FROM a debootstrapped stand-in base (7-9 min the first time, under a minute after)"
-scripts/build-images.sh
 if $all; then
-  step "Keycloak, oauth2-proxy, browser test packages"
-  scripts/install-signin-deps.sh
+  devcluster/build.sh kubernetes etcd kwok kubelet coredns oauth2-proxy helm
+else
+  devcluster/build.sh kubernetes etcd kwok kubelet coredns
 fi
+
+step "waiting for the background steps (log: $log)"
+t=$SECONDS
+if ! wait $background; then
+  cat "$log" >&2
+  echo "a background step failed: its output is above (and in $log)" >&2
+  exit 1
+fi
+trap - EXIT
+cat "$log" >&2
+echo "waited $((SECONDS - t)) s for them" >&2
+rm -f "$log"
+# the pause program needs gcc, which install-node-deps.sh brought
+devcluster/build.sh pause
+if $all; then scripts/install-signin-deps.sh; fi

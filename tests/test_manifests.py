@@ -17,7 +17,7 @@ from cxg_on_k8s import spec as api
 from cxg_on_k8s.instance_plan import plan_instance
 from cxg_on_k8s.pod_status import pod_phase
 from cxg_on_k8s.settings import Settings, SettingsError
-from cxg_on_k8s.userdata import build_parser
+from cxg_on_k8s.userdata.command import build_parser
 
 NAME = "cellxgene-0b6f3c1e-9d7a-4c55-8f0e-1a2b3c4d5e6f"
 NS = "viewers"

@@ -26,18 +26,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cxg_on_k8s import manifests, userdata
+from cxg_on_k8s import manifests
 from cxg_on_k8s.settings import Settings
 from cxg_on_k8s.spec import SingleUserInstanceSpec
-from cxg_on_k8s.userdata import (
-    HDF5_SIGNATURE,
-    ExitCode,
-    S3Url,
-    UserDataError,
-    check_h5ad,
-    parse_s3_url,
-    read_stable,
-)
+from cxg_on_k8s.userdata.errors import ExitCode, UserDataError
+from cxg_on_k8s.userdata.fetch import fetch
+from cxg_on_k8s.userdata.h5ad import HDF5_SIGNATURE, check_h5ad
+from cxg_on_k8s.userdata.s3 import S3Url, parse_s3_url
+from cxg_on_k8s.userdata.sync import Syncer, read_stable
 
 pytest.register_assert_rewrite(
     "tests.fixtures_s3"
@@ -396,10 +392,10 @@ def test_refetch_keeps_local_changes_that_were_not_saved_yet(s3: Any, bucket: st
     s3.put_object(Bucket=bucket, Key="u/annotations.csv", Body=b"saved\n")
     s3.put_object(Bucket=bucket, Key="u/gene_sets.csv", Body=b"saved sets\n")
     dest = tmp_path / "data"
-    userdata.fetch(f"s3://{bucket}/d.h5ad", f"s3://{bucket}/u/", dest, client=s3)
+    fetch(f"s3://{bucket}/d.h5ad", f"s3://{bucket}/u/", dest, client=s3)
     (dest / "annotations.csv").write_bytes(b"newer, not saved\n")
 
-    again = userdata.fetch(f"s3://{bucket}/d.h5ad", f"s3://{bucket}/u/", dest, client=s3)
+    again = fetch(f"s3://{bucket}/d.h5ad", f"s3://{bucket}/u/", dest, client=s3)
 
     assert again.kept_local == ["annotations.csv"] and again.restored == ["gene_sets.csv"]
     assert (dest / "annotations.csv").read_bytes() == b"newer, not saved\n"
@@ -424,11 +420,11 @@ def test_two_owners_and_two_datasets_that_once_collided_keep_separate_data(
         src = tmp_path / f"viewer-{i}"
         src.mkdir()
         (src / "annotations.csv").write_text(f"cell_id,who\ncell_0,viewer-{i}\n")
-        syncer = userdata.Syncer(s3, parse_s3_url(prefix, what="prefix", prefix=True), src, retries=0, backoff=0, settle=0)
+        syncer = Syncer(s3, parse_s3_url(prefix, what="prefix", prefix=True), src, retries=0, backoff=0, settle=0)
         assert syncer.save_changed()
     for i, (spec, prefix) in enumerate(zip(specs, prefixes, strict=True)):
         dest = tmp_path / f"back-{i}"
-        userdata.fetch(spec.dataset or "", prefix, dest, client=s3)
+        fetch(spec.dataset or "", prefix, dest, client=s3)
         assert (dest / "annotations.csv").read_text() == f"cell_id,who\ncell_0,viewer-{i}\n"
 
 
@@ -443,16 +439,16 @@ def test_data_saved_at_the_earlier_default_place_is_found_and_moves_on_the_next_
     s3.put_object(Bucket=bucket, Key="cxg_on_k8/bob@x.org/pbmc/annotations.csv", Body=b"cell_id,x\ncell_0,old\n")
     prefix = manifests.user_data_url(spec, settings)
     dest = tmp_path / "data"
-    result = userdata.fetch(spec.dataset or "", prefix, dest, client=s3, legacy_user_data=legacy)
+    result = fetch(spec.dataset or "", prefix, dest, client=s3, legacy_user_data=legacy)
     assert result.restored == ["annotations.csv"]
     assert (dest / "annotations.csv").read_bytes() == b"cell_id,x\ncell_0,old\n"
-    syncer = userdata.Syncer(s3, parse_s3_url(prefix, what="prefix", prefix=True), dest, retries=0, backoff=0, settle=0)
+    syncer = Syncer(s3, parse_s3_url(prefix, what="prefix", prefix=True), dest, retries=0, backoff=0, settle=0)
     assert syncer.save_changed()
     new_key = parse_s3_url(prefix, what="prefix", prefix=True).key + "annotations.csv"
     assert s3_text(s3, bucket, new_key) == "cell_id,x\ncell_0,old\n"
     # Once the new place holds data, the earlier one is no longer read.
     s3.put_object(Bucket=bucket, Key="cxg_on_k8/bob@x.org/pbmc/annotations.csv", Body=b"stale\n")
-    again = userdata.fetch(spec.dataset or "", prefix, tmp_path / "again", client=s3, legacy_user_data=legacy)
+    again = fetch(spec.dataset or "", prefix, tmp_path / "again", client=s3, legacy_user_data=legacy)
     assert (tmp_path / "again" / "annotations.csv").read_bytes() == b"cell_id,x\ncell_0,old\n"
     assert again.restored == ["annotations.csv"]
 
@@ -518,7 +514,7 @@ def test_sync_uploads_nothing_when_nothing_changed_and_never_an_empty_file(
     s3.put_object(Bucket=bucket, Key="d.h5ad", Body=hdf5_header(1000))
     s3.put_object(Bucket=bucket, Key="u/annotations.csv", Body=b"cell_id,state\ncell_0,a\n")
     dest = tmp_path / "data"
-    userdata.fetch(f"s3://{bucket}/d.h5ad", f"s3://{bucket}/u/", dest, client=s3)
+    fetch(f"s3://{bucket}/d.h5ad", f"s3://{bucket}/u/", dest, client=s3)
     (dest / "gene_sets.csv").write_bytes(b"")  # what a write cut short leaves behind
 
     with running_sync(

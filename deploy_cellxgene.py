@@ -5,7 +5,7 @@ It is `cxg-k8s deploy ...` under its old name.
 
 import sys
 
-from cxg_on_k8s.cli import main
+from cxg_on_k8s.cli.main import main
 
 if __name__ == "__main__":
     # Through main(), not app(): the same exit codes as `cxg-k8s deploy`, Ctrl-C (130) included.

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from cxg_on_k8s.yaml_convert import py_to_yaml, yaml_to_py
+from cxg_on_k8s.render.yaml_text import py_to_yaml, yaml_to_py
 
 __all__ = ["main", "py_to_yaml", "yaml_to_py"]
 

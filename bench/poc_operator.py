@@ -27,7 +27,6 @@ from typing import Any
 import kopf
 import kubernetes
 import requests
-
 from prometheus_client.parser import text_string_to_metric_families
 
 TICK = float(os.environ.get("K8_SUI_OP_TICK", "60"))

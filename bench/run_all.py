@@ -28,8 +28,7 @@ sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO / "bench"))
 
 import spawn  # noqa: E402  (after the path is set)
-
-from cxg_on_k8s.devcluster import ETCD_VERSION, K8S_VERSION, KWOK_VERSION, default_bin_dir  # noqa: E402
+from cxg_devcluster.cluster import ETCD_VERSION, K8S_VERSION, KWOK_VERSION, default_bin_dir  # noqa: E402
 
 GOAL_WALL_S, GOAL_RSS_MB = 30.0, 300.0
 

@@ -68,18 +68,13 @@ from cryptography.hazmat.primitives import serialization
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "src"))
 
-from cxg_on_k8s import manifests  # noqa: E402  (after the path is set)
-from cxg_on_k8s import spec as api  # noqa: E402
-from cxg_on_k8s.devcluster import (  # noqa: E402
-    DevCluster,
-    _cert,
-    _key,
-    _name,
-    _pem_key,
-    free_port,
-    peak_rss_mib,
-    stop_process,
+from cxg_devcluster.cluster import DevCluster, _cert, _key, _name, _pem_key, free_port, peak_rss_mib, stop_process
+
+from cxg_on_k8s.api import (
+    crd,  # noqa: E402
+    model,
 )
+from cxg_on_k8s.render import viewer  # noqa: E402  (after the path is set)
 
 OPERATOR_USER = "bench-operator"
 UNLIMITED_APISERVER = ["--max-requests-inflight=0", "--max-mutating-requests-inflight=0",
@@ -93,7 +88,7 @@ AUDIT_POLICY = {
 CLIENT_THREADS = 32
 CHILD_KINDS = {"ours": ("Deployment", "Service", "Ingress", "NetworkPolicy"), "poc": ("Deployment", "Service", "Ingress")}
 WATCHED = {
-    "SingleUserInstance": f"/apis/{api.GROUP}/{api.VERSION}/namespaces/{{ns}}/{api.PLURAL}",
+    "SingleUserInstance": f"/apis/{model.GROUP}/{model.VERSION}/namespaces/{{ns}}/{model.PLURAL}",
     "Deployment": "/apis/apps/v1/namespaces/{ns}/deployments",
     "Service": "/api/v1/namespaces/{ns}/services",
     "Ingress": "/apis/networking.k8s.io/v1/namespaces/{ns}/ingresses",
@@ -213,7 +208,7 @@ def metrics_page(namespace: str, names: list[str]) -> str:
 def ours_instance(name: str, namespace: str) -> dict[str, Any]:
     """A user of their own per instance, as a portal has them: one owner's second viewer of one
     dataset would be refused (it would save to the first one's place)."""
-    return manifests.instance(name, namespace, owner=f"user-{name[-12:]}@example.org",
+    return viewer.instance(name, namespace, owner=f"user-{name[-12:]}@example.org",
                               dataset="s3://bench-data/pbmc3k.h5ad", lifespan=3600)  # fmt: skip
 
 
@@ -258,7 +253,7 @@ def poc_instance(name: str, namespace: str) -> dict[str, Any]:
              "backend": {"service": {"name": name, "port": {"number": 5005}}}}]}}]},
     }  # fmt: skip
     return {
-        "apiVersion": api.API_VERSION, "kind": api.KIND,
+        "apiVersion": model.API_VERSION, "kind": model.KIND,
         "metadata": {"name": name, "namespace": namespace, "labels": labels},
         "spec": {"lifespan": 3600, "deployment": deployment, "service": service, "ingress": ingress},
     }  # fmt: skip
@@ -360,7 +355,7 @@ def run_one(kind: str, n: int, args: argparse.Namespace, base: Path) -> dict[str
     if args.unlimited_apiserver:
         extra += UNLIMITED_APISERVER
     namespace = "cellxgene"
-    names = [manifests.new_instance_name() for _ in range(n)]
+    names = [viewer.new_instance_name() for _ in range(n)]
     page = workdir / "metrics-root" / "metrics"
     page.parent.mkdir()
     page.write_text(metrics_page(namespace, names))
@@ -371,8 +366,8 @@ def run_one(kind: str, n: int, args: argparse.Namespace, base: Path) -> dict[str
     operator = None
     try:
         cluster.start()
-        cluster.kubectl("apply", "--server-side", "-f", "-", input=yaml.safe_dump(api.crd()))
-        cluster.kubectl("wait", "--for=condition=Established", f"crd/{api.CRD_NAME}", "--timeout=60s")
+        cluster.kubectl("apply", "--server-side", "-f", "-", input=yaml.safe_dump(crd.definition()))
+        cluster.kubectl("wait", "--for=condition=Established", f"crd/{model.CRD_NAME}", "--timeout=60s")
         cluster.kubectl("create", "namespace", namespace)
         session = requests.Session()
         session.trust_env = False  # REQUESTS_CA_BUNDLE or a proxy must not override the cluster's CA
@@ -390,7 +385,7 @@ def run_one(kind: str, n: int, args: argparse.Namespace, base: Path) -> dict[str
         server_cpu0 = sum(cpu_seconds(pid) for pid in server_pids)
         render = ours_instance if kind == "ours" else poc_instance
         bodies = [render(name, namespace) for name in names]
-        url = f"{cluster.server}/apis/{api.GROUP}/{api.VERSION}/namespaces/{namespace}/{api.PLURAL}"
+        url = f"{cluster.server}/apis/{model.GROUP}/{model.VERSION}/namespaces/{namespace}/{model.PLURAL}"
 
         def create(body: dict[str, Any]) -> None:
             observer.created[body["metadata"]["name"]] = time.monotonic()

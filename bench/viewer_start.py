@@ -32,11 +32,15 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO))
 
-from cxg_on_k8s import manifests  # noqa: E402  (after the path is set)
-from cxg_on_k8s import spec as api  # noqa: E402
-from cxg_on_k8s.api import K8ApiHandler, load_client  # noqa: E402
-from cxg_on_k8s.devcluster import DevCluster  # noqa: E402
-from cxg_on_k8s.devcluster_node import CGROUP_ROOT, NODE_IP, namespace_annotations  # noqa: E402
+from cxg_devcluster.cluster import DevCluster  # noqa: E402
+from cxg_devcluster.node import CGROUP_ROOT, NODE_IP, namespace_annotations  # noqa: E402
+
+from cxg_on_k8s.api import (
+    crd,  # noqa: E402
+    model,
+)
+from cxg_on_k8s.k8s.client import K8ApiHandler, load_client  # noqa: E402
+from cxg_on_k8s.render import viewer  # noqa: E402  (after the path is set)
 from tests.fixtures_s3 import ensure_cellxgene_venv, make_h5ad, moto_with_keys  # noqa: E402
 
 
@@ -60,8 +64,8 @@ def peak_mib(path: Path) -> float:
 
 
 def measure(k8s: K8ApiHandler, dataset: str, cells: int) -> dict[str, Any]:
-    name = manifests.new_instance_name()
-    body = manifests.instance(name, k8s.namespace, f"bench-{uuid.uuid4().hex[:6]}@example.org", dataset)
+    name = viewer.new_instance_name()
+    body = viewer.instance(name, k8s.namespace, f"bench-{uuid.uuid4().hex[:6]}@example.org", dataset)
     wall_created = dt.datetime.now(dt.UTC)
     created = time.monotonic()
     k8s.create_custom_resource(body)
@@ -76,16 +80,16 @@ def measure(k8s: K8ApiHandler, dataset: str, cells: int) -> dict[str, Any]:
     (pod,) = k8s.list_pods(f"instance={name}").items
     scheduled = next(c.last_transition_time for c in pod.status.conditions if c.type == "PodScheduled")
     fetch = next(s for s in pod.status.init_container_statuses if s.name == "fetch").state.terminated
-    viewer = next(s for s in pod.status.container_statuses if s.name == "cellxgene")
+    cellxgene = next(s for s in pod.status.container_statuses if s.name == "cellxgene")
     cgroup = Path("/sys/fs/cgroup/memory") / CGROUP_ROOT / "kubepods" / "burstable" / f"pod{pod.metadata.uid}"
-    viewer_id = viewer.container_id.split("//", 1)[1]
+    viewer_id = cellxgene.container_id.split("//", 1)[1]
     result = {
         "cells": cells,
         "create to first 200 s": round(answered - created, 1),
         "scheduling s": round((scheduled - wall_created).total_seconds(), 1),
         "fetch s": round((fetch.finished_at - fetch.started_at).total_seconds(), 1),
-        "start s": round((viewer.state.running.started_at - fetch.finished_at).total_seconds(), 1),
-        "load s": round(answered - created - (viewer.state.running.started_at - wall_created).total_seconds(), 1),
+        "start s": round((cellxgene.state.running.started_at - fetch.finished_at).total_seconds(), 1),
+        "load s": round(answered - created - (cellxgene.state.running.started_at - wall_created).total_seconds(), 1),
         "pod peak MiB": round(peak_mib(cgroup)),
         "cellxgene peak MiB": round(peak_mib(cgroup / viewer_id)),
     }
@@ -103,8 +107,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="cxg-viewer-start-") as tmp, DevCluster(workdir=Path(tmp) / "cluster") as cluster:
         node = cluster.start_real_node()
         node.import_built_images()
-        cluster.kubectl("apply", "--server-side", "-f", "-", input=yaml.safe_dump(api.crd()))
-        cluster.kubectl("wait", "--for=condition=Established", f"crd/{api.CRD_NAME}", "--timeout=60s")
+        cluster.kubectl("apply", "--server-side", "-f", "-", input=yaml.safe_dump(crd.definition()))
+        cluster.kubectl("wait", "--for=condition=Established", f"crd/{model.CRD_NAME}", "--timeout=60s")
         with moto_with_keys(Path(tmp) / "moto.log", host=NODE_IP) as s3:
             client = s3.client()
             client.create_bucket(Bucket="bench")

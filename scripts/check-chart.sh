@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Check the Helm chart charts/cxg-on-k8s: `helm lint --strict`, then `helm template` with the
 # default values and with a values set that switches every option, and compare what it renders
-# with what the Python builders (cxg_on_k8s.manifests, cxg_on_k8s.spec.crd) make for the same
+# with what the Python builders (cxg_on_k8s.render, cxg_on_k8s.api.crd) make for the same
 # settings. Exits non-zero on any lint finding, template error or difference.
 #
 # Usage: scripts/check-chart.sh [OUTDIR]
@@ -81,9 +81,9 @@ from pathlib import Path
 
 import yaml
 
-from cxg_on_k8s import manifests
+from cxg_on_k8s.api.crd import definition
+from cxg_on_k8s.render import edge_signin, install
 from cxg_on_k8s.settings import Settings
-from cxg_on_k8s.spec import crd
 
 out = Path(sys.argv[1])
 HELM_LABEL_PREFIXES = ("app.kubernetes.io/", "helm.sh/")
@@ -98,7 +98,7 @@ def normalise(doc, settings, problems):
     labels = {k: v for k, v in meta.get("labels", {}).items() if not k.startswith(HELM_LABEL_PREFIXES)}
     if "labels" in meta:
         meta["labels"] = labels
-    if doc["kind"] == "Deployment" and meta["name"] == manifests.OPERATOR_NAME:
+    if doc["kind"] == "Deployment" and meta["name"] == install.OPERATOR_NAME:
         # The builder passes only non-default settings, the chart passes all of them: compare
         # what the operator would read, not the list.
         container = doc["spec"]["template"]["spec"]["containers"][0]
@@ -153,8 +153,8 @@ s = Settings()
 ok = compare(
     "default",
     load(out / "default.yaml"),
-    [crd(), manifests.kopf_peering_crd(), *manifests.operator_rbac(s), *manifests.portal_rbac(s),
-     manifests.ingress_metrics_service(s), manifests.operator_deployment(s, "cxg-on-k8s:0.1.0")],
+    [definition(), install.kopf_peering_crd(), *install.operator_rbac(s), *install.portal_rbac(s),
+     install.ingress_metrics_service(s), install.operator_deployment(s, "cxg-on-k8s:0.1.0")],
     s,
 )  # fmt: skip
 
@@ -167,13 +167,13 @@ s = Settings(
     tick=15.5, max_lifespan=1209600, s3_endpoint_url="http://127.0.0.1:5000", userdata_image=image,
     image_pull_policy="Always",
 )  # fmt: skip
-deploy = manifests.operator_deployment(s, image)
-cookie = manifests.oauth2_proxy_cookie_secret(s, "x" * 32)
+deploy = install.operator_deployment(s, image)
+cookie = edge_signin.oauth2_proxy_cookie_secret(s, "x" * 32)
 ok &= compare(
     "all-options",
     load(out / "all-options.yaml"),
-    [crd(), manifests.kopf_peering_crd(), manifests.namespace(s.namespace), *manifests.operator_rbac(s), deploy,
-     *manifests.oauth2_proxy(s), cookie],
+    [definition(), install.kopf_peering_crd(), install.namespace(s.namespace), *install.operator_rbac(s), deploy,
+     *edge_signin.oauth2_proxy(s), cookie],
     s,
 )
 sys.exit(0 if ok else 1)

@@ -24,9 +24,8 @@ from pathlib import Path
 
 import boto3
 import yaml
-
-from cxg_on_k8s.devcluster import REPO_ROOT, DevCluster, free_port, stop_process
-from cxg_on_k8s.devcluster_node import NODE_IP, namespace_annotations
+from cxg_devcluster.cluster import REPO_ROOT, DevCluster, free_port, stop_process
+from cxg_devcluster.node import NODE_IP, namespace_annotations
 
 DEMO_OWNER = "demo.user@example.org"
 NAMESPACE = "cellxgene"

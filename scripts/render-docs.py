@@ -1,4 +1,4 @@
-"""Rewrite the README's generated tables (settings, SingleUserInstance reference) from the code.
+"""Rewrite the README's generated tables (settings, SingleUserInstance reference, module map) from the code.
 
 `--check` exits 1 when the README differs, which is what the test suite asserts.
 """
@@ -9,14 +9,14 @@ import re
 import sys
 from pathlib import Path
 
-from cxg_on_k8s.settings import settings_table
-from cxg_on_k8s.spec import spec_reference_table
+from cxg_on_k8s.docs import module_table, settings_table, spec_reference_table
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
 def render(text: str) -> str:
-    for marker, table in (("settings-table", settings_table()), ("spec-table", spec_reference_table())):
+    tables = ("settings-table", settings_table()), ("spec-table", spec_reference_table()), ("module-table", module_table())
+    for marker, table in tables:
         pattern = re.compile(rf"(<!-- {marker}:start -->\n).*?(<!-- {marker}:end -->)", re.S)
         if not pattern.search(text):
             raise SystemExit(f"README.md lacks the markers <!-- {marker}:start --> / <!-- {marker}:end -->")

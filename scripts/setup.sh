@@ -19,12 +19,13 @@ all=false
 step() { printf '\n== %s\n' "$*" >&2; }
 
 stamp=.venv/.installed
-want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+want=$(cat pyproject.toml devcluster/pyproject.toml | sha256sum | cut -d' ' -f1)
 if [ ! -x .venv/bin/python ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   step "creating the Python venv .venv (about 2 minutes the first time)"
   python3 -m venv .venv
   # pipefail makes a failed pip stop the script; only grep's "nothing left to print" is forgiven
-  .venv/bin/pip install -q --disable-pip-version-check -e '.[test]' 2>&1 | { grep -v "is ignored" || true; }
+  # the dev cluster is a package of its own (devcluster/pyproject.toml), outside the wheel
+  .venv/bin/pip install -q --disable-pip-version-check -e '.[test]' -e ./devcluster 2>&1 | { grep -v "is ignored" || true; }
   echo "$want" > "$stamp"
 fi
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from cxg_on_k8s import spec as api
+from cxg_on_k8s.api import model
 from cxg_on_k8s.settings import Settings
 
 APP = {"app": "cellxgene"}
@@ -22,8 +22,8 @@ APP = {"app": "cellxgene"}
 
 def body(name: str, namespace: str, spec: dict[str, Any], labels: dict[str, str] | None = None) -> dict[str, Any]:
     return {
-        "apiVersion": api.API_VERSION,
-        "kind": api.KIND,
+        "apiVersion": model.API_VERSION,
+        "kind": model.KIND,
         "metadata": {"name": name, "namespace": namespace, "labels": {**APP, **(labels or {})}},
         "spec": spec,
     }

@@ -20,11 +20,11 @@ from typing import Any
 
 import pytest
 import yaml
+from cxg_devcluster.cluster import DevCluster, free_port, stop_process
 
-from cxg_on_k8s import manifests
-from cxg_on_k8s import spec as api
-from cxg_on_k8s.api import K8ApiHandler, load_client
-from cxg_on_k8s.devcluster import DevCluster, free_port, stop_process
+from cxg_on_k8s.api import crd
+from cxg_on_k8s.k8s.client import K8ApiHandler, load_client
+from cxg_on_k8s.render import install
 
 REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO / "test-artifacts"
@@ -34,7 +34,7 @@ ARTIFACTS = REPO / "test-artifacts"
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevCluster]:
     """One real control plane for the whole session, with the CRD installed."""
     with DevCluster(workdir=tmp_path_factory.mktemp("devcluster")) as running:
-        install_crd(running, api.crd())
+        install_crd(running, crd.definition())
         yield running
         # Kept for the record (README, notes): what the control plane needed for the whole suite.
         ARTIFACTS.mkdir(exist_ok=True)
@@ -44,16 +44,16 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevCluster]:
         )
 
 
-def install_crd(cluster: DevCluster, crd: dict[str, Any]) -> None:
+def install_crd(cluster: DevCluster, definition: dict[str, Any]) -> None:
     """Apply a CRD and wait until it is Established: objects of its kind are refused before."""
-    cluster.kubectl("apply", "--server-side", "-f", "-", input=yaml.safe_dump(crd))
-    cluster.kubectl("wait", "--for=condition=Established", f"crd/{crd['metadata']['name']}", "--timeout=60s")
+    cluster.kubectl("apply", "--server-side", "-f", "-", input=yaml.safe_dump(definition))
+    cluster.kubectl("wait", "--for=condition=Established", f"crd/{definition['metadata']['name']}", "--timeout=60s")
 
 
 def remove_peering_crd(cluster: DevCluster) -> None:
     """kopf's peering CRD goes after the tests that install it, so that the rest of the session
     runs as a cluster without it would (the operator then runs without peering)."""
-    cluster.kubectl("delete", "crd", manifests.KOPF_PEERING_CRD_NAME, "--ignore-not-found", "--wait=true", "--timeout=60s")
+    cluster.kubectl("delete", "crd", install.KOPF_PEERING_CRD_NAME, "--ignore-not-found", "--wait=true", "--timeout=60s")
 
 
 @pytest.fixture

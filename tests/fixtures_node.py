@@ -4,7 +4,7 @@ namespace whose pods run on it.
 Loaded with ``pytest_plugins = ["tests.fixtures_node"]``. The node starts on the session's
 cluster the first time a test asks for it and stops before the control plane does. Pods go to kwok
 unless their namespace is opted in (``real_namespace`` here, or
-:func:`cxg_on_k8s.devcluster_node.namespace_annotations` on any namespace): an end-to-end test of
+:func:`cxg_devcluster.node.namespace_annotations` on any namespace): an end-to-end test of
 the operator uses such a namespace and leaves the rendered manifests as they are.
 """
 
@@ -19,9 +19,9 @@ from typing import Any
 
 import pytest
 import yaml
+from cxg_devcluster.cluster import DevCluster
+from cxg_devcluster.node import RealNode, namespace_annotations, write_oci_archive
 
-from cxg_on_k8s.devcluster import DevCluster
-from cxg_on_k8s.devcluster_node import RealNode, namespace_annotations, write_oci_archive
 from tests.conftest import wait_for
 
 BUSYBOX = Path("/bin/busybox")  # Debian's busybox-static (scripts/install-node-deps.sh)

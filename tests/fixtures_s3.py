@@ -25,8 +25,8 @@ from typing import Any
 
 import boto3
 import pytest
+from cxg_devcluster.cluster import free_port, stop_process
 
-from cxg_on_k8s.devcluster import free_port, stop_process
 from tests.conftest import REPO, wait_for
 
 REGION = "us-east-1"

@@ -30,14 +30,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cxg_devcluster.cluster import free_port
 from keycloak import KeycloakAdmin
 
-from cxg_on_k8s import access, manifests
-from cxg_on_k8s import spec as api
-from cxg_on_k8s.instance_plan import plan_instance
-from cxg_on_k8s.devcluster import free_port
-from cxg_on_k8s.keycloak_setup import SetupReport, setup_keycloak
-from cxg_on_k8s.settings import Settings
+from cxg_on_k8s.api import access, model
+from cxg_on_k8s.cli.keycloak_setup import SetupReport, setup_keycloak
+from cxg_on_k8s.render import edge_signin, viewer
+from cxg_on_k8s.render.plan import plan_instance
+from cxg_on_k8s.settings import OAUTH2_PROXY_NAME, Settings
 from tests import client_shapes, nginx_conf
 from tests.conftest import REPO
 
@@ -439,15 +439,15 @@ def oauth2_proxy(
     workdir = tmp_path_factory.mktemp("oauth2-proxy")
     port, metrics_port = signin_settings.oauth2_proxy_port, free_port()
     args = local_args(
-        manifests.oauth2_proxy_args(signin_settings), f"127.0.0.1:{port}", f"127.0.0.1:{metrics_port}"
+        edge_signin.oauth2_proxy_args(signin_settings), f"127.0.0.1:{port}", f"127.0.0.1:{metrics_port}"
     )
     env = resolve_env(
-        manifests.oauth2_proxy_env(signin_settings),
+        edge_signin.oauth2_proxy_env(signin_settings),
         [
-            manifests.oauth2_proxy_client_secret_manifest(
+            edge_signin.oauth2_proxy_client_secret_manifest(
                 signin_settings, signin_client.client_id, signin_client.client_secret
             ),
-            manifests.oauth2_proxy_cookie_secret(signin_settings, signin_cookie_secret),
+            edge_signin.oauth2_proxy_cookie_secret(signin_settings, signin_cookie_secret),
         ],
     )
     clean_env = {k: v for k, v in os.environ.items() if not k.startswith("OAUTH2_PROXY_")}
@@ -481,7 +481,7 @@ def signin_cellxgene(
     assert made.returncode == 0, f"scripts/cellxgene-venv.sh failed:\n{made.stderr}"
     venv = Path(made.stdout.strip().splitlines()[-1])
     data = tmp_path_factory.mktemp("cellxgene-data")
-    dataset = data / Path(manifests.DATASET_FILE).name
+    dataset = data / Path(viewer.DATASET_FILE).name
     subprocess.run(
         [str(venv / "bin" / "python"), str(REPO / "scripts" / "make_h5ad.py"), str(dataset),
          "--cells", str(CELLS), "--genes", "60"],
@@ -489,19 +489,19 @@ def signin_cellxgene(
         timeout=600,
     )  # fmt: skip
     port = free_port()
-    spec = api.SingleUserInstanceSpec(
+    spec = model.SingleUserInstanceSpec(
         owner="owner@example.org", dataset="s3://cellxgene/datasets/pbmc.h5ad", title="Sign-in test"
     )
     command = []
-    for token in manifests.viewer_command(spec):
+    for token in viewer.viewer_command(spec):
         if token == "cellxgene":
             token = str(venv / "bin" / "cellxgene")
-        elif token == str(manifests.VIEWER_PORT):
+        elif token == str(viewer.VIEWER_PORT):
             token = str(port)
         elif token == "0.0.0.0":
             token = "127.0.0.1"
-        elif token.startswith(manifests.DATA_DIR + "/"):
-            token = str(data / token[len(manifests.DATA_DIR) + 1 :])
+        elif token.startswith(viewer.DATA_DIR + "/"):
+            token = str(data / token[len(viewer.DATA_DIR) + 1 :])
         command.append(token)
     server = start("cellxgene", f"http://127.0.0.1:{port}", command, data / "cellxgene.log", cwd=data)
     try:
@@ -517,7 +517,7 @@ def signin_cellxgene(
 @dataclass(frozen=True)
 class Instance:
     name: str
-    spec: api.SingleUserInstanceSpec
+    spec: model.SingleUserInstanceSpec
     url: str
 
 
@@ -554,29 +554,29 @@ def signin_edge(
     owner, group = (
         Instance(
             name,
-            api.SingleUserInstanceSpec(owner=spelled, dataset=dataset, **extra),
-            manifests.instance_url(name, settings),
+            model.SingleUserInstanceSpec(owner=spelled, dataset=dataset, **extra),
+            viewer.instance_url(name, settings),
         )
         for name, spelled, extra in (
-            (manifests.new_instance_name(), signin_realm.owner.email.capitalize(), {}),
-            (manifests.new_instance_name(), signin_realm.owner.email.upper(), {"allowedGroups": [GROUP]}),
+            (viewer.new_instance_name(), signin_realm.owner.email.capitalize(), {}),
+            (viewer.new_instance_name(), signin_realm.owner.email.upper(), {"allowedGroups": [GROUP]}),
         )
     )
-    ingresses = [manifests.ingress(i.name, settings.namespace, access.resolve(i.spec, {}), settings) for i in (owner, group)]
+    ingresses = [viewer.ingress(i.name, settings.namespace, access.resolve(i.spec, {}), settings) for i in (owner, group)]
     # The portal's embedded form, through the operator's own code path: its Ingress names the
     # owner by the user label alone (the client's auth-url names nobody).
-    portal_name = manifests.new_instance_name()
+    portal_name = viewer.new_instance_name()
     portal_body = client_shapes.portal_instance(portal_name, settings.namespace, signin_realm.owner.username, "pbmc.h5ad", settings)
-    portal_spec = api.SingleUserInstanceSpec.model_validate(portal_body["spec"])
+    portal_spec = model.SingleUserInstanceSpec.model_validate(portal_body["spec"])
     portal_plan = plan_instance(portal_name, settings.namespace, portal_body["metadata"]["labels"], portal_spec, settings)
     ingresses.append(portal_plan.children[3])
-    portal = Instance(portal_name, portal_spec, manifests.instance_url(portal_name, settings))
-    ingresses += [m for m in manifests.oauth2_proxy(settings) if m["kind"] == "Ingress"]
+    portal = Instance(portal_name, portal_spec, viewer.instance_url(portal_name, settings))
+    ingresses += [m for m in edge_signin.oauth2_proxy(settings) if m["kind"] == "Ingress"]
     # Where the Services of those Ingresses really listen, and where the auth URL's host does.
     backends = {(settings.namespace, i.name, "http"): signin_cellxgene.address for i in (owner, group, portal)}
-    backends[settings.oauth2_proxy_namespace, manifests.OAUTH2_PROXY_NAME, "http"] = oauth2_proxy.address
+    backends[settings.oauth2_proxy_namespace, OAUTH2_PROXY_NAME, "http"] = oauth2_proxy.address
     auth_host = (
-        f"{manifests.OAUTH2_PROXY_NAME}.{settings.oauth2_proxy_namespace}.svc.cluster.local:"
+        f"{OAUTH2_PROXY_NAME}.{settings.oauth2_proxy_namespace}.svc.cluster.local:"
         f"{settings.oauth2_proxy_port}"
     )
     workdir = tmp_path_factory.mktemp("nginx")

@@ -7,9 +7,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from cxg_on_k8s import manifests
-from cxg_on_k8s import spec as api
-from cxg_on_k8s.api import ApiError, K8ApiHandler
+from cxg_on_k8s.api import model
+from cxg_on_k8s.k8s.client import ApiError, K8ApiHandler
+from cxg_on_k8s.render import viewer
 from tests.conftest import wait_for
 
 OWNER = "alice@example.org"
@@ -26,8 +26,8 @@ def dataset_of(name: str) -> str:
 def instance_body(namespace: str, name: str | None = None, **fields: Any) -> dict[str, Any]:
     """A portal-form instance of OWNER and its own dataset (:func:`dataset_of`) unless
     ``owner``/``dataset`` say otherwise."""
-    name = name or manifests.new_instance_name()
-    return manifests.instance(name, namespace, fields.pop("owner", OWNER), fields.pop("dataset", dataset_of(name)), **fields)
+    name = name or viewer.new_instance_name()
+    return viewer.instance(name, namespace, fields.pop("owner", OWNER), fields.pop("dataset", dataset_of(name)), **fields)
 
 
 def create(k8s: K8ApiHandler, body: dict[str, Any]) -> str:
@@ -46,7 +46,7 @@ def get_or_none(k8s: K8ApiHandler, name: str) -> dict[str, Any] | None:
         raise
 
 
-def wait_phase(k8s: K8ApiHandler, name: str, phase: api.Phase, timeout: float = 60) -> dict[str, Any]:
+def wait_phase(k8s: K8ApiHandler, name: str, phase: model.Phase, timeout: float = 60) -> dict[str, Any]:
     """The instance's body once ``status.phase`` is ``phase``; on timeout the error shows its last status."""
 
     def reached() -> dict[str, Any] | None:

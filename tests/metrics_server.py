@@ -36,7 +36,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from cxg_on_k8s.devcluster import stop_process
+from cxg_devcluster.cluster import stop_process
 
 CONTROL = "/_control/"
 CONTROLLER = 'controller_class="k8s.io/ingress-nginx",controller_namespace="ingress-nginx"'

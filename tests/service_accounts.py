@@ -7,8 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-
-from cxg_on_k8s.devcluster import DevCluster
+from cxg_devcluster.cluster import DevCluster
 
 
 def apply(cluster: DevCluster, objects: list[dict[str, Any]]) -> None:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from cxg_devcluster.cluster import free_port
 from hypothesis import given
 from hypothesis import strategies as st
 from kubernetes.client import (
@@ -19,7 +20,7 @@ from kubernetes.client import (
 )
 from prometheus_client import REGISTRY
 
-from cxg_on_k8s.activity import (
+from cxg_on_k8s.culling.activity import (
     ActivitySource,
     ActivityTracker,
     Counters,
@@ -28,7 +29,6 @@ from cxg_on_k8s.activity import (
     parse_metrics,
     urls_from_endpoint_slices,
 )
-from cxg_on_k8s.devcluster import free_port
 
 CTRL = 'controller_class="k8s.io/ingress-nginx",controller_namespace="ingress-nginx"'
 

@@ -8,12 +8,12 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from cxg_devcluster.cluster import DevCluster, free_port
 from kubernetes.client.exceptions import ApiException
 
-from cxg_on_k8s import access, manifests
-from cxg_on_k8s import spec as api
-from cxg_on_k8s.api import ApiError, K8ApiHandler
-from cxg_on_k8s.devcluster import DevCluster, free_port
+from cxg_on_k8s.api import access, model
+from cxg_on_k8s.k8s.client import ApiError, K8ApiHandler
+from cxg_on_k8s.render import install, viewer
 from cxg_on_k8s.settings import Settings
 from tests import service_accounts
 from tests.instances import DATASET, OWNER
@@ -22,28 +22,28 @@ from tests.instances import DATASET, OWNER
 @pytest.fixture
 def portal_token(cluster: DevCluster, namespace: str) -> Iterator[str]:
     """The portal's account (omicsdm) with its Role in the test namespace, and a real token."""
-    rbac = manifests.portal_rbac(Settings(namespace=namespace))
+    rbac = install.portal_rbac(Settings(namespace=namespace))
     service_accounts.apply(cluster, rbac)
-    yield service_accounts.token(cluster, namespace, manifests.PORTAL_ACCOUNT)
+    yield service_accounts.token(cluster, namespace, install.PORTAL_ACCOUNT)
     service_accounts.delete_cluster_scoped(cluster, rbac)
 
 
 @pytest.fixture
 def portal(cluster: DevCluster, namespace: str, portal_token: str) -> K8ApiHandler:
     """Exactly as the portal builds it (the PoC's constructor), then moved to the test namespace."""
-    handler = K8ApiHandler(host=cluster.server, oidc_client=(manifests.PORTAL_ACCOUNT, portal_token), cert=str(cluster.pki / "ca.crt"))
+    handler = K8ApiHandler(host=cluster.server, oidc_client=(install.PORTAL_ACCOUNT, portal_token), cert=str(cluster.pki / "ca.crt"))
     assert handler.namespace == "cellxgene"  # the PoC's default
     handler.change_namespace(namespace)
     return handler
 
 
 def child_bodies(namespace: str, name: str) -> dict[str, dict[str, Any]]:
-    model = api.SingleUserInstanceSpec(owner=OWNER, dataset=DATASET)
+    parsed = model.SingleUserInstanceSpec(owner=OWNER, dataset=DATASET)
     settings = Settings(namespace=namespace)
     return {
-        "deployment": manifests.deployment(name, namespace, model, settings),
-        "service": manifests.service(name, namespace),
-        "ingress": manifests.ingress(name, namespace, access.resolve(model, {}), settings),
+        "deployment": viewer.deployment(name, namespace, parsed, settings),
+        "service": viewer.service(name, namespace),
+        "ingress": viewer.ingress(name, namespace, access.resolve(parsed, {}), settings),
     }
 
 
@@ -60,8 +60,8 @@ def raises_api_error(call: Callable[[], Any]) -> ApiError:
 
 
 def test_the_portals_token_creates_reads_lists_and_deletes_an_instance(portal: K8ApiHandler, namespace: str) -> None:
-    name = manifests.new_instance_name()
-    created = portal.create_custom_resource(manifests.instance(name, namespace, OWNER, DATASET))
+    name = viewer.new_instance_name()
+    created = portal.create_custom_resource(viewer.instance(name, namespace, OWNER, DATASET))
     assert created["metadata"]["name"] == name
     assert portal.read_custom_resource(name)["spec"]["owner"] == OWNER
     assert [i["metadata"]["name"] for i in portal.list_instances()] == [name]
@@ -74,7 +74,7 @@ def test_the_portals_token_creates_reads_lists_and_deletes_an_instance(portal: K
 def test_the_portal_may_not_create_a_deployment_and_the_error_says_why_and_what_to_do(
     portal: K8ApiHandler, namespace: str
 ) -> None:
-    name = manifests.new_instance_name()
+    name = viewer.new_instance_name()
     error = raises_api_error(lambda: portal.create_deployment(child_bodies(namespace, name)["deployment"]))
     assert error.status == 403 and error.reason == "Forbidden"
     message = str(error)
@@ -89,7 +89,7 @@ def test_the_portal_may_not_create_a_deployment_and_the_error_says_why_and_what_
     ["create_service", "create_ingress", "read_deployment", "delete_service", "list_pods", "list_services"],
 )
 def test_every_call_outside_the_portals_role_is_a_403_api_error(portal: K8ApiHandler, namespace: str, call: str) -> None:
-    name = manifests.new_instance_name()
+    name = viewer.new_instance_name()
     bodies = child_bodies(namespace, name)
     argument = {"create_service": bodies["service"], "create_ingress": bodies["ingress"]}.get(call, name)
     if call.startswith("list_"):
@@ -125,7 +125,7 @@ def test_change_namespace_refuses_a_name_that_cannot_be_one(portal: K8ApiHandler
 
 
 def test_children_are_created_read_listed_and_deleted(k8s: K8ApiHandler, namespace: str) -> None:
-    name = manifests.new_instance_name()
+    name = viewer.new_instance_name()
     bodies = child_bodies(namespace, name)
     assert k8s.create_deployment(bodies["deployment"]).metadata.name == name
     assert k8s.create_service(bodies["service"]).metadata.name == name
@@ -152,8 +152,8 @@ def test_children_are_created_read_listed_and_deleted(k8s: K8ApiHandler, namespa
 
 
 def test_a_schema_violation_is_a_422_api_error_naming_the_field(k8s: K8ApiHandler, namespace: str) -> None:
-    name = manifests.new_instance_name()
-    body = manifests.instance(name, namespace, OWNER, DATASET)
+    name = viewer.new_instance_name()
+    body = viewer.instance(name, namespace, OWNER, DATASET)
     body["spec"]["lifespan"] = 5
     error = raises_api_error(lambda: k8s.create_custom_resource(body))
     assert error.status == 422 and "spec.lifespan" in str(error) and name in str(error)
@@ -163,9 +163,9 @@ def test_change_namespace_moves_every_later_call(k8s: K8ApiHandler, cluster: Dev
     other = f"{namespace}-b"
     cluster.kubectl("create", "namespace", other)
     try:
-        name = manifests.new_instance_name()
+        name = viewer.new_instance_name()
         k8s.change_namespace(other)
-        k8s.create_service(manifests.service(name, other))
+        k8s.create_service(viewer.service(name, other))
         assert k8s.read_service(name).metadata.namespace == other
         k8s.change_namespace(namespace)
         assert raises_api_error(lambda: k8s.read_service(name)).status == 404

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cxg_on_k8s.culler import instance_times
-from cxg_on_k8s.culling import CullReason, Decision, InstanceTimes, decide, expires_at, format_age
+from cxg_on_k8s.culling.culler import instance_times
+from cxg_on_k8s.culling.decision import CullReason, Decision, InstanceTimes, decide, expires_at, format_age
 from cxg_on_k8s.settings import Settings
 
 NOW = datetime(2024, 5, 17, 12, 0, 0, tzinfo=timezone.utc)

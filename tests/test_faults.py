@@ -25,11 +25,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cxg_devcluster.cluster import DevCluster
 from kubernetes import watch
 
-from cxg_on_k8s import spec as api
-from cxg_on_k8s.api import K8ApiHandler, load_client, parse_time
-from cxg_on_k8s.devcluster import DevCluster
+from cxg_on_k8s.api import crd, model
+from cxg_on_k8s.k8s.client import K8ApiHandler, load_client, parse_time
 from tests.conftest import StartOperator, _healthy, install_crd, wait_for
 from tests.instances import CHILD_KINDS, instance_body, list_children
 from tests.metrics_server import Mode, metrics_server
@@ -39,7 +39,7 @@ from tests.metrics_server import Mode, metrics_server
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevCluster]:
     """This module's own control plane (overrides the session's), with the CRD installed."""
     with DevCluster(workdir=tmp_path_factory.mktemp("faults-cluster")) as running:
-        install_crd(running, api.crd())
+        install_crd(running, crd.definition())
         yield running
 
 
@@ -81,7 +81,7 @@ def wait_all_ready(k8s: K8ApiHandler, names: list[str], timeout: float) -> None:
             current = phases(k8s)
         except Exception:  # the API server may still be coming back
             return False
-        return all(current.get(n) == api.Phase.READY.value for n in names)
+        return all(current.get(n) == model.Phase.READY.value for n in names)
 
     try:
         wait_for(ready, timeout, f"{len(names)} instances Ready", interval=1)
@@ -239,7 +239,7 @@ class DeletionWatch:
         self.errors: list[str] = []
         self._stopped = False
         self._watch: watch.Watch | None = None
-        listed = k8s.custom.list_namespaced_custom_object(api.GROUP, api.VERSION, k8s.namespace, api.PLURAL)
+        listed = k8s.custom.list_namespaced_custom_object(model.GROUP, model.VERSION, k8s.namespace, model.PLURAL)
         self._version = listed["metadata"]["resourceVersion"]
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -249,8 +249,8 @@ class DeletionWatch:
             self._watch = watch.Watch()
             try:
                 stream = self._watch.stream(
-                    self.k8s.custom.list_namespaced_custom_object, api.GROUP, api.VERSION, self.k8s.namespace,
-                    api.PLURAL, resource_version=self._version, timeout_seconds=300,
+                    self.k8s.custom.list_namespaced_custom_object, model.GROUP, model.VERSION, self.k8s.namespace,
+                    model.PLURAL, resource_version=self._version, timeout_seconds=300,
                 )  # fmt: skip
                 for event in stream:
                     obj = event["object"]

@@ -12,8 +12,10 @@ import sys
 
 import yaml
 
-from cxg_on_k8s import spec
-from cxg_on_k8s.settings import Settings, settings_table
+from cxg_on_k8s import docs
+from cxg_on_k8s.api import crd, model
+from cxg_on_k8s.docs import settings_table
+from cxg_on_k8s.settings import Settings
 from tests.conftest import REPO
 
 # Both committed copies (manifests/ and the chart's crds/) equal spec.crd(): render-manifests.py
@@ -23,13 +25,13 @@ CRD_FILE = REPO / "manifests" / "crd_single-user-instance.yaml"
 
 def test_committed_crd_carries_the_cel_rules_and_printer_columns() -> None:
     """What the API-server tests rely on is in the file users apply, not only in the model."""
-    crd = yaml.safe_load(CRD_FILE.read_text())
-    version = crd["spec"]["versions"][0]
+    crd_file = yaml.safe_load(CRD_FILE.read_text())
+    version = crd_file["spec"]["versions"][0]
     schema = version["schema"]["openAPIV3Schema"]["properties"]["spec"]
-    assert schema["x-kubernetes-validations"][0]["rule"] == spec.FORM_RULE
+    assert schema["x-kubernetes-validations"][0]["rule"] == crd.FORM_RULE
     assert schema["properties"]["owner"]["x-kubernetes-validations"][0]["rule"] == "self == oldSelf"
     assert [c["name"] for c in version["additionalPrinterColumns"]] == ["Owner", "Phase", "URL", "Expires", "Age"]
-    assert crd["spec"]["names"]["shortNames"] == ["sui", "suis"]
+    assert crd_file["spec"]["names"]["shortNames"] == ["sui", "suis"]
 
 
 def run_check(script: str) -> subprocess.CompletedProcess[str]:
@@ -61,10 +63,10 @@ def test_settings_table_lists_every_setting_with_its_default_and_legacy_name() -
 
 
 def test_spec_table_lists_every_spec_field_once() -> None:
-    table = spec.spec_reference_table()
+    table = docs.spec_reference_table()
     rows = table.splitlines()[2:]
     fields = [re.match(r"\| `([^`]+)` \|", row).group(1) for row in rows]  # type: ignore[union-attr]
-    expected = ["spec." + (f.alias or n) for n, f in spec.SingleUserInstanceSpec.model_fields.items()]
+    expected = ["spec." + (f.alias or n) for n, f in model.SingleUserInstanceSpec.model_fields.items()]
     assert [f for f in fields if f.count(".") == 1] == expected
     assert {"spec.resources.cpu", "spec.resources.memory"} <= set(fields)
     flavor = next(row for row in rows if row.startswith("| `spec.flavor`"))

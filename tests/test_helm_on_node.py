@@ -16,11 +16,15 @@ import yaml
 
 pytest.register_assert_rewrite("tests.fixtures_node", "tests.fixtures_s3")  # before their import: their asserts explain
 
-from cxg_on_k8s import manifests  # noqa: E402
-from cxg_on_k8s import spec as api  # noqa: E402
-from cxg_on_k8s.api import K8ApiHandler, load_client  # noqa: E402
-from cxg_on_k8s.devcluster import DevCluster, default_bin_dir  # noqa: E402
-from cxg_on_k8s.devcluster_node import NODE_IP, NODE_NAME, RealNode  # noqa: E402
+from cxg_devcluster.cluster import DevCluster, default_bin_dir  # noqa: E402
+from cxg_devcluster.node import NODE_IP, NODE_NAME, RealNode  # noqa: E402
+
+from cxg_on_k8s.api import model  # noqa: E402
+from cxg_on_k8s.k8s.client import K8ApiHandler, load_client  # noqa: E402
+from cxg_on_k8s.render import (
+    install,
+    viewer,  # noqa: E402
+)
 from cxg_on_k8s.settings import DEFAULT_OPERATOR_IMAGE  # noqa: E402
 from tests.conftest import REPO, remove_peering_crd, wait_for  # noqa: E402
 from tests.fixtures_node import create_real_namespace  # noqa: E402
@@ -81,10 +85,10 @@ def test_the_chart_runs_the_operator_in_a_pod_that_starts_a_viewer(cluster: DevC
         240, "the operator pod to be Running and Ready",
     )[0]  # fmt: skip
     assert operator.spec.node_name == NODE_NAME
-    assert operator.spec.service_account_name == manifests.OPERATOR_NAME
-    name = create(k8s, manifests.instance(manifests.new_instance_name(), k8s.namespace, "ada@example.org", dataset))
-    wait_phase(k8s, name, api.Phase.READY, timeout=300)
-    (viewer,) = k8s.list_pods(f"instance={name}").items
-    assert viewer.spec.node_name == NODE_NAME
+    assert operator.spec.service_account_name == install.OPERATOR_NAME
+    name = create(k8s, viewer.instance(viewer.new_instance_name(), k8s.namespace, "ada@example.org", dataset))
+    wait_phase(k8s, name, model.Phase.READY, timeout=300)
+    (viewer_pod,) = k8s.list_pods(f"instance={name}").items
+    assert viewer_pod.spec.node_name == NODE_NAME
     logs = cluster.kubectl("logs", "-n", k8s.namespace, operator.metadata.name).stdout
     assert "peering" in logs and f"operator configured for namespace {k8s.namespace}" in logs

@@ -24,8 +24,8 @@ from typing import Any
 
 import pytest
 
-from cxg_on_k8s import manifests
-from cxg_on_k8s import spec as api
+from cxg_on_k8s.api import model
+from cxg_on_k8s.render import samples, viewer
 from cxg_on_k8s.settings import Settings
 
 pytest.register_assert_rewrite("tests.fixtures_s3")  # before its import: its asserts explain failures
@@ -82,14 +82,14 @@ def podman_run(
     env: dict[str, str] | None = None, network: str = "host", detach_as: str | None = None,
     timeout: float = 120,
 ) -> subprocess.CompletedProcess[str]:
-    """`podman run` as the viewer pod runs a container (see manifests._container_security)."""
+    """`podman run` as the viewer pod runs a container (see manifests.container_security)."""
     argv = [
         *PODMAN, "run", "--rm", f"--network={network}", *LIMITS, "--pull=never",
-        "--user", f"{manifests.NONROOT_UID}:{manifests.NONROOT_UID}",
+        "--user", f"{viewer.NONROOT_UID}:{viewer.NONROOT_UID}",
         "--read-only", "--tmpfs", "/tmp", "--cap-drop", "ALL", "--security-opt", "no-new-privileges",
     ]  # fmt: skip
     if data is not None:
-        argv += ["-v", f"{data}:{manifests.DATA_DIR}"]
+        argv += ["-v", f"{data}:{viewer.DATA_DIR}"]
     for key, value in (env or {}).items():
         argv += ["-e", f"{key}={value}"]
     if entrypoint is not None:
@@ -111,7 +111,7 @@ def run_container(container: dict[str, Any], image: str, **kwargs: Any) -> subpr
 
 def test_the_images_are_the_ones_the_settings_name(built: Built) -> None:
     """A default install's pods ask for exactly these names; nothing else is built."""
-    wanted = {Settings().cellxgene_image, Settings().userdata_image, manifests.POC_AWS_CLI_IMAGE}
+    wanted = {Settings().cellxgene_image, Settings().userdata_image, samples.POC_AWS_CLI_IMAGE}
     assert set(built.archives) == {kubelet_name(image) for image in wanted}
 
 
@@ -166,7 +166,7 @@ def test_the_operator_image_starts_its_entry_points(built: Built) -> None:
 
 
 def test_the_aws_cli_image_runs_the_cli(built: Built) -> None:
-    result = podman_run(built[manifests.POC_AWS_CLI_IMAGE])  # CMD --version
+    result = podman_run(built[samples.POC_AWS_CLI_IMAGE])  # CMD --version
     assert result.returncode == 0, result.stderr
     assert (result.stdout + result.stderr).startswith("aws-cli/1.46.3 "), result.stdout + result.stderr
 
@@ -222,7 +222,7 @@ def small_h5ad(built: Built, tmp_path: Path) -> Path:
     """300 cells x 50 genes by scripts/make_h5ad.py, run with the viewer image's own anndata."""
     out = tmp_path / "h5ad"
     out.mkdir()
-    os.chown(out, manifests.NONROOT_UID, manifests.NONROOT_UID)
+    os.chown(out, viewer.NONROOT_UID, viewer.NONROOT_UID)
     scripts = REPO / "scripts"
     made = subprocess.run(
         [*PODMAN, "run", "--rm", "--network=none", *LIMITS, "--pull=never", "-v", f"{scripts}:/scripts:ro",
@@ -245,12 +245,12 @@ def test_the_rendered_pod_fetches_and_serves_on_the_built_images(
     serves its page and its schema (/api/v0.2/schema in 1.3.0) on the pod's port."""
     moto_s3.client().upload_file(str(small_h5ad), bucket, "datasets/pbmc.h5ad")
     settings = Settings(s3_endpoint_url=moto_s3.endpoint, s3_bucket=bucket)
-    model = api.SingleUserInstanceSpec(owner="img.user@example.org", dataset=f"s3://{bucket}/datasets/pbmc.h5ad")
-    pod = manifests.deployment("cellxgene-images", "cellxgene", model, settings)["spec"]["template"]["spec"]
+    parsed = model.SingleUserInstanceSpec(owner="img.user@example.org", dataset=f"s3://{bucket}/datasets/pbmc.h5ad")
+    pod = viewer.deployment("cellxgene-images", "cellxgene", parsed, settings)["spec"]["template"]["spec"]
     # The pod's fsGroup makes /data writable for uid 1000; a bind mount needs the owner set.
     data = tmp_path / "data"
     data.mkdir()
-    os.chown(data, manifests.NONROOT_UID, manifests.NONROOT_UID)
+    os.chown(data, viewer.NONROOT_UID, viewer.NONROOT_UID)
     # The secret-backed AWS variables, as the kubelet fills them from aws-cred-secret.
     aws = {k: v for k, v in moto_s3.env().items() if k.startswith("AWS_")}
 
@@ -259,11 +259,11 @@ def test_the_rendered_pod_fetches_and_serves_on_the_built_images(
     assert fetched.returncode == 0, f"fetch failed:\n{fetched.stdout}\n{fetched.stderr}"
     assert (data / "dataset.h5ad").read_bytes() == small_h5ad.read_bytes()
 
-    viewer = next(c for c in pod["containers"] if c["name"] == "cellxgene")
-    port = viewer["ports"][0]["containerPort"]
+    cellxgene = next(c for c in pod["containers"] if c["name"] == "cellxgene")
+    port = cellxgene["ports"][0]["containerPort"]
     name = f"cxg-images-{uuid.uuid4().hex[:8]}"
     containers.append(name)
-    started = run_container(viewer, built[viewer["image"]], data=data, network="none", detach_as=name)
+    started = run_container(cellxgene, built[cellxgene["image"]], data=data, network="none", detach_as=name)
     assert started.returncode == 0, started.stderr
 
     def inspect(field: str) -> str:
@@ -277,7 +277,7 @@ def test_the_rendered_pod_fetches_and_serves_on_the_built_images(
         return result.stdout + result.stderr
 
     pid = int(inspect(".State.Pid"))
-    probe = viewer["readinessProbe"]["httpGet"]["path"]
+    probe = cellxgene["readinessProbe"]["httpGet"]["path"]
     deadline = time.monotonic() + 180
     while get_inside(pid, f"http://127.0.0.1:{port}{probe}")[0] != 200:
         assert inspect(".State.Running") == "true", f"cellxgene exited:\n{logs()}"

@@ -13,12 +13,12 @@ from typing import Any
 
 import pytest
 import yaml
+from cxg_devcluster.cluster import DevCluster
 
-from cxg_on_k8s import manifests
-from cxg_on_k8s import spec as api
-from cxg_on_k8s.api import K8ApiHandler
-from cxg_on_k8s.cli import crd_objects, install_objects
-from cxg_on_k8s.devcluster import DevCluster
+from cxg_on_k8s.api import model
+from cxg_on_k8s.cli.main import crd_objects, install_objects
+from cxg_on_k8s.k8s.client import K8ApiHandler
+from cxg_on_k8s.render import install
 from cxg_on_k8s.settings import Settings
 from tests import service_accounts
 from tests.conftest import REPO, StartOperator, install_crd, remove_peering_crd
@@ -36,7 +36,7 @@ def load(path: Path) -> list[dict[str, Any]]:
 
 
 def test_namespace() -> None:
-    assert manifests.namespace("testing") == {
+    assert install.namespace("testing") == {
         "apiVersion": "v1",
         "kind": "Namespace",
         "metadata": {
@@ -53,7 +53,7 @@ def test_namespace() -> None:
 
 
 def test_ingress_metrics_service() -> None:
-    assert manifests.ingress_metrics_service(Settings()) == {
+    assert install.ingress_metrics_service(Settings()) == {
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": {"name": "metrics", "namespace": "ingress-nginx", "labels": {"app": "sui-operator"}},
@@ -63,14 +63,14 @@ def test_ingress_metrics_service() -> None:
             "ports": [{"name": "metrics", "protocol": "TCP", "port": 80, "targetPort": 10254}],
         },
     }
-    moved = manifests.ingress_metrics_service(Settings(metrics_service="edge/nginx-metrics"))
+    moved = install.ingress_metrics_service(Settings(metrics_service="edge/nginx-metrics"))
     assert (moved["metadata"]["namespace"], moved["metadata"]["name"]) == ("edge", "nginx-metrics")
-    fallback = manifests.ingress_metrics_service(Settings(metrics_service="", ingress_namespace="edge"))
+    fallback = install.ingress_metrics_service(Settings(metrics_service="", ingress_namespace="edge"))
     assert (fallback["metadata"]["namespace"], fallback["metadata"]["name"]) == ("edge", "metrics")
 
 
 def test_kopf_peering_crd_is_kopfs_namespaced_one() -> None:
-    assert manifests.kopf_peering_crd() == {
+    assert install.kopf_peering_crd() == {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
         "metadata": {"name": "kopfpeerings.kopf.dev"},
@@ -93,7 +93,7 @@ def test_kopf_peering_crd_is_kopfs_namespaced_one() -> None:
             ],
         },
     }
-    assert manifests.kopf_peering(Settings(namespace="ns1")) == {
+    assert install.kopf_peering(Settings(namespace="ns1")) == {
         "apiVersion": "kopf.dev/v1",
         "kind": "KopfPeering",
         "metadata": {"name": "cxg-on-k8s", "namespace": "ns1", "labels": {"app": "sui-operator"}},
@@ -101,7 +101,7 @@ def test_kopf_peering_crd_is_kopfs_namespaced_one() -> None:
 
 
 def test_aws_secret_template_holds_placeholders_only() -> None:
-    assert manifests.aws_secret_template("testing", Settings()) == {
+    assert install.aws_secret_template("testing", Settings()) == {
         "apiVersion": "v1",
         "kind": "Secret",
         "metadata": {"name": "aws-cred-secret", "namespace": "testing", "labels": {"app": "cellxgene"}},
@@ -116,7 +116,7 @@ def rules_of(objects: list[dict[str, Any]], kind: str, name: str) -> dict[tuple[
 
 
 def test_operator_rbac_is_exactly_the_verbs_it_uses() -> None:
-    objects = manifests.operator_rbac(Settings())
+    objects = install.operator_rbac(Settings())
     assert rules_of(objects, "Role", "sui-operator") == {
         ("cnag.eu", "singleuserinstances"): ["list", "watch", "patch", "delete"],
         ("cnag.eu", "singleuserinstances/status"): ["patch"],
@@ -137,13 +137,13 @@ def test_operator_rbac_is_exactly_the_verbs_it_uses() -> None:
 
 
 def test_portal_rbac_is_singleuserinstances_only() -> None:
-    assert rules_of(manifests.portal_rbac(Settings()), "Role", "omicsdm") == {
+    assert rules_of(install.portal_rbac(Settings()), "Role", "omicsdm") == {
         ("cnag.eu", "singleuserinstances"): ["get", "list", "watch", "create", "delete"],
     }
 
 
 def test_operator_deployment_is_probed_bounded_non_root_and_named_in_the_peering() -> None:
-    deploy = manifests.operator_deployment(Settings(), "cxg-on-k8s:0.1.0")
+    deploy = install.operator_deployment(Settings(), "cxg-on-k8s:0.1.0")
     pod = deploy["spec"]["template"]["spec"]
     (container,) = pod["containers"]
     assert container["livenessProbe"] == {"httpGet": {"path": "/healthz", "port": "probe"}, "periodSeconds": 20}
@@ -158,14 +158,14 @@ def test_operator_deployment_is_probed_bounded_non_root_and_named_in_the_peering
 def test_the_cli_installs_both_crds_the_metrics_service_and_the_namespace() -> None:
     settings = Settings()
     objects = install_objects(settings, "cxg-on-k8s:0.1.0")
-    assert objects[0] == manifests.namespace("cellxgene")
+    assert objects[0] == install.namespace("cellxgene")
     assert [o["metadata"]["name"] for o in objects if o["kind"] == "CustomResourceDefinition"] == [
-        api.CRD_NAME, manifests.KOPF_PEERING_CRD_NAME,
+        model.CRD_NAME, install.KOPF_PEERING_CRD_NAME,
     ]  # fmt: skip
-    assert manifests.ingress_metrics_service(settings) in objects
+    assert install.ingress_metrics_service(settings) in objects
     assert objects[-1]["kind"] == "Deployment"
     assert all(o["kind"] != "Service" for o in install_objects(Settings(metrics_service=""), "x"))
-    assert [o["metadata"]["name"] for o in crd_objects()] == [api.CRD_NAME, manifests.KOPF_PEERING_CRD_NAME]
+    assert [o["metadata"]["name"] for o in crd_objects()] == [model.CRD_NAME, install.KOPF_PEERING_CRD_NAME]
 
 
 # --- the committed files -----------------------------------------------------------------------------------
@@ -205,9 +205,9 @@ def test_the_secret_template_is_clearly_a_template_and_never_installed() -> None
 def test_sample_instances_are_valid_specs_of_both_forms() -> None:
     (portal,) = load(MANIFESTS / "templates" / "sui_portal-form.yaml")
     (embedded,) = load(MANIFESTS / "templates" / "sui_embedded-form.yaml")
-    assert not api.SingleUserInstanceSpec.model_validate(portal["spec"]).embedded
-    model = api.SingleUserInstanceSpec.model_validate(embedded["spec"])
-    assert model.embedded
+    assert not model.SingleUserInstanceSpec.model_validate(portal["spec"]).embedded
+    parsed = model.SingleUserInstanceSpec.model_validate(embedded["spec"])
+    assert parsed.embedded
     deployment = embedded["spec"]["deployment"]
     pod = deployment["spec"]["template"]["spec"]
     assert deployment["spec"]["selector"] == {"matchLabels": {"app": "cellxgene"}}  # as the PoC rendered it
@@ -226,12 +226,12 @@ def test_sample_instances_are_valid_specs_of_both_forms() -> None:
 def test_kustomize_builds_the_install(cluster: DevCluster) -> None:
     rendered = cluster.kubectl("kustomize", str(MANIFESTS)).stdout
     kinds = sorted((d["kind"], d["metadata"]["name"]) for d in yaml.safe_load_all(rendered) if d)
-    assert ("CustomResourceDefinition", api.CRD_NAME) in kinds
-    assert ("CustomResourceDefinition", manifests.KOPF_PEERING_CRD_NAME) in kinds
+    assert ("CustomResourceDefinition", model.CRD_NAME) in kinds
+    assert ("CustomResourceDefinition", install.KOPF_PEERING_CRD_NAME) in kinds
     assert ("Service", "metrics") in kinds and ("Deployment", "sui-operator") in kinds and ("Namespace", "cellxgene") in kinds
     # No credentials that applying it again could overwrite: the only Secret is the portal's
     # token, which the controller-manager fills in.
-    assert [name for kind, name in kinds if kind == "Secret"] == [manifests.PORTAL_TOKEN_SECRET]
+    assert [name for kind, name in kinds if kind == "Secret"] == [install.PORTAL_TOKEN_SECRET]
 
 
 def test_the_api_server_accepts_the_install(cluster: DevCluster) -> None:
@@ -258,8 +258,8 @@ def installed_rbac(cluster: DevCluster, namespace: str) -> Iterator[Settings]:
     """The RBAC of both accounts, and kopf's CRD (kubectl resolves kopfpeerings.kopf.dev through
     discovery), removed afterwards so that the rest of the session runs without peering."""
     settings = Settings(namespace=namespace, metrics_service="")
-    objects = [*manifests.operator_rbac(settings), *manifests.portal_rbac(settings)]
-    install_crd(cluster, manifests.kopf_peering_crd())
+    objects = [*install.operator_rbac(settings), *install.portal_rbac(settings)]
+    install_crd(cluster, install.kopf_peering_crd())
     service_accounts.apply(cluster, objects)
     yield settings
     service_accounts.delete_cluster_scoped(cluster, objects)
@@ -300,7 +300,7 @@ def test_a_sample_instance_becomes_ready(k8s: K8ApiHandler, start_operator: Star
     start_operator()
     k8s.create_custom_resource(body)
     name = body["metadata"]["name"]
-    wait_phase(k8s, name, api.Phase.READY)
+    wait_phase(k8s, name, model.Phase.READY)
     deployment = k8s.read_deployment(name)
     assert deployment.spec.selector.match_labels == {"instance": name}
 
@@ -311,8 +311,8 @@ def test_cxg_k8s_install_crd_only_installs_both_crds(cluster: DevCluster, tmp_pa
         result = subprocess.run([sys.executable, "-m", "cxg_on_k8s", "install", "--crd-only"], env=env, cwd=tmp_path,
                                 capture_output=True, text=True, timeout=120)  # fmt: skip
         assert result.returncode == 0, result.stderr
-        assert f"applied CustomResourceDefinition {manifests.KOPF_PEERING_CRD_NAME}" in result.stderr
-        established = cluster.kubectl("wait", "--for=condition=Established", f"crd/{manifests.KOPF_PEERING_CRD_NAME}", "--timeout=30s")
+        assert f"applied CustomResourceDefinition {install.KOPF_PEERING_CRD_NAME}" in result.stderr
+        established = cluster.kubectl("wait", "--for=condition=Established", f"crd/{install.KOPF_PEERING_CRD_NAME}", "--timeout=30s")
         assert "condition met" in established.stdout
     finally:
         remove_peering_crd(cluster)

@@ -19,13 +19,13 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import pytest
+from cxg_devcluster.cluster import free_port
 from kubernetes import watch
 
-from cxg_on_k8s import spec as api
-from cxg_on_k8s.activity import MetricsSource, endpointslice_urls
-from cxg_on_k8s.api import K8ApiHandler, parse_time, rfc3339
-from cxg_on_k8s.culler import Culler
-from cxg_on_k8s.devcluster import free_port
+from cxg_on_k8s.api import model
+from cxg_on_k8s.culling.activity import MetricsSource, endpointslice_urls
+from cxg_on_k8s.culling.culler import Culler
+from cxg_on_k8s.k8s.client import K8ApiHandler, parse_time, rfc3339
 from cxg_on_k8s.settings import Settings
 from tests.conftest import wait_for
 from tests.instances import get_or_none
@@ -49,8 +49,8 @@ def create_instance(k8s: K8ApiHandler, **spec: Any) -> str:
     name = f"cellxgene-{uuid.uuid4()}"
     k8s.create_custom_resource(
         {
-            "apiVersion": api.API_VERSION,
-            "kind": api.KIND,
+            "apiVersion": model.API_VERSION,
+            "kind": model.KIND,
             "metadata": {"name": name, "namespace": k8s.namespace},
             # A dataset of its own: two live instances of one owner and dataset are refused.
             "spec": {"owner": OWNER, "dataset": DATASET.replace("pbmc3k", f"{name}/pbmc3k"), **spec},
@@ -108,7 +108,7 @@ class InstanceWatch:
         while not self._stop.is_set():
             stream = watch.Watch().stream(
                 self.k8s.custom.list_namespaced_custom_object,
-                api.GROUP, api.VERSION, self.k8s.namespace, api.PLURAL,
+                model.GROUP, model.VERSION, self.k8s.namespace, model.PLURAL,
                 resource_version=version, timeout_seconds=2,
             )  # fmt: skip
             for event in stream:
@@ -159,7 +159,7 @@ def assert_culled(
     """Deleted, with the reason in its last status and in a Normal ``Culled`` Event."""
     when, last = instance_watch.deleted(name, timeout)
     assert last["status"]["cullReason"] == reason, last["status"]
-    assert last["status"]["phase"] == api.Phase.TERMINATING.value
+    assert last["status"]["phase"] == model.Phase.TERMINATING.value
     culled = wait_for(lambda: events(k8s, name, "Culled"), 10, f"the Culled event of {name}")
     assert len(culled) == 1, [e.message for e in culled]
     assert culled[0].type == "Normal"
@@ -253,8 +253,8 @@ def unschedulable_instance(name: str, namespace: str, unvisited_timeout: int) ->
     """An embedded-form instance whose pod no node accepts: it stays Starting forever."""
     labels = {"app": "cellxgene", "instance": name}
     return {
-        "apiVersion": api.API_VERSION,
-        "kind": api.KIND,
+        "apiVersion": model.API_VERSION,
+        "kind": model.KIND,
         "metadata": {"name": name, "namespace": namespace},
         "spec": {
             "lifespan": 3600,

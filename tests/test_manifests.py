@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from cxg_on_k8s import access, manifests, policy
-from cxg_on_k8s import spec as api
-from cxg_on_k8s.instance_plan import plan_instance
-from cxg_on_k8s.pod_status import pod_phase
+from cxg_on_k8s.api import access, model, policy
+from cxg_on_k8s.controller.pod_status import pod_phase
+from cxg_on_k8s.render import edge_signin, install, viewer
+from cxg_on_k8s.render.plan import plan_instance
 from cxg_on_k8s.settings import Settings, SettingsError
 from cxg_on_k8s.userdata.command import build_parser
 
@@ -39,8 +39,8 @@ SETTINGS = Settings(
 LABELS = {"app": "cellxgene", "instance": NAME}
 
 
-def portal_spec(**fields: Any) -> api.SingleUserInstanceSpec:
-    return api.SingleUserInstanceSpec(owner=OWNER, dataset=DATASET, **fields)
+def portal_spec(**fields: Any) -> model.SingleUserInstanceSpec:
+    return model.SingleUserInstanceSpec(owner=OWNER, dataset=DATASET, **fields)
 
 
 def containers_by_name(pod_spec: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -51,7 +51,7 @@ def containers_by_name(pod_spec: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def test_service_selects_only_this_instances_pods() -> None:
-    assert manifests.service(NAME, NS) == {
+    assert viewer.service(NAME, NS) == {
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": {"name": NAME, "namespace": NS, "labels": LABELS},
@@ -64,7 +64,7 @@ def test_service_selects_only_this_instances_pods() -> None:
 
 
 def test_network_policy_lets_only_the_ingress_controller_reach_the_viewer() -> None:
-    assert manifests.network_policy(NAME, NS, SETTINGS) == {
+    assert viewer.network_policy(NAME, NS, SETTINGS) == {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
         "metadata": {"name": NAME, "namespace": NS, "labels": LABELS},
@@ -88,7 +88,7 @@ def test_network_policy_lets_only_the_ingress_controller_reach_the_viewer() -> N
 
 
 def test_ingress_carries_the_pocs_annotations_and_the_owner_check() -> None:
-    assert manifests.ingress(NAME, NS, access.resolve(portal_spec(), {}), SETTINGS) == {
+    assert viewer.ingress(NAME, NS, access.resolve(portal_spec(), {}), SETTINGS) == {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "Ingress",
         "metadata": {
@@ -135,9 +135,9 @@ def test_ingress_carries_the_pocs_annotations_and_the_owner_check() -> None:
 
 def test_host_name_with_a_port_keeps_it_in_urls_but_not_in_the_ingress_rule() -> None:
     settings = Settings(host_name="localhost:8080", url_scheme="http")
-    ing = manifests.ingress(NAME, NS, access.resolve(portal_spec(), {}), settings)
+    ing = viewer.ingress(NAME, NS, access.resolve(portal_spec(), {}), settings)
     assert ing["spec"]["rules"][0]["host"] == "localhost"
-    assert manifests.instance_url(NAME, settings) == f"http://localhost:8080/{NAME}/"
+    assert viewer.instance_url(NAME, settings) == f"http://localhost:8080/{NAME}/"
     assert ing["metadata"]["annotations"]["nginx.ingress.kubernetes.io/auth-signin"].startswith(
         "http://localhost:8080/oauth2/sign_in?"
     )
@@ -161,7 +161,7 @@ AUTH_BASE = "http://oauth2-proxy.auth.svc.cluster.local:8091/oauth2/auth"
     ids=["plain", "plus-is-encoded", "no-query-injection", "space", "lower-cased-as-keycloak-stores-it"],
 )
 def test_auth_url_names_the_owner_url_encoded(owner: str, query: str) -> None:
-    spec = api.SingleUserInstanceSpec(owner=owner, dataset=DATASET)
+    spec = model.SingleUserInstanceSpec(owner=owner, dataset=DATASET)
     assert access.auth_url(access.resolve(spec, {}), SETTINGS) == f"{AUTH_BASE}?{query}"
 
 
@@ -179,14 +179,14 @@ def test_auth_url_with_groups_lists_the_owner_as_a_group_too() -> None:
 def test_a_comma_cannot_smuggle_a_second_identity_into_the_auth_url(field: str) -> None:
     fields = {"owner": "a@x.org,b@x.org"} if field == "owner" else {"allowedGroups": ["lab-a,admins"]}
     with pytest.raises(ValidationError, match="pattern"):
-        api.SingleUserInstanceSpec(**{"owner": OWNER, "dataset": DATASET, **fields})
+        model.SingleUserInstanceSpec(**{"owner": OWNER, "dataset": DATASET, **fields})
 
 
 # --- Deployment: the properties that matter --------------------------------------------------------
 
 
 def test_deployment_selects_by_instance_label_only() -> None:
-    deploy = manifests.deployment(NAME, NS, portal_spec(), SETTINGS)
+    deploy = viewer.deployment(NAME, NS, portal_spec(), SETTINGS)
     assert deploy["metadata"] == {"name": NAME, "namespace": NS, "labels": LABELS}
     # The PoC's shared app=cellxgene selector let one instance's Service reach another's pods.
     assert deploy["spec"]["selector"] == {"matchLabels": {"instance": NAME}}
@@ -196,7 +196,7 @@ def test_deployment_selects_by_instance_label_only() -> None:
 
 
 def test_deployment_pod_is_locked_down() -> None:
-    pod = manifests.deployment(NAME, NS, portal_spec(), SETTINGS)["spec"]["template"]["spec"]
+    pod = viewer.deployment(NAME, NS, portal_spec(), SETTINGS)["spec"]["template"]["spec"]
     assert pod["automountServiceAccountToken"] is False
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["runAsUser"] != 0
@@ -211,27 +211,27 @@ def test_deployment_pod_is_locked_down() -> None:
 
 
 def test_viewer_has_readiness_probe_and_the_pocs_launch_line_on_data_files() -> None:
-    pod = manifests.deployment(NAME, NS, portal_spec(title="PBMC 3k"), SETTINGS)["spec"][
+    pod = viewer.deployment(NAME, NS, portal_spec(title="PBMC 3k"), SETTINGS)["spec"][
         "template"
     ]["spec"]
-    viewer = containers_by_name(pod)["cellxgene"]
-    assert viewer["image"] == SETTINGS.cellxgene_image
-    assert viewer["readinessProbe"]["httpGet"] == {"path": "/health", "port": "http"}
-    assert viewer["ports"] == [{"name": "http", "containerPort": 5005}]
+    cellxgene = containers_by_name(pod)["cellxgene"]
+    assert cellxgene["image"] == SETTINGS.cellxgene_image
+    assert cellxgene["readinessProbe"]["httpGet"] == {"path": "/health", "port": "http"}
+    assert cellxgene["ports"] == [{"name": "http", "containerPort": 5005}]
     # args to the image's entrypoint (tini -- cellxgene), which passes SIGTERM on
-    assert "command" not in viewer
-    assert viewer["args"] == [
+    assert "command" not in cellxgene
+    assert cellxgene["args"] == [
         "--no-upgrade-check", "launch", "--verbose", "-p", "5005", "--host", "0.0.0.0",
         "/data/dataset.h5ad",
         "--annotations-file", "/data/annotations.csv",
         "--gene-sets-file", "/data/gene_sets.csv",
         "--title", "PBMC 3k",
     ]  # fmt: skip
-    assert {"name": "data", "mountPath": "/data"} in viewer["volumeMounts"]
+    assert {"name": "data", "mountPath": "/data"} in cellxgene["volumeMounts"]
 
 
 def test_vip_flavor_uses_the_vip_image() -> None:
-    pod = manifests.deployment(NAME, NS, portal_spec(flavor="cellxgene-vip"), SETTINGS)["spec"][
+    pod = viewer.deployment(NAME, NS, portal_spec(flavor="cellxgene-vip"), SETTINGS)["spec"][
         "template"
     ]["spec"]
     assert containers_by_name(pod)["cellxgene"]["image"] == SETTINGS.cellxgene_vip_image
@@ -252,7 +252,7 @@ def test_viewer_resources_come_from_spec_else_settings_with_requests_equal_limit
 ) -> None:
     spec = portal_spec(resources=asked)
     assert policy.problems(spec, SETTINGS) == []
-    pod = manifests.deployment(NAME, NS, spec, SETTINGS)["spec"]["template"]["spec"]
+    pod = viewer.deployment(NAME, NS, spec, SETTINGS)["spec"]["template"]["spec"]
     assert containers_by_name(pod)["cellxgene"]["resources"] == {
         "requests": expected,
         "limits": expected,
@@ -260,7 +260,7 @@ def test_viewer_resources_come_from_spec_else_settings_with_requests_equal_limit
 
 
 def test_fetch_is_an_init_container_and_save_a_native_sidecar_with_the_same_prefix() -> None:
-    pod = manifests.deployment(NAME, NS, portal_spec(), SETTINGS)["spec"]["template"]["spec"]
+    pod = viewer.deployment(NAME, NS, portal_spec(), SETTINGS)["spec"]["template"]["spec"]
     assert [c["name"] for c in pod["initContainers"]] == ["fetch", "save"]
     fetch, save = pod["initContainers"]
     # The owner kept exactly (percent-encoded), the dataset's id with its URL's hash.
@@ -299,7 +299,7 @@ def test_fetch_is_an_init_container_and_save_a_native_sidecar_with_the_same_pref
 
 
 def test_data_container_args_are_what_the_userdata_command_accepts() -> None:
-    pod = manifests.deployment(NAME, NS, portal_spec(), SETTINGS)["spec"]["template"]["spec"]
+    pod = viewer.deployment(NAME, NS, portal_spec(), SETTINGS)["spec"]["template"]["spec"]
     fetch, save = pod["initContainers"]
     assert fetch["command"] == save["command"] == ["python", "-m", "cxg_on_k8s.userdata"]
     parsed = build_parser().parse_args(fetch["args"])
@@ -326,10 +326,10 @@ def test_two_owners_or_two_datasets_never_share_a_user_data_prefix(
     first: dict[str, str], second: dict[str, str]
 ) -> None:
     a, b = (
-        api.SingleUserInstanceSpec(**{"owner": "o@x.org", "dataset": "s3://b-1/pbmc.h5ad", **fields})
+        model.SingleUserInstanceSpec(**{"owner": "o@x.org", "dataset": "s3://b-1/pbmc.h5ad", **fields})
         for fields in (first, second)
     )
-    url_a, url_b = manifests.user_data_url(a, SETTINGS), manifests.user_data_url(b, SETTINGS)
+    url_a, url_b = viewer.user_data_url(a, SETTINGS), viewer.user_data_url(b, SETTINGS)
     assert url_a != url_b
     assert not url_a.startswith(url_b) and not url_b.startswith(url_a)  # neither nested in the other
     assert url_a.count("/") == url_b.count("/") == 6  # s3://bucket/prefix/owner/dataset/: flat
@@ -337,11 +337,11 @@ def test_two_owners_or_two_datasets_never_share_a_user_data_prefix(
 
 def test_user_data_prefix_from_spec_wins_and_gets_a_trailing_slash() -> None:
     spec = portal_spec(user_data="s3://lab-bucket/alice/pbmc")
-    assert manifests.user_data_url(spec, SETTINGS) == "s3://lab-bucket/alice/pbmc/"
+    assert viewer.user_data_url(spec, SETTINGS) == "s3://lab-bucket/alice/pbmc/"
 
 
 def test_portal_form_children_start_with_the_networkpolicy() -> None:
-    children = manifests.children(NAME, NS, portal_spec(), access.resolve(portal_spec(), {}), SETTINGS)
+    children = viewer.children(NAME, NS, portal_spec(), access.resolve(portal_spec(), {}), SETTINGS)
     assert [c["kind"] for c in children] == ["NetworkPolicy", "Deployment", "Service", "Ingress"]
     for child in children:
         assert child["metadata"]["name"] == NAME
@@ -417,12 +417,12 @@ def poc_manifests(name: str) -> dict[str, dict[str, Any]]:
 
 
 def test_embedded_form_keeps_the_pod_template_and_renders_the_rest() -> None:
-    spec = api.SingleUserInstanceSpec(lifespan=600, **poc_manifests(NAME))
+    spec = model.SingleUserInstanceSpec(lifespan=600, **poc_manifests(NAME))
     plan = plan_instance(NAME, NS, {}, spec, SETTINGS)
     netpol, deploy, svc, ing = plan.children
     # The NetworkPolicy comes first for this form too, open to the ingress namespace on the
     # viewer's port (the client's Service's targetPort).
-    assert netpol == manifests.network_policy(NAME, NS, SETTINGS, port=5005)
+    assert netpol == viewer.network_policy(NAME, NS, SETTINGS, port=5005)
     for child in (netpol, deploy, svc, ing):
         assert child["metadata"]["labels"] == LABELS
         assert child["metadata"]["namespace"] == NS
@@ -431,8 +431,8 @@ def test_embedded_form_keeps_the_pod_template_and_renders_the_rest() -> None:
     assert deploy["spec"]["template"]["metadata"]["labels"] == LABELS
     assert deploy["spec"]["template"]["spec"]["containers"][0]["image"] == "cellxgene:1.1.2"
     # The Service and Ingress are the portal form's builders' own.
-    assert svc == manifests.service(NAME, NS, port=5005, target_port=5005)
-    assert ing == manifests.ingress(NAME, NS, access.owner_access("alice@example.org", None, "x"), SETTINGS)
+    assert svc == viewer.service(NAME, NS, port=5005, target_port=5005)
+    assert ing == viewer.ingress(NAME, NS, access.owner_access("alice@example.org", None, "x"), SETTINGS)
     # the client's dicts are not modified in place
     assert spec.deployment["spec"]["selector"] == {"matchLabels": {"app": "cellxgene"}}
 
@@ -440,7 +440,7 @@ def test_embedded_form_keeps_the_pod_template_and_renders_the_rest() -> None:
 def test_embedded_form_with_other_names_gets_children_named_after_the_instance() -> None:
     """A client that named its objects differently (the PoC's own test instance): every child is
     named after the instance, and the Ingress routes to the operator's Service."""
-    spec = api.SingleUserInstanceSpec(**poc_manifests("viewer"))
+    spec = model.SingleUserInstanceSpec(**poc_manifests("viewer"))
     _, deploy, svc, ing = plan_instance(NAME, NS, {}, spec, SETTINGS).children
     assert deploy["metadata"]["name"] == svc["metadata"]["name"] == NAME
     assert ing["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]["name"] == NAME
@@ -450,17 +450,17 @@ def test_embedded_form_with_other_names_gets_children_named_after_the_instance()
 
 
 def test_new_instance_name_is_cellxgene_uuid4() -> None:
-    names = {manifests.new_instance_name() for _ in range(50)}
+    names = {viewer.new_instance_name() for _ in range(50)}
     assert len(names) == 50
     for name in names:
         assert re.fullmatch(
             r"cellxgene-[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}", name
         )
-        assert manifests.NAME_PATTERN.match(name)
+        assert viewer.NAME_PATTERN.match(name)
 
 
 def test_instance_body_is_a_labelled_portal_form_resource() -> None:
-    body = manifests.instance(NAME, NS, OWNER, DATASET, lifespan=600, idle_timeout=120)
+    body = viewer.instance(NAME, NS, OWNER, DATASET, lifespan=600, idle_timeout=120)
     assert body == {
         "apiVersion": "cnag.eu/v1",
         "kind": "SingleUserInstance",
@@ -476,7 +476,7 @@ def test_instance_body_is_a_labelled_portal_form_resource() -> None:
 
 
 def test_instance_url_is_the_pocs() -> None:
-    assert manifests.instance_url(NAME, SETTINGS) == f"https://cxg.example.org/{NAME}/"
+    assert viewer.instance_url(NAME, SETTINGS) == f"https://cxg.example.org/{NAME}/"
 
 
 # --- spec.problems: what only the operator can refuse ---------------------------------------------
@@ -605,7 +605,7 @@ def test_fetch_failure_becomes_failed_with_its_termination_message() -> None:
             ],
         )
     )
-    assert phase == api.Phase.FAILED
+    assert phase == model.Phase.FAILED
     assert message in text and "fetch" in text and "exit 3" in text
 
 
@@ -624,7 +624,7 @@ def test_fetch_failure_seen_after_a_restart_is_still_failed() -> None:
             ]
         )
     )
-    assert phase == api.Phase.FAILED
+    assert phase == model.Phase.FAILED
     assert "access denied to s3://b/k" in text
 
 
@@ -644,7 +644,7 @@ def test_missing_secret_is_failed_and_says_what_to_create() -> None:
             ]
         )
     )
-    assert phase == api.Phase.FAILED
+    assert phase == model.Phase.FAILED
     assert "CreateContainerConfigError" in text and 'secret "aws-cred-secret" not found' in text
 
 
@@ -658,7 +658,7 @@ def test_a_viewer_that_keeps_exiting_fails_its_instance_with_its_last_words(rest
     }
     phase, text = pod_phase(pod(phase="Running", containerStatuses=[crashing]))
     if failed:
-        assert phase == api.Phase.FAILED
+        assert phase == model.Phase.FAILED
         assert text == "container cellxgene keeps exiting (exit 2, restarted 3 times): Error: Invalid value for 'DATAPATH'"
     else:
         assert phase is None  # one or two restarts may still heal
@@ -678,7 +678,7 @@ def test_ready_condition_is_ready() -> None:
             ],
         )
     )
-    assert phase == api.Phase.READY
+    assert phase == model.Phase.READY
 
 
 @pytest.mark.parametrize(
@@ -700,7 +700,7 @@ def test_still_starting_says_nothing(status: dict[str, Any]) -> None:
 
 
 def test_oauth2_proxy_keeps_secrets_out_of_args_and_listens_on_the_pocs_port() -> None:
-    deploy, svc, ing = manifests.oauth2_proxy(SETTINGS)
+    deploy, svc, ing = edge_signin.oauth2_proxy(SETTINGS)
     assert [o["kind"] for o in (deploy, svc, ing)] == ["Deployment", "Service", "Ingress"]
     assert {o["metadata"]["namespace"] for o in (deploy, svc, ing)} == {"auth"}
     container = deploy["spec"]["template"]["spec"]["containers"][0]
@@ -731,7 +731,7 @@ def test_oauth2_proxy_keeps_secrets_out_of_args_and_listens_on_the_pocs_port() -
 
 
 def test_operator_rbac_grants_no_deletion_of_children_no_secrets_no_pod_creation() -> None:
-    objects = manifests.operator_rbac(SETTINGS)
+    objects = install.operator_rbac(SETTINGS)
     kinds = [(o["kind"], o["metadata"].get("namespace"), o["metadata"]["name"]) for o in objects]
     assert ("ServiceAccount", NS, "sui-operator") in kinds
     assert ("Role", NS, "sui-operator") in kinds
@@ -758,12 +758,12 @@ def test_operator_rbac_grants_no_deletion_of_children_no_secrets_no_pod_creation
 def test_no_metrics_role_without_a_metrics_service() -> None:
     settings = Settings(namespace=NS, metrics_service="")
     assert not any(
-        o["metadata"]["name"].endswith("-metrics") for o in manifests.operator_rbac(settings)
+        o["metadata"]["name"].endswith("-metrics") for o in install.operator_rbac(settings)
     )
 
 
 def test_operator_deployment_passes_only_non_default_settings() -> None:
-    deploy = manifests.operator_deployment(SETTINGS, "registry.example.org/cxg-on-k8s:1.0")
+    deploy = install.operator_deployment(SETTINGS, "registry.example.org/cxg-on-k8s:1.0")
     env = {
         e["name"]: e["value"] for e in deploy["spec"]["template"]["spec"]["containers"][0]["env"] if "value" in e
     }

@@ -24,12 +24,13 @@ from typing import Any
 import kopf
 import pytest
 import yaml
+from cxg_devcluster.cluster import K8S_VERSION, DevCluster, default_bin_dir
 from kubernetes.client.exceptions import ApiException
 
-from cxg_on_k8s import manifests, operator
-from cxg_on_k8s import spec as api
-from cxg_on_k8s.api import ApiError, K8ApiHandler, describe_api_exception, parse_time
-from cxg_on_k8s.devcluster import K8S_VERSION, DevCluster, default_bin_dir
+from cxg_on_k8s.api import model
+from cxg_on_k8s.controller import handlers
+from cxg_on_k8s.k8s.client import ApiError, K8ApiHandler, describe_api_exception, parse_time
+from cxg_on_k8s.render import install, viewer
 from cxg_on_k8s.settings import Settings
 from tests import client_shapes, service_accounts
 from tests.conftest import REPO, StartOperator, wait_for
@@ -43,11 +44,11 @@ from tests.test_policy import set_path
 
 def raw_body(namespace: str, spec: dict[str, Any], name: str | None = None) -> dict[str, Any]:
     """An instance with a spec the model would refuse: what a careless client might send."""
-    name = name or manifests.new_instance_name()
+    name = name or viewer.new_instance_name()
     return {
-        "apiVersion": api.API_VERSION,
-        "kind": api.KIND,
-        "metadata": {"name": name, "namespace": namespace, "labels": manifests.labels(name)},
+        "apiVersion": model.API_VERSION,
+        "kind": model.KIND,
+        "metadata": {"name": name, "namespace": namespace, "labels": viewer.labels(name)},
         "spec": spec,
     }
 
@@ -69,7 +70,7 @@ def read_child(k8s: K8ApiHandler, kind: str, name: str) -> Any:
 
 
 def events_of(k8s: K8ApiHandler, name: str) -> list[Any]:
-    return [e for e in k8s.list_events(name) if e.involved_object.kind == api.KIND]
+    return [e for e in k8s.list_events(name) if e.involved_object.kind == model.KIND]
 
 
 def wait_event(k8s: K8ApiHandler, name: str, reason: str, event_type: str, timeout: float = 30) -> Any:
@@ -128,7 +129,7 @@ def test_owner_cannot_change_after_creation(k8s: K8ApiHandler) -> None:
     name = create(k8s, instance_body(k8s.namespace))
     with pytest.raises(ApiException) as caught:
         k8s.custom.patch_namespaced_custom_object(
-            api.GROUP, api.VERSION, k8s.namespace, api.PLURAL, name, {"spec": {"owner": "mallory@example.org"}}
+            model.GROUP, model.VERSION, k8s.namespace, model.PLURAL, name, {"spec": {"owner": "mallory@example.org"}}
         )
     error = describe_api_exception(caught.value, f"updating {name}")
     assert error.status == 422
@@ -136,7 +137,7 @@ def test_owner_cannot_change_after_creation(k8s: K8ApiHandler) -> None:
     assert k8s.get_instance(name)["spec"]["owner"] == OWNER
     # other fields may change: the rule binds only the owner
     k8s.custom.patch_namespaced_custom_object(
-        api.GROUP, api.VERSION, k8s.namespace, api.PLURAL, name, {"spec": {"lifespan": 900}}
+        model.GROUP, model.VERSION, k8s.namespace, model.PLURAL, name, {"spec": {"lifespan": 900}}
     )
     assert k8s.get_instance(name)["spec"]["lifespan"] == 900
 
@@ -161,7 +162,7 @@ def test_portal_form_becomes_ready_with_owned_children_status_and_event(
 ) -> None:
     start_operator()
     name = create(k8s, instance_body(k8s.namespace, lifespan=7200))
-    body = wait_phase(k8s, name, api.Phase.READY)
+    body = wait_phase(k8s, name, model.Phase.READY)
     uid = body["metadata"]["uid"]
 
     for kind in CHILD_KINDS:
@@ -169,8 +170,8 @@ def test_portal_form_becomes_ready_with_owned_children_status_and_event(
         assert child is not None, f"{kind} {name} was not created"
         assert child.metadata.labels == {"app": "cellxgene", "instance": name}
         (owner,) = child.metadata.owner_references
-        assert (owner.kind, owner.name, owner.uid, owner.controller) == (api.KIND, name, uid, True)
-        assert owner.api_version == api.API_VERSION
+        assert (owner.kind, owner.name, owner.uid, owner.controller) == (model.KIND, name, uid, True)
+        assert owner.api_version == model.API_VERSION
     deployment = read_child(k8s, "Deployment", name)
     assert deployment.spec.selector.match_labels == {"instance": name}
 
@@ -198,11 +199,11 @@ def test_portal_form_becomes_ready_with_owned_children_status_and_event(
 def test_changing_the_lifespan_moves_expires_at(k8s: K8ApiHandler, start_operator: StartOperator) -> None:
     start_operator()
     name = create(k8s, instance_body(k8s.namespace, lifespan=600))
-    body = wait_phase(k8s, name, api.Phase.READY)
+    body = wait_phase(k8s, name, model.Phase.READY)
     created = parse_time(body["metadata"]["creationTimestamp"])
     assert parse_time(body["status"]["expiresAt"]) == created + dt.timedelta(seconds=600)
     k8s.custom.patch_namespaced_custom_object(
-        api.GROUP, api.VERSION, k8s.namespace, api.PLURAL, name, {"spec": {"lifespan": 2 * 86400}}
+        model.GROUP, model.VERSION, k8s.namespace, model.PLURAL, name, {"spec": {"lifespan": 2 * 86400}}
     )
     expected = created + dt.timedelta(days=2)  # days count (the PoC's timedelta.seconds dropped them)
 
@@ -212,7 +213,7 @@ def test_changing_the_lifespan_moves_expires_at(k8s: K8ApiHandler, start_operato
 
     status = wait_for(moved, 30, "expiresAt to follow the new lifespan")
     assert status["observedGeneration"] == 2
-    assert status["phase"] == api.Phase.READY.value
+    assert status["phase"] == model.Phase.READY.value
 
 
 def test_embedded_poc_form_gets_children_with_the_instance_selector(
@@ -220,12 +221,12 @@ def test_embedded_poc_form_gets_children_with_the_instance_selector(
 ) -> None:
     """What the PoC's client rendered: app=cellxgene everywhere, so two instances shared pods."""
     start_operator()
-    names = [manifests.new_instance_name() for _ in range(2)]
+    names = [viewer.new_instance_name() for _ in range(2)]
     for name in names:
         spec = {"lifespan": 600, **poc_manifests(name)}
         create(k8s, raw_body(k8s.namespace, spec, name))
     for name in names:
-        wait_phase(k8s, name, api.Phase.READY)
+        wait_phase(k8s, name, model.Phase.READY)
         deployment = read_child(k8s, "Deployment", name)
         assert deployment.spec.selector.match_labels == {"instance": name}
         assert deployment.spec.template.metadata.labels == {"app": "cellxgene", "instance": name}
@@ -251,7 +252,7 @@ def test_lifespan_over_the_operators_maximum_fails_with_the_fix_and_creates_noth
 ) -> None:
     start_operator(max_lifespan=3600)
     name = create(k8s, instance_body(k8s.namespace, lifespan=7200))
-    body = wait_phase(k8s, name, api.Phase.FAILED)
+    body = wait_phase(k8s, name, model.Phase.FAILED)
     message = body["status"]["message"]
     assert "spec.lifespan" in message and "7200" in message and "3600" in message
     assert "ask for less" in message
@@ -271,7 +272,7 @@ def test_operator_killed_mid_creation_leaves_exactly_one_set_of_children(
     name = create(k8s, instance_body(k8s.namespace))
     first.stop(signal.SIGKILL)
     start_operator()
-    wait_phase(k8s, name, api.Phase.READY)
+    wait_phase(k8s, name, model.Phase.READY)
     wait_for(lambda: len(list_children(k8s, f"instance={name}")["Pod"]) == 1, 30, "one viewer pod")
     counts = {kind: len(items) for kind, items in list_children(k8s, f"instance={name}").items()}
     assert counts == {"Deployment": 1, "Service": 1, "Ingress": 1, "NetworkPolicy": 1, "ReplicaSet": 1, "Pod": 1}
@@ -284,16 +285,16 @@ def test_children_left_by_a_crashed_attempt_are_kept_and_the_rest_created(
     name = create(k8s, instance_body(k8s.namespace))
     body = k8s.get_instance(name)
     settings = Settings(namespace=k8s.namespace, url_scheme="http", host_name="cxg.localtest")
-    model = api.SingleUserInstanceSpec.model_validate(body["spec"])
-    deployment = manifests.deployment(name, k8s.namespace, model, settings)
+    parsed = model.SingleUserInstanceSpec.model_validate(body["spec"])
+    deployment = viewer.deployment(name, k8s.namespace, parsed, settings)
     deployment["metadata"]["ownerReferences"] = [
-        {"apiVersion": api.API_VERSION, "kind": api.KIND, "name": name, "uid": body["metadata"]["uid"],
+        {"apiVersion": model.API_VERSION, "kind": model.KIND, "name": name, "uid": body["metadata"]["uid"],
          "controller": True, "blockOwnerDeletion": True}
     ]  # fmt: skip
     assert k8s.create_if_absent(deployment) is True
     first_uid = read_child(k8s, "Deployment", name).metadata.uid
     start_operator()
-    wait_phase(k8s, name, api.Phase.READY)
+    wait_phase(k8s, name, model.Phase.READY)
     assert read_child(k8s, "Deployment", name).metadata.uid == first_uid  # kept, not replaced
     wait_for(lambda: len(list_children(k8s, f"instance={name}")["Pod"]) == 1, 30, "one viewer pod")
     counts = {kind: len(items) for kind, items in list_children(k8s, f"instance={name}").items()}
@@ -305,13 +306,13 @@ def test_operator_restarted_after_ready_keeps_the_instance_ready(
 ) -> None:
     first = start_operator()
     name = create(k8s, instance_body(k8s.namespace))
-    ready_at = wait_phase(k8s, name, api.Phase.READY)["status"]["readyAt"]
+    ready_at = wait_phase(k8s, name, model.Phase.READY)["status"]["readyAt"]
     first.stop(signal.SIGKILL)
     second = start_operator()
     # the resume handler runs again; it must neither re-create nor step the phase back
     wait_for(lambda: "Handler 'spawn' succeeded" in second.text(), 30, "the resume handler")
     status = k8s.get_instance(name)["status"]
-    assert status["phase"] == api.Phase.READY.value
+    assert status["phase"] == model.Phase.READY.value
     assert status["readyAt"] == ready_at
     counts = {kind: len(items) for kind, items in list_children(k8s, f"instance={name}").items()}
     assert set(counts.values()) == {1}, counts
@@ -321,7 +322,7 @@ def test_two_instances_never_share_pods(k8s: K8ApiHandler, start_operator: Start
     start_operator()
     names = [create(k8s, instance_body(k8s.namespace)) for _ in range(2)]
     for name in names:
-        wait_phase(k8s, name, api.Phase.READY)
+        wait_phase(k8s, name, model.Phase.READY)
     pods = {name: k8s.list_pods(f"instance={name}").items for name in names}
     assert all(len(p) == 1 for p in pods.values())
     for name in names:
@@ -353,7 +354,7 @@ def test_deleting_an_instance_while_the_operator_is_down_is_immediate_and_gc_rem
 ) -> None:
     operator = start_operator()
     name = create(k8s, instance_body(k8s.namespace))
-    wait_phase(k8s, name, api.Phase.READY)
+    wait_phase(k8s, name, model.Phase.READY)
     operator.stop()
     assert k8s.delete_instance(name) is True
     wait_for(lambda: get_or_none(k8s, name) is None, 5, f"{name} to be gone without the operator")
@@ -376,7 +377,7 @@ def test_fetch_failure_reaches_status_and_a_warning_event(
     more CPU than any node has, so the pod stays Pending and kwok never overwrites the status."""
     start_operator(max_cpu="5000")
     name = create(k8s, instance_body(k8s.namespace, resources={"cpu": "2000"}, dataset=DATASET))
-    wait_phase(k8s, name, api.Phase.STARTING)
+    wait_phase(k8s, name, model.Phase.STARTING)
     (pod,) = wait_for(lambda: k8s.list_pods(f"instance={name}").items, 30, "the viewer pod")
     failure = f"dataset {DATASET} not found: check the key, or ask the data manager to upload it"
     status = {
@@ -413,7 +414,7 @@ def test_fetch_failure_reaches_status_and_a_warning_event(
     patched = k8s.core.read_namespaced_pod(pod.metadata.name, k8s.namespace)
     assert patched.status.init_container_statuses[0].state.terminated.message == failure
 
-    body = wait_phase(k8s, name, api.Phase.FAILED)
+    body = wait_phase(k8s, name, model.Phase.FAILED)
     assert failure in body["status"]["message"]
     assert "fetch" in body["status"]["message"]
     ready = [c for c in body["status"]["conditions"] if c["type"] == "Ready"]
@@ -433,7 +434,7 @@ def rbac(cluster: DevCluster, namespace: str) -> Iterator[Settings]:
     metrics_ns = f"m-{uuid.uuid4().hex[:10]}"
     ensure_namespace(cluster, metrics_ns)
     settings = Settings(namespace=namespace, metrics_service=f"{metrics_ns}/metrics")
-    objects = [*manifests.operator_rbac(settings), *manifests.portal_rbac(settings)]
+    objects = [*install.operator_rbac(settings), *install.portal_rbac(settings)]
     service_accounts.apply(cluster, objects)
     yield settings
     service_accounts.delete_cluster_scoped(cluster, objects)
@@ -443,8 +444,8 @@ def rbac(cluster: DevCluster, namespace: str) -> Iterator[Settings]:
 def test_rbac_is_least_privilege(cluster: DevCluster, rbac: Settings) -> None:
     ns = rbac.namespace
     metrics_ns = rbac.metrics_service.split("/")[0]
-    operator = f"{ns}:{manifests.OPERATOR_NAME}"
-    portal = f"{ns}:{manifests.PORTAL_ACCOUNT}"
+    operator = f"{ns}:{install.OPERATOR_NAME}"
+    portal = f"{ns}:{install.PORTAL_ACCOUNT}"
     allowed = [
         (operator, ns, "create", "deployments.apps"),
         (operator, ns, "create", "services"),
@@ -498,16 +499,16 @@ def test_the_portals_long_lived_token_is_in_omicsdm_token_and_grants_only_its_ro
     ns = rbac.namespace
 
     def filled() -> str | None:
-        found = cluster.kubectl("get", "secret", manifests.PORTAL_TOKEN_SECRET, "-n", ns, "-o", "json", check=False)
+        found = cluster.kubectl("get", "secret", install.PORTAL_TOKEN_SECRET, "-n", ns, "-o", "json", check=False)
         data = json.loads(found.stdout).get("data", {}) if found.returncode == 0 else {}
         return base64.b64decode(data["token"]).decode() if "token" in data else None
 
-    token = wait_for(filled, 60, f"the controller-manager to fill {manifests.PORTAL_TOKEN_SECRET}")
-    described = cluster.kubectl("describe", "secrets", manifests.PORTAL_TOKEN_SECRET, "-n", ns).stdout
+    token = wait_for(filled, 60, f"the controller-manager to fill {install.PORTAL_TOKEN_SECRET}")
+    described = cluster.kubectl("describe", "secrets", install.PORTAL_TOKEN_SECRET, "-n", ns).stdout
     assert "token:" in described and "kubernetes.io/service-account.name: omicsdm" in described
 
     # As the PoC's clients use it: the handler with a static token and the cluster's CA.
-    portal = K8ApiHandler(host=cluster.server, oidc_client=(manifests.PORTAL_ACCOUNT, token), cert=str(cluster.pki / "ca.crt"))
+    portal = K8ApiHandler(host=cluster.server, oidc_client=(install.PORTAL_ACCOUNT, token), cert=str(cluster.pki / "ca.crt"))
     portal.change_namespace(ns)
     assert portal.list_instances() == []
     with pytest.raises(ApiError) as refused:
@@ -520,16 +521,16 @@ def test_operator_runs_with_its_own_rbac(
 ) -> None:
     """The RBAC is not only restrictive but sufficient: the operator, holding nothing but its
     service account's token, creates the children, moves the status and posts Events."""
-    kubeconfig = service_accounts.kubeconfig(cluster, rbac.namespace, manifests.OPERATOR_NAME, tmp_path / "sa.kubeconfig")
+    kubeconfig = service_accounts.kubeconfig(cluster, rbac.namespace, install.OPERATOR_NAME, tmp_path / "sa.kubeconfig")
     whoami = cluster.kubectl("--kubeconfig", str(kubeconfig), "auth", "whoami", "-o", "jsonpath={.status.userInfo.username}")
-    assert whoami.stdout == f"system:serviceaccount:{rbac.namespace}:{manifests.OPERATOR_NAME}"
+    assert whoami.stdout == f"system:serviceaccount:{rbac.namespace}:{install.OPERATOR_NAME}"
     operator = start_operator(kubeconfig=kubeconfig, metrics_service=rbac.metrics_service, tick=1)
     name = create(k8s, instance_body(k8s.namespace))
-    body = wait_phase(k8s, name, api.Phase.READY)
+    body = wait_phase(k8s, name, model.Phase.READY)
     for kind in CHILD_KINDS:
         assert read_child(k8s, kind, name) is not None, kind
     event = wait_event(k8s, name, "Ready", "Normal")
-    assert event.source.component == manifests.OPERATOR_NAME
+    assert event.source.component == install.OPERATOR_NAME
     assert body["status"]["url"].endswith(f"/{name}/")
     # the culler lists the metrics EndpointSlices every tick: allowed, so no "could not list"
     wait_for(lambda: "activity unknown" in operator.text(), 20, "a culling pass")
@@ -571,7 +572,7 @@ def test_helm_chart_renders_objects_the_api_server_accepts(cluster: DevCluster, 
 def test_kustomize_install_is_accepted_by_the_api_server(cluster: DevCluster, install_namespaces: None) -> None:
     rendered = cluster.kubectl("kustomize", str(REPO / "manifests")).stdout
     docs = [d for d in yaml.safe_load_all(rendered) if d]
-    assert sorted(d["metadata"]["name"] for d in docs if d["kind"] == "CustomResourceDefinition") == sorted([api.CRD_NAME, "kopfpeerings.kopf.dev"])
+    assert sorted(d["metadata"]["name"] for d in docs if d["kind"] == "CustomResourceDefinition") == sorted([model.CRD_NAME, "kopfpeerings.kopf.dev"])
     out = server_dry_run(cluster, rendered)
     for expected in ("customresourcedefinition.apiextensions.k8s.io/singleuserinstances.cnag.eu",
                      "deployment.apps/sui-operator", "serviceaccount/omicsdm", "rolebinding.rbac.authorization.k8s.io/sui-operator"):  # fmt: skip
@@ -604,7 +605,7 @@ def test_cli_deploy_list_describe_delete(
     cli: Callable[..., subprocess.CompletedProcess[str]], k8s: K8ApiHandler, start_operator: StartOperator
 ) -> None:
     start_operator()
-    name = manifests.new_instance_name()
+    name = viewer.new_instance_name()
     deployed = cli("deploy", "--owner", OWNER, "--dataset", DATASET, "--name", name, "--no-with-oauth2-proxy",
                    "--timeout", "60")  # fmt: skip
     assert deployed.returncode == 0, deployed.stderr
@@ -643,7 +644,7 @@ def test_cli_deploy_with_a_bad_dataset_exits_2_and_names_the_field(
 def test_cli_deploy_shares_with_groups_and_refuses_a_comma(
     cli: Callable[..., subprocess.CompletedProcess[str]], k8s: K8ApiHandler
 ) -> None:
-    name = manifests.new_instance_name()
+    name = viewer.new_instance_name()
     shared = cli("deploy", "--owner", OWNER, "--dataset", DATASET, "--name", name, "--allowed-group", "lab-a",
                  "--allowed-group", "lab-b", "--no-with-oauth2-proxy", "--no-wait")  # fmt: skip
     assert shared.returncode == 0, shared.stderr
@@ -790,7 +791,7 @@ def test_invalid_embedded_specs_are_refused_naming_the_field(
     refused_by: str,
     words: list[str],
 ) -> None:
-    name = changes.pop("name", None) or manifests.new_instance_name()
+    name = changes.pop("name", None) or viewer.new_instance_name()
     body = raw_body(k8s.namespace, embedded_spec(name, changes, lifespan=None if no_lifespan else 600), name)
     if refused_by == "api":
         with pytest.raises(ApiError) as caught:
@@ -801,7 +802,7 @@ def test_invalid_embedded_specs_are_refused_naming_the_field(
     else:
         start_operator()
         create(k8s, body)
-        message = wait_phase(k8s, name, api.Phase.FAILED)["status"]["message"]
+        message = wait_phase(k8s, name, model.Phase.FAILED)["status"]["message"]
         assert message.startswith(f"SingleUserInstance {k8s.namespace}/{name}: ")
         event = wait_event(k8s, name, "Failed", "Warning")
         assert words[0] in event.message
@@ -814,10 +815,10 @@ def test_a_privileged_embedded_manifest_is_refused_and_nothing_is_created(
     k8s: K8ApiHandler, start_operator: StartOperator
 ) -> None:
     operator = start_operator()
-    name = manifests.new_instance_name()
+    name = viewer.new_instance_name()
     spec = embedded_spec(name, {f"{CONTAINER}.securityContext": {"privileged": True}})
     create(k8s, raw_body(k8s.namespace, spec, name))
-    body = wait_phase(k8s, name, api.Phase.FAILED)
+    body = wait_phase(k8s, name, model.Phase.FAILED)
     field = f"{POD}.containers[0].securityContext.privileged"
     assert body["status"]["message"] == (
         f"SingleUserInstance {k8s.namespace}/{name}: {field} is true: privileged containers are not allowed; "
@@ -871,9 +872,9 @@ def test_what_an_embedded_client_may_not_choose_gets_the_operators_value(
     k8s: K8ApiHandler, start_operator: StartOperator, changes: dict[str, Any], read: Callable[[K8ApiHandler, str], Any], ours: Any
 ) -> None:
     start_operator()
-    name = manifests.new_instance_name()
+    name = viewer.new_instance_name()
     create(k8s, raw_body(k8s.namespace, embedded_spec(name, changes), name))
-    wait_phase(k8s, name, api.Phase.READY)
+    wait_phase(k8s, name, model.Phase.READY)
     expected = [item.replace("{name}", name) for item in ours] if isinstance(ours, list) else ours
     assert read(k8s, name) == expected
 
@@ -882,7 +883,7 @@ def test_the_ignored_parts_of_the_clients_manifests_are_named_in_an_event(
     k8s: K8ApiHandler, start_operator: StartOperator
 ) -> None:
     start_operator()
-    name = manifests.new_instance_name()
+    name = viewer.new_instance_name()
     spec = embedded_spec(name, {"service.spec.type": "NodePort"})
     spec["ingress"]["metadata"]["annotations"]["nginx.ingress.kubernetes.io/server-snippet"] = "return 200;"
     create(k8s, raw_body(k8s.namespace, spec, name))
@@ -895,9 +896,9 @@ def test_the_pocs_test_instance_naming_nobody_is_refused_by_default(
     k8s: K8ApiHandler, start_operator: StartOperator
 ) -> None:
     start_operator()
-    name = manifests.new_instance_name()
+    name = viewer.new_instance_name()
     create(k8s, client_shapes.poc_test_instance(name, k8s.namespace))
-    message = wait_phase(k8s, name, api.Phase.FAILED)["status"]["message"]
+    message = wait_phase(k8s, name, model.Phase.FAILED)["status"]["message"]
     assert "names nobody who may open it" in message and "CXG_REQUIRE_OWNER=false" in message
     assert nothing_created(k8s) == {}
 
@@ -907,17 +908,17 @@ def test_a_second_live_instance_saving_to_the_same_place_is_refused_naming_the_f
 ) -> None:
     start_operator()
     first = create(k8s, instance_body(k8s.namespace, dataset=DATASET))
-    wait_phase(k8s, first, api.Phase.READY)
+    wait_phase(k8s, first, model.Phase.READY)
     second = create(k8s, instance_body(k8s.namespace, dataset=DATASET))
-    message = wait_phase(k8s, second, api.Phase.FAILED)["status"]["message"]
+    message = wait_phase(k8s, second, model.Phase.FAILED)["status"]["message"]
     assert f"in use by SingleUserInstance {k8s.namespace}/{first}" in message
     assert f"http://cxg.localtest/{first}/" in message
     # Another dataset of the same owner is another place: accepted.
-    wait_phase(k8s, create(k8s, instance_body(k8s.namespace, dataset="s3://omics-data/other/pbmc3k.h5ad")), api.Phase.READY)
+    wait_phase(k8s, create(k8s, instance_body(k8s.namespace, dataset="s3://omics-data/other/pbmc3k.h5ad")), model.Phase.READY)
     # Once the first is gone, the place is free again.
     k8s.delete_instance(first)
     wait_for(lambda: get_or_none(k8s, first) is None, 30, f"{first} to be gone")
-    wait_phase(k8s, create(k8s, instance_body(k8s.namespace, dataset=DATASET)), api.Phase.READY)
+    wait_phase(k8s, create(k8s, instance_body(k8s.namespace, dataset=DATASET)), model.Phase.READY)
 
 
 # --- children: used only if this instance owns them --------------------------------------------------
@@ -936,7 +937,7 @@ def test_a_child_owned_by_something_else_fails_the_instance_without_takeover(
     k8s: K8ApiHandler, start_operator: StartOperator, held_by: str
 ) -> None:
     start_operator()
-    name = manifests.new_instance_name()
+    name = viewer.new_instance_name()
     owner = None
     if held_by == "a ConfigMap":
         keeper = k8s.core.create_namespaced_config_map(k8s.namespace, {"metadata": {"name": "keeper"}})
@@ -945,7 +946,7 @@ def test_a_child_owned_by_something_else_fails_the_instance_without_takeover(
     before = read_child(k8s, "Service", name)
 
     create(k8s, instance_body(k8s.namespace, name))
-    body = wait_phase(k8s, name, api.Phase.FAILED)
+    body = wait_phase(k8s, name, model.Phase.FAILED)
     holder = "nothing" if owner is None else "ConfigMap keeper"
     expected = (
         f"SingleUserInstance {k8s.namespace}/{name}: Service {k8s.namespace}/{name} already exists and is owned "
@@ -972,7 +973,7 @@ def test_starting_and_ready_events_and_the_time_from_creation_to_ready(
 ) -> None:
     start_operator()
     name = create(k8s, instance_body(k8s.namespace))
-    body = wait_phase(k8s, name, api.Phase.READY)
+    body = wait_phase(k8s, name, model.Phase.READY)
     starting = wait_event(k8s, name, "Starting", "Normal")
     ready = wait_event(k8s, name, "Ready", "Normal")
     assert starting.message == (
@@ -1004,11 +1005,11 @@ def test_a_deleted_instances_pod_news_is_forgotten_with_its_pod() -> None:
     memo = kopf.Memo(instances={}, pod_news={})
     key = ("ns", "cellxgene-gone")
     pod = {"metadata": {"namespace": key[0], "name": "viewer", "labels": {"instance": key[1]}}}
-    memo.pod_news[key] = operator.PodNews(latest=(api.Phase.READY, "ready"))
-    asyncio.run(operator.pod_changed(event={"type": "DELETED"}, body=pod, memo=memo, logger=logging.getLogger()))
+    memo.pod_news[key] = handlers.PodNews(latest=(model.Phase.READY, "ready"))
+    asyncio.run(handlers.pod_changed(event={"type": "DELETED"}, body=pod, memo=memo, logger=logging.getLogger()))
     assert key not in memo.pod_news
     # While the instance lives, the record (what was announced) stays; only the pod's news goes.
     memo.instances[key] = {"metadata": {}, "spec": {}, "status": {}}
-    memo.pod_news[key] = operator.PodNews(latest=(api.Phase.READY, "ready"))
-    asyncio.run(operator.pod_changed(event={"type": "DELETED"}, body=pod, memo=memo, logger=logging.getLogger()))
+    memo.pod_news[key] = handlers.PodNews(latest=(model.Phase.READY, "ready"))
+    asyncio.run(handlers.pod_changed(event={"type": "DELETED"}, body=pod, memo=memo, logger=logging.getLogger()))
     assert memo.pod_news[key].latest is None

@@ -14,12 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cxg_devcluster.cluster import DevCluster
 
-from cxg_on_k8s import manifests
-from cxg_on_k8s import spec as api
-from cxg_on_k8s.api import ApiError, K8ApiHandler
-from cxg_on_k8s.devcluster import DevCluster
-from cxg_on_k8s.peering import outranked
+from cxg_on_k8s.api import model
+from cxg_on_k8s.controller.peering import outranked
+from cxg_on_k8s.k8s.client import ApiError, K8ApiHandler
+from cxg_on_k8s.render import install
 from cxg_on_k8s.settings import Settings
 from tests import service_accounts
 from tests.conftest import StartOperator, install_crd, remove_peering_crd, wait_for
@@ -37,7 +37,7 @@ SPAWNED = "Handler 'spawn' succeeded"
 @pytest.fixture
 def peering_crd(cluster: DevCluster) -> Iterator[None]:
     """kopf's peering CRD for one test, removed afterwards."""
-    install_crd(cluster, manifests.kopf_peering_crd())
+    install_crd(cluster, install.kopf_peering_crd())
     yield
     remove_peering_crd(cluster)
 
@@ -45,7 +45,7 @@ def peering_crd(cluster: DevCluster) -> Iterator[None]:
 def peering_status(k8s: K8ApiHandler) -> dict[str, Any]:
     try:
         body = k8s.custom.get_namespaced_custom_object(
-            manifests.KOPF_GROUP, "v1", k8s.namespace, manifests.KOPF_PEERING_PLURAL, manifests.PEERING_NAME
+            install.KOPF_GROUP, "v1", k8s.namespace, install.KOPF_PEERING_PLURAL, install.PEERING_NAME
         )
     except Exception:  # noqa: BLE001 - not there yet
         return {}
@@ -104,9 +104,9 @@ def test_without_the_peering_crd_the_operator_warns_and_works(
     remove_peering_crd(cluster)
     operator = start_operator()
     name = create(k8s, instance_body(k8s.namespace))
-    wait_phase(k8s, name, api.Phase.READY)
+    wait_phase(k8s, name, model.Phase.READY)
     log = operator.text()
-    assert f"kopf's peering CRD {manifests.KOPF_PEERING_CRD_NAME} is not installed: running without peering" in log
+    assert f"kopf's peering CRD {install.KOPF_PEERING_CRD_NAME} is not installed: running without peering" in log
     assert "cxg-k8s install" in log
 
 
@@ -115,10 +115,10 @@ def test_the_higher_priority_operator_works_and_the_lower_one_takes_over_when_it
 ) -> None:
     ns = k8s.namespace
     # The in-cluster one runs with nothing but its own service account: its RBAC covers peering.
-    rbac = manifests.operator_rbac(Settings(namespace=ns, metrics_service=""))
+    rbac = install.operator_rbac(Settings(namespace=ns, metrics_service=""))
     service_accounts.apply(cluster, rbac)
     try:
-        sa_kubeconfig = service_accounts.kubeconfig(cluster, ns, manifests.OPERATOR_NAME, tmp_path / "sa.kubeconfig")
+        sa_kubeconfig = service_accounts.kubeconfig(cluster, ns, install.OPERATOR_NAME, tmp_path / "sa.kubeconfig")
         high = start_operator(kubeconfig=sa_kubeconfig, peering_priority=100)
         wait_for(lambda: priorities(k8s) == [100], 30, "the in-cluster operator's keep-alive in the KopfPeering")
         low = start_operator(peering_priority=0, tick=1)
@@ -128,7 +128,7 @@ def test_the_higher_priority_operator_works_and_the_lower_one_takes_over_when_it
         wait_for(lambda: "culling paused: operator(s) with a higher priority than 0" in low.text(), 30, "the culler to stand by")
 
         first = create(k8s, instance_body(k8s.namespace))
-        wait_phase(k8s, first, api.Phase.READY)
+        wait_phase(k8s, first, model.Phase.READY)
         # kwok's pod can be Ready before kopf logs the handler's end (its progress patch comes last)
         wait_for(lambda: SPAWNED in high.text() and first in high.text(), 30, "the in-cluster operator to log the spawn")
         assert first not in low.text(), low.text()[-3000:]
@@ -138,7 +138,7 @@ def test_the_higher_priority_operator_works_and_the_lower_one_takes_over_when_it
         wait_for(lambda: RESUMED in low.text(), 30, "the laptop operator to resume")
         wait_for(lambda: priorities(k8s) == [0], 30, "the stopped operator's record to be gone")
         second = create(k8s, instance_body(k8s.namespace))
-        wait_phase(k8s, second, api.Phase.READY)
+        wait_phase(k8s, second, model.Phase.READY)
         wait_for(lambda: SPAWNED in low.text() and second in low.text(), 30, "the laptop operator to log the spawn")
         wait_for(lambda: "culling resumed" in low.text(), 30, "the culler to resume")
     finally:
@@ -149,8 +149,8 @@ def test_standalone_ignores_peering(k8s: K8ApiHandler, peering_crd: None, start_
     """`cxg-k8s operator --standalone`, the old behaviour: no peering object, no keep-alives."""
     operator = start_operator("--standalone")
     name = create(k8s, instance_body(k8s.namespace))
-    wait_phase(k8s, name, api.Phase.READY)
+    wait_phase(k8s, name, model.Phase.READY)
     with pytest.raises(ApiError) as missing:
-        k8s.read_custom_resource(manifests.PEERING_NAME, manifests.KOPF_GROUP, "v1", manifests.KOPF_PEERING_PLURAL)
+        k8s.read_custom_resource(install.PEERING_NAME, install.KOPF_GROUP, "v1", install.KOPF_PEERING_PLURAL)
     assert missing.value.status == 404
     assert "peering" not in operator.text().lower(), operator.text()[-3000:]

@@ -22,11 +22,12 @@ from urllib.parse import urlsplit
 
 import pytest
 import yaml
+from cxg_devcluster.cluster import DevCluster, stop_process
 
-from cxg_on_k8s import envfile, manifests
-from cxg_on_k8s import spec as api
-from cxg_on_k8s.api import K8ApiHandler
-from cxg_on_k8s.devcluster import DevCluster, stop_process
+from cxg_on_k8s import envfile
+from cxg_on_k8s.api import model
+from cxg_on_k8s.k8s.client import K8ApiHandler
+from cxg_on_k8s.render import install, viewer
 from cxg_on_k8s.settings import Settings
 from tests import client_shapes, service_accounts
 from tests.conftest import REPO, operator_env, wait_for
@@ -86,7 +87,7 @@ def test_kopf_run_on_the_pocs_operator_file_makes_an_instance_ready(
     log = tmp_path / "kopf-run.log"
     with seed_operator(cluster, namespace, log):
         name = create(k8s, instance_body(namespace))
-        body = wait_phase(k8s, name, api.Phase.READY)
+        body = wait_phase(k8s, name, model.Phase.READY)
         assert body["status"]["url"] == f"http://cxg.localtest/{name}/"
         assert k8s.read_deployment(name).metadata.owner_references[0].name == name
     assert "Handler 'spawn' succeeded" in log.read_text()
@@ -102,13 +103,13 @@ def test_the_clients_of_today_become_ready_through_the_seeds_start_command(
     instance (it names nobody) needs; the portal's shape names its user and is restricted."""
     cluster.kubectl("label", "namespace", namespace, "pod-security.kubernetes.io/enforce=restricted")
     settings = Settings(namespace=namespace)
-    poc, portal = manifests.new_instance_name(), manifests.new_instance_name()
+    poc, portal = viewer.new_instance_name(), viewer.new_instance_name()
     with seed_operator(cluster, namespace, tmp_path / "kopf-run.log", require_owner="false"):
         create(k8s, client_shapes.poc_test_instance(poc, namespace))
         create(k8s, client_shapes.portal_instance(portal, namespace, "bob", "pbmc.h5ad", settings))
         restricted = {}
         for name in (poc, portal):
-            body = wait_phase(k8s, name, api.Phase.READY)
+            body = wait_phase(k8s, name, model.Phase.READY)
             restricted[name] = {c["type"]: c for c in body["status"]["conditions"]}["Restricted"]
             deployment = k8s.read_deployment(name)  # what a client waiting on read_deployment(name) finds
             assert deployment.spec.selector.match_labels == {"instance": name}
@@ -122,7 +123,7 @@ def test_the_clients_of_today_become_ready_through_the_seeds_start_command(
         assert (poc, "OpenAccess") in warnings
         # The portal form's own pods pass the enforced standard too.
         portal_form = create(k8s, instance_body(namespace))
-        wait_phase(k8s, portal_form, api.Phase.READY)
+        wait_phase(k8s, portal_form, model.Phase.READY)
         assert len(k8s.list_pods(f"instance={portal_form}").items) == 1
 
 
@@ -162,10 +163,10 @@ def test_env_file_never_overrides_the_environment(tmp_path: Path) -> None:
 def poc_env_dir(cluster: DevCluster, namespace: str, tmp_path: Path) -> Iterator[Path]:
     """A directory holding a PoC-style .env: the portal's service-account token, the API server's
     address and CA, no kubeconfig anywhere."""
-    rbac = manifests.portal_rbac(Settings(namespace=namespace))
+    rbac = install.portal_rbac(Settings(namespace=namespace))
     service_accounts.apply(cluster, rbac)
     server = urlsplit(cluster.server)
-    token = service_accounts.token(cluster, namespace, manifests.PORTAL_ACCOUNT)
+    token = service_accounts.token(cluster, namespace, install.PORTAL_ACCOUNT)
     workdir = tmp_path / "portal"
     workdir.mkdir()
     (workdir / ".env").write_text(
@@ -173,7 +174,7 @@ def poc_env_dir(cluster: DevCluster, namespace: str, tmp_path: Path) -> Iterator
         f"K8_IP={server.hostname}\n"
         f"K8_PORT={server.port}\n"
         f"CLUSTER_ROOT_CERTIFICATE={cluster.pki / 'ca.crt'}\n"
-        f"SERVICE_ACCOUNT={manifests.PORTAL_ACCOUNT}\n"
+        f"SERVICE_ACCOUNT={install.PORTAL_ACCOUNT}\n"
         f'ACCOUNT_TOKEN="{token}"\n'
         "HOST_NAME=cellxgene.example.org\n"
         "KEYCLOAK_ENDPOINT=https://keycloak.example.org\n"
@@ -196,7 +197,7 @@ def run_cli(workdir: Path, *args: str, **extra_env: str) -> subprocess.Completed
 def test_the_cli_reads_the_pocs_env_file_and_connects_with_its_token(
     poc_env_dir: Path, k8s: K8ApiHandler
 ) -> None:
-    name = manifests.new_instance_name()
+    name = viewer.new_instance_name()
     deployed = run_cli(poc_env_dir, "deploy", "--owner", OWNER, "--dataset", DATASET, "--name", name,
                        "--no-wait", "--no-with-oauth2-proxy")  # fmt: skip
     assert deployed.returncode == 0, deployed.stderr

@@ -13,9 +13,10 @@ from typing import Any
 
 import pytest
 
-from cxg_on_k8s import access, embedded as embedded_form, policy
-from cxg_on_k8s import spec as api
-from cxg_on_k8s.instance_plan import Refusal, plan_instance
+from cxg_on_k8s.api import access, crd, model, policy
+from cxg_on_k8s.controller import ownership
+from cxg_on_k8s.render import embedded as embedded_form
+from cxg_on_k8s.render.plan import Refusal, plan_instance
 from cxg_on_k8s.settings import Settings
 from tests.test_manifests import poc_manifests
 
@@ -29,13 +30,13 @@ UID = "6c1f0a9e-0000-4000-8000-000000000001"
 POD = "spec.deployment.spec.template.spec"
 
 
-def embedded(**changes: Any) -> api.SingleUserInstanceSpec:
+def embedded(**changes: Any) -> model.SingleUserInstanceSpec:
     """The PoC's manifests with fields set by path, e.g.
     ``{"deployment.spec.template.spec.hostNetwork": True}``."""
     docs = copy.deepcopy(poc_manifests(NAME))
     for path, value in changes.items():
         set_path(docs, path, value)
-    return api.SingleUserInstanceSpec(lifespan=600, **docs)
+    return model.SingleUserInstanceSpec(lifespan=600, **docs)
 
 
 def set_path(doc: Any, path: str, value: Any) -> None:
@@ -84,7 +85,7 @@ def test_every_guarded_field_at_its_safe_value_is_accepted() -> None:
 
 
 def test_the_portal_form_has_no_embedded_problems() -> None:
-    spec = api.SingleUserInstanceSpec(owner="alice@example.org", dataset="s3://b-1/x.h5ad")
+    spec = model.SingleUserInstanceSpec(owner="alice@example.org", dataset="s3://b-1/x.h5ad")
     assert policy.embedded_problems(spec, NS, SETTINGS) == []
 
 
@@ -221,7 +222,7 @@ def test_every_problem_is_reported_at_once() -> None:
 def test_missing_kind_is_refused() -> None:
     docs = poc_manifests(NAME)
     del docs["service"]["kind"]
-    spec = api.SingleUserInstanceSpec(lifespan=600, **docs)
+    spec = model.SingleUserInstanceSpec(lifespan=600, **docs)
     assert policy.embedded_problems(spec, NS, SETTINGS) == [
         "spec.service.kind is None: the service slot takes a Service only; set kind: Service"
     ]
@@ -251,14 +252,14 @@ def test_problems_applies_the_policy_in_the_settings_namespace_by_default() -> N
 
 
 def test_the_crd_needs_a_lifespan_with_the_embedded_form_and_names_the_field() -> None:
-    rules = api.openapi_schema()["properties"]["spec"]["x-kubernetes-validations"]
-    assert {"rule": api.LIFESPAN_RULE, "message": api.LIFESPAN_MESSAGE} in rules
-    assert "spec.lifespan" in api.LIFESPAN_MESSAGE
+    rules = crd.openapi_schema()["properties"]["spec"]["x-kubernetes-validations"]
+    assert {"rule": crd.LIFESPAN_RULE, "message": crd.LIFESPAN_MESSAGE} in rules
+    assert "spec.lifespan" in crd.LIFESPAN_MESSAGE
 
 
-@pytest.mark.parametrize(("slot", "version", "kind"), [(s, *vk) for s, vk in api.EMBEDDED_SLOTS.items()])
+@pytest.mark.parametrize(("slot", "version", "kind"), [(s, *vk) for s, vk in model.EMBEDDED_SLOTS.items()])
 def test_the_crd_declares_each_slots_kind_and_keeps_the_rest_free_form(slot: str, version: str, kind: str) -> None:
-    schema = api.openapi_schema()["properties"]["spec"]["properties"][slot]
+    schema = crd.openapi_schema()["properties"]["spec"]["properties"][slot]
     assert schema["x-kubernetes-preserve-unknown-fields"] is True
     assert schema["properties"] == {
         "apiVersion": {"type": "string", "enum": [version]},
@@ -270,19 +271,19 @@ def test_the_crd_declares_each_slots_kind_and_keeps_the_rest_free_form(slot: str
 # --- children: used only if this instance owns them -------------------------------------------------
 
 
-def conflict(owners: list[dict[str, Any]] | None) -> api.Conflict | None:
-    return api.child_conflict("Service", NS, NAME, owners, UID, NAME)
+def conflict(owners: list[dict[str, Any]] | None) -> ownership.Conflict | None:
+    return ownership.child_conflict("Service", NS, NAME, owners, UID, NAME)
 
 
 def test_an_absent_child_or_one_this_instance_owns_is_no_conflict() -> None:
     assert conflict(None) is None
-    assert conflict([{"kind": api.KIND, "name": NAME, "uid": UID}]) is None
+    assert conflict([{"kind": model.KIND, "name": NAME, "uid": UID}]) is None
     # co-owned (someone added a reference): still ours
-    assert conflict([{"kind": "Deployment", "name": "x", "uid": "other"}, {"kind": api.KIND, "name": NAME, "uid": UID}]) is None
+    assert conflict([{"kind": "Deployment", "name": "x", "uid": "other"}, {"kind": model.KIND, "name": NAME, "uid": UID}]) is None
 
 
 def test_a_child_nobody_owns_is_not_taken_over() -> None:
-    assert conflict([]) == api.Conflict(
+    assert conflict([]) == ownership.Conflict(
         f"Service {NS}/{NAME} already exists and is owned by nothing, not by this instance, and is not taken over. "
         f"Fix: delete it (kubectl -n {NS} delete service {NAME}) or rename this instance, then create the "
         "instance again"
@@ -296,7 +297,7 @@ def test_a_child_owned_by_something_else_names_the_owner() -> None:
 
 
 def test_a_child_of_an_earlier_instance_of_the_same_name_is_awaited() -> None:
-    found = conflict([{"kind": api.KIND, "name": NAME, "uid": "the-deleted-one"}])
+    found = conflict([{"kind": model.KIND, "name": NAME, "uid": "the-deleted-one"}])
     assert found is not None and found.transient
     assert "earlier SingleUserInstance of the same name" in found.message
 
@@ -488,5 +489,5 @@ def test_an_embedded_viewer_without_a_port_is_refused_naming_the_field() -> None
 
 
 def test_reserved_names_are_refused_by_the_crd() -> None:
-    (rule,) = api.openapi_schema()["x-kubernetes-validations"]
+    (rule,) = crd.openapi_schema()["x-kubernetes-validations"]
     assert "'oauth2'" in rule["rule"] and "metadata.name" in rule["message"]

@@ -19,11 +19,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cxg_devcluster import cluster as dc
+from cxg_devcluster import node as dn
+from cxg_devcluster.cluster import DevCluster
+from cxg_devcluster.node import RealNode, leftovers
 
-from cxg_on_k8s import devcluster as dc
-from cxg_on_k8s import devcluster_node as dn
-from cxg_on_k8s.devcluster import DevCluster
-from cxg_on_k8s.devcluster_node import RealNode, leftovers
 from tests.conftest import REPO, wait_for
 
 pytest.register_assert_rewrite("tests.fixtures_node")  # before the import below, so its asserts explain
@@ -231,7 +231,7 @@ def test_stop_and_a_failed_start_leave_nothing_behind(
 CRASHING_NODE = """
 import json, os, signal, sys
 from pathlib import Path
-from cxg_on_k8s.devcluster import DevCluster
+from cxg_devcluster.cluster import DevCluster
 from tests.fixtures_node import apply, busybox_pod, create_real_namespace
 
 workdir, bin_dir, api_port = sys.argv[1], sys.argv[2], int(sys.argv[3])

@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from cxg_on_k8s import manifests
+from cxg_on_k8s.api import model
 from cxg_on_k8s.settings import Settings
 from tests import client_shapes
 
@@ -39,7 +39,7 @@ def test_the_portals_shape_renders_as_the_operator_would_create_it(tmp_path: Pat
     assert [d["kind"] for d in docs] == ["SingleUserInstance", "NetworkPolicy", "Deployment", "Service", "Ingress"]
     deployment, ingress = docs[2], docs[4]
     assert deployment["metadata"]["name"] == NAME and deployment["spec"]["selector"] == {"matchLabels": {"instance": NAME}}
-    assert ingress["metadata"]["annotations"][manifests.api.AUTH_URL_ANNOTATION].endswith("?allowed_groups=bob")
+    assert ingress["metadata"]["annotations"][model.AUTH_URL_ANNOTATION].endswith("?allowed_groups=bob")
     assert "not applied: spec.ingress annotation nginx.ingress.kubernetes.io/auth-url" in result.stderr
 
 

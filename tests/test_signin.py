@@ -31,12 +31,7 @@ import requests.cookies
 
 pytest.register_assert_rewrite("tests.fixtures_signin")  # before the import below, so its asserts explain
 
-from cxg_on_k8s.keycloak_setup import (  # noqa: E402
-    KeycloakSetupError,
-    SetupReport,
-    desired_groups_mappers,
-    setup_keycloak,
-)
+from cxg_on_k8s.cli.keycloak_setup import KeycloakSetupError, SetupReport, desired_groups_mappers, setup_keycloak
 from tests.fixtures_signin import ARTIFACTS, CELLS, Edge, Keycloak, User, free_port  # noqa: E402
 
 pytest_plugins = ["tests.fixtures_signin"]

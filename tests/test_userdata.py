@@ -26,9 +26,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cxg_on_k8s import manifests
+from cxg_on_k8s.api.model import SingleUserInstanceSpec
+from cxg_on_k8s.render import viewer
 from cxg_on_k8s.settings import Settings
-from cxg_on_k8s.spec import SingleUserInstanceSpec
 from cxg_on_k8s.userdata.errors import ExitCode, UserDataError
 from cxg_on_k8s.userdata.fetch import fetch
 from cxg_on_k8s.userdata.h5ad import HDF5_SIGNATURE, check_h5ad
@@ -415,7 +415,7 @@ def test_two_owners_and_two_datasets_that_once_collided_keep_separate_data(
         SingleUserInstanceSpec(owner="alice_lab@x.org", dataset=f"s3://{bucket}/projA/pbmc.h5ad"),
         SingleUserInstanceSpec(owner="alice+lab@x.org", dataset=f"s3://{bucket}/projB/pbmc.h5ad"),
     ]
-    prefixes = [manifests.user_data_url(spec, settings) for spec in specs]
+    prefixes = [viewer.user_data_url(spec, settings) for spec in specs]
     for i, prefix in enumerate(prefixes):
         src = tmp_path / f"viewer-{i}"
         src.mkdir()
@@ -434,10 +434,10 @@ def test_data_saved_at_the_earlier_default_place_is_found_and_moves_on_the_next_
     settings = Settings(s3_bucket=bucket)
     spec = SingleUserInstanceSpec(owner="bob@x.org", dataset=f"s3://{bucket}/d/pbmc.h5ad")
     s3.put_object(Bucket=bucket, Key="d/pbmc.h5ad", Body=hdf5_header(1000))
-    legacy = manifests.legacy_user_data_url(spec, settings)
+    legacy = viewer.legacy_user_data_url(spec, settings)
     assert legacy == f"s3://{bucket}/cxg_on_k8/bob@x.org/pbmc/"
     s3.put_object(Bucket=bucket, Key="cxg_on_k8/bob@x.org/pbmc/annotations.csv", Body=b"cell_id,x\ncell_0,old\n")
-    prefix = manifests.user_data_url(spec, settings)
+    prefix = viewer.user_data_url(spec, settings)
     dest = tmp_path / "data"
     result = fetch(spec.dataset or "", prefix, dest, client=s3, legacy_user_data=legacy)
     assert result.restored == ["annotations.csv"]
@@ -580,7 +580,7 @@ def test_store_outage_is_retried_reported_and_never_touches_the_last_good_copy(
 # --- with cellxgene -------------------------------------------------------------------------
 
 
-def put_annotations(venv: Path, viewer: str, columns: dict[str, list[str]]) -> None:
+def put_annotations(venv: Path, cellxgene_viewer: str, columns: dict[str, list[str]]) -> None:
     """PUT /api/v0.2/annotations/obs as cellxgene's client does: a deflated FlatBuffers matrix.
 
     The matrix is encoded by cellxgene's own encoder (server.common.fbs.matrix), run in its venv.
@@ -600,7 +600,7 @@ def put_annotations(venv: Path, viewer: str, columns: dict[str, list[str]]) -> N
         timeout=60,
     ).stdout
     request = urllib.request.Request(
-        f"{viewer}/api/v0.2/annotations/obs",
+        f"{cellxgene_viewer}/api/v0.2/annotations/obs",
         data=body,
         method="PUT",
         headers={"Content-Type": "application/octet-stream"},
@@ -609,10 +609,10 @@ def put_annotations(venv: Path, viewer: str, columns: dict[str, list[str]]) -> N
         assert json.load(response) == {"status": "OK"}
 
 
-def put_gene_sets(viewer: str, gene_sets: list[dict[str, Any]], tid: int) -> None:
+def put_gene_sets(cellxgene_viewer: str, gene_sets: list[dict[str, Any]], tid: int) -> None:
     """PUT /api/v0.2/genesets: the REST list format and a transaction id that must increase."""
     request = urllib.request.Request(
-        f"{viewer}/api/v0.2/genesets",
+        f"{cellxgene_viewer}/api/v0.2/genesets",
         data=json.dumps({"genesets": gene_sets, "tid": tid}).encode(),
         method="PUT",
         headers={"Content-Type": "application/json"},
@@ -627,9 +627,9 @@ def get_json(url: str) -> Any:
         return json.load(response)
 
 
-def user_columns(viewer: str) -> dict[str, list[str]]:
+def user_columns(cellxgene_viewer: str) -> dict[str, list[str]]:
     """The writable (user) obs columns cellxgene serves, with their categories."""
-    columns = get_json(f"{viewer}/api/v0.2/schema")["schema"]["annotations"]["obs"]["columns"]
+    columns = get_json(f"{cellxgene_viewer}/api/v0.2/schema")["schema"]["annotations"]["obs"]["columns"]
     return {c["name"]: c["categories"] for c in columns if c.get("writable")}
 
 
@@ -670,10 +670,10 @@ def test_annotations_made_in_cellxgene_survive_the_pod(
     with running_sync(
         prefix, first, moto_s3.env(), "--interval", "1", log_path=tmp_path / "sync-1.log"
     ) as sync:
-        with run_cellxgene(cellxgene_venv, first) as viewer:
-            assert user_columns(viewer.url) == {}
-            put_annotations(cellxgene_venv, viewer.url, {"cell_state": states})
-            put_gene_sets(viewer.url, [TUMOUR_SET], tid=1)
+        with run_cellxgene(cellxgene_venv, first) as cellxgene_viewer:
+            assert user_columns(cellxgene_viewer.url) == {}
+            put_annotations(cellxgene_venv, cellxgene_viewer.url, {"cell_state": states})
+            put_gene_sets(cellxgene_viewer.url, [TUMOUR_SET], tid=1)
             wait_until(
                 lambda: (
                     "tumour" in (s3_text(s3, bucket, key + "annotations.csv") or "")
@@ -684,7 +684,7 @@ def test_annotations_made_in_cellxgene_survive_the_pod(
             )
             # a last change just before the pod stops
             put_annotations(
-                cellxgene_venv, viewer.url, {"cell_state": states, "reviewed": ["yes"] * 300}
+                cellxgene_venv, cellxgene_viewer.url, {"cell_state": states, "reviewed": ["yes"] * 300}
             )
         # as with a native sidecar: cellxgene has exited, now sync gets SIGTERM and saves
         assert sync.stop() == 0, sync.log()
@@ -711,9 +711,9 @@ def test_annotations_made_in_cellxgene_survive_the_pod(
         "restored annotations.csv" in refetched.stderr
         and "restored gene_sets.csv" in refetched.stderr
     )
-    with run_cellxgene(cellxgene_venv, second) as viewer:
-        assert user_columns(viewer.url) == {"cell_state": ["normal", "tumour"], "reviewed": ["yes"]}
-        assert get_json(f"{viewer.url}/api/v0.2/genesets")["genesets"] == [TUMOUR_SET]
+    with run_cellxgene(cellxgene_venv, second) as cellxgene_viewer:
+        assert user_columns(cellxgene_viewer.url) == {"cell_state": ["normal", "tumour"], "reviewed": ["yes"]}
+        assert get_json(f"{cellxgene_viewer.url}/api/v0.2/genesets")["genesets"] == [TUMOUR_SET]
 
 
 def test_truncated_real_h5ad_is_refused(

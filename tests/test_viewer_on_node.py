@@ -27,11 +27,15 @@ import yaml
 
 pytest.register_assert_rewrite("tests.fixtures_node", "tests.fixtures_s3")  # before their import: their asserts explain
 
-from cxg_on_k8s import manifests  # noqa: E402
-from cxg_on_k8s import spec as api  # noqa: E402
-from cxg_on_k8s.api import K8ApiHandler, load_client  # noqa: E402
-from cxg_on_k8s.devcluster import DevCluster  # noqa: E402
-from cxg_on_k8s.devcluster_node import NODE_IP, NODE_NAME, RealNode  # noqa: E402
+from cxg_devcluster.cluster import DevCluster  # noqa: E402
+from cxg_devcluster.node import NODE_IP, NODE_NAME, RealNode  # noqa: E402
+
+from cxg_on_k8s.api import model  # noqa: E402
+from cxg_on_k8s.k8s.client import K8ApiHandler, load_client  # noqa: E402
+from cxg_on_k8s.render import (
+    samples,  # noqa: E402
+    viewer,
+)
 from cxg_on_k8s.settings import Settings  # noqa: E402
 from tests import client_shapes  # noqa: E402
 from tests.conftest import OperatorProcess, launch_operator, operator_env, wait_for  # noqa: E402
@@ -172,8 +176,8 @@ class Stops:
 
 
 def test_a_portal_viewer_runs_on_the_real_node_and_answers_through_its_service(viewers: Viewers) -> None:
-    name = create(viewers.k8s, manifests.instance(manifests.new_instance_name(), viewers.k8s.namespace, OWNER, viewers.dataset))
-    body = wait_phase(viewers.k8s, name, api.Phase.READY, timeout=READY_TIMEOUT)
+    name = create(viewers.k8s, viewer.instance(viewer.new_instance_name(), viewers.k8s.namespace, OWNER, viewers.dataset))
+    body = wait_phase(viewers.k8s, name, model.Phase.READY, timeout=READY_TIMEOUT)
     pod = viewer_pod(viewers, name)
     assert pod.spec.node_name == NODE_NAME
     # Ready because the real readiness probe passed, after the fetch step ran to its end.
@@ -192,8 +196,8 @@ def test_a_portal_viewer_runs_on_the_real_node_and_answers_through_its_service(v
 
 
 def test_the_last_change_before_a_delete_is_saved_and_the_next_viewer_shows_it(viewers: Viewers) -> None:
-    name = create(viewers.k8s, manifests.instance(manifests.new_instance_name(), viewers.k8s.namespace, OWNER, viewers.dataset))
-    wait_phase(viewers.k8s, name, api.Phase.READY, timeout=READY_TIMEOUT)
+    name = create(viewers.k8s, viewer.instance(viewer.new_instance_name(), viewers.k8s.namespace, OWNER, viewers.dataset))
+    wait_phase(viewers.k8s, name, model.Phase.READY, timeout=READY_TIMEOUT)
     url = cluster_ip_url(viewers, name)
     gene_set = f"made-just-before-delete-{uuid.uuid4().hex[:6]}"
     stops = Stops(viewers, name)
@@ -209,16 +213,16 @@ def test_the_last_change_before_a_delete_is_saved_and_the_next_viewer_shows_it(v
     # cellxgene stopped on SIGTERM (tini passes it on), not killed when the grace period ran out
     assert stops.exit_codes.get("cellxgene") != 137, (stops.exit_codes, gone_after)
     assert stops.exit_codes.get("save") == 0, stops.exit_codes
-    again = create(viewers.k8s, manifests.instance(manifests.new_instance_name(), viewers.k8s.namespace, OWNER, viewers.dataset))
-    wait_phase(viewers.k8s, again, api.Phase.READY, timeout=READY_TIMEOUT)
+    again = create(viewers.k8s, viewer.instance(viewer.new_instance_name(), viewers.k8s.namespace, OWNER, viewers.dataset))
+    wait_phase(viewers.k8s, again, model.Phase.READY, timeout=READY_TIMEOUT)
     assert gene_set in gene_sets_of(cluster_ip_url(viewers, again))
     viewers.k8s.delete_instance(again)
     wait_for(lambda: get_or_none(viewers.k8s, again) is None, 30, f"{again} to go")
 
 
 def saved_gene_sets_for(viewers: Viewers, owner: str, dataset: str) -> str:
-    spec = api.SingleUserInstanceSpec(owner=owner, dataset=dataset)
-    prefix = manifests.user_data_url(spec, Settings(s3_bucket=viewers.bucket))
+    spec = model.SingleUserInstanceSpec(owner=owner, dataset=dataset)
+    prefix = viewer.user_data_url(spec, Settings(s3_bucket=viewers.bucket))
     key = prefix.split("/", 3)[3] + "gene_sets.csv"
     client = viewers.s3.client()
     try:
@@ -229,9 +233,9 @@ def saved_gene_sets_for(viewers: Viewers, owner: str, dataset: str) -> str:
 
 def test_a_viewer_culled_for_its_lifespan_saves_first(viewers: Viewers) -> None:
     owner = "grace@example.org"  # a place of its own
-    name = create(viewers.k8s, manifests.instance(manifests.new_instance_name(), viewers.k8s.namespace, owner,
+    name = create(viewers.k8s, viewer.instance(viewer.new_instance_name(), viewers.k8s.namespace, owner,
                                                  viewers.dataset, lifespan=60))  # fmt: skip
-    wait_phase(viewers.k8s, name, api.Phase.READY, timeout=READY_TIMEOUT)
+    wait_phase(viewers.k8s, name, model.Phase.READY, timeout=READY_TIMEOUT)
     gene_set = f"made-before-the-cull-{uuid.uuid4().hex[:6]}"
     add_gene_set(cluster_ip_url(viewers, name), gene_set)
     wait_for(lambda: get_or_none(viewers.k8s, name) is None, 120, f"{name} to be culled at the end of its lifespan")
@@ -241,8 +245,8 @@ def test_a_viewer_culled_for_its_lifespan_saves_first(viewers: Viewers) -> None:
 
 def test_a_missing_dataset_fails_the_instance_naming_it(viewers: Viewers) -> None:
     missing = f"s3://{viewers.bucket}/datasets/not-there.h5ad"
-    name = create(viewers.k8s, manifests.instance(manifests.new_instance_name(), viewers.k8s.namespace, OWNER, missing))
-    message = wait_phase(viewers.k8s, name, api.Phase.FAILED, timeout=READY_TIMEOUT)["status"]["message"]
+    name = create(viewers.k8s, viewer.instance(viewer.new_instance_name(), viewers.k8s.namespace, OWNER, missing))
+    message = wait_phase(viewers.k8s, name, model.Phase.FAILED, timeout=READY_TIMEOUT)["status"]["message"]
     assert missing in message and "no such object" in message, message
     events = [e for e in viewers.k8s.list_events(name) if e.reason == "Failed" and e.type == "Warning"]
     assert events and missing in events[0].message
@@ -261,9 +265,9 @@ def test_wrong_credentials_fail_the_instance_saying_so(viewers: Viewers) -> None
 
     viewers.cluster.kubectl("apply", "-f", "-", input=secret("AKIAWRONGWRONGWRONG0"))
     try:
-        name = create(viewers.k8s, manifests.instance(manifests.new_instance_name(), viewers.k8s.namespace,
+        name = create(viewers.k8s, viewer.instance(viewer.new_instance_name(), viewers.k8s.namespace,
                                                      "ida@example.org", viewers.dataset))  # fmt: skip
-        message = wait_phase(viewers.k8s, name, api.Phase.FAILED, timeout=READY_TIMEOUT)["status"]["message"]
+        message = wait_phase(viewers.k8s, name, model.Phase.FAILED, timeout=READY_TIMEOUT)["status"]["message"]
     finally:
         viewers.cluster.kubectl("apply", "-f", "-", input=secret(viewers.s3.access_key))
     assert "access denied" in message and "AWS_ACCESS_KEY_ID" in message, message
@@ -275,15 +279,15 @@ def test_the_portals_embedded_form_runs_on_the_real_node(viewers: Viewers) -> No
     aws-cli init container syncs the user's prefix, its cellxgene command runs as the client
     wrote it, hardened to pass the namespace's Pod Security ``restricted``."""
     settings = Settings(namespace=viewers.k8s.namespace, s3_bucket=viewers.bucket, s3_endpoint_url=viewers.s3.endpoint)
-    name = manifests.new_instance_name()
+    name = viewer.new_instance_name()
     body = client_shapes.portal_instance(name, viewers.k8s.namespace, "bob", "pbmc.h5ad", settings,
-                                         aws_cli_image=manifests.POC_AWS_CLI_IMAGE)  # fmt: skip
+                                         aws_cli_image=samples.POC_AWS_CLI_IMAGE)  # fmt: skip
     data = Path(viewers.dataset.split("/", 3)[3])
     client = viewers.s3.client()
     small = client.get_object(Bucket=viewers.bucket, Key=str(data))["Body"].read()
     client.put_object(Bucket=viewers.bucket, Key="cxg_on_k8/bob/pbmc.h5ad/pbmc.h5ad", Body=small)
     create(viewers.k8s, body)
-    wait_phase(viewers.k8s, name, api.Phase.READY, timeout=READY_TIMEOUT)
+    wait_phase(viewers.k8s, name, model.Phase.READY, timeout=READY_TIMEOUT)
     assert viewer_pod(viewers, name).spec.node_name == NODE_NAME
     url = cluster_ip_url(viewers, name)
     assert b"CELLXGENE" in http(f"{url}/")[1].upper()
@@ -293,9 +297,9 @@ def test_the_portals_embedded_form_runs_on_the_real_node(viewers: Viewers) -> No
 def test_pods_hold_only_the_aws_secret(viewers: Viewers) -> None:
     """What a viewer pod can read: the AWS keys in its data containers' environment, no
     service-account token (none is mounted), nothing else."""
-    name = create(viewers.k8s, manifests.instance(manifests.new_instance_name(), viewers.k8s.namespace,
+    name = create(viewers.k8s, viewer.instance(viewer.new_instance_name(), viewers.k8s.namespace,
                                                  "hedy@example.org", viewers.dataset))  # fmt: skip
-    wait_phase(viewers.k8s, name, api.Phase.READY, timeout=READY_TIMEOUT)
+    wait_phase(viewers.k8s, name, model.Phase.READY, timeout=READY_TIMEOUT)
     pod = viewer_pod(viewers, name)
     mounted = viewers.cluster.kubectl("exec", "-n", viewers.k8s.namespace, pod.metadata.name, "-c", "cellxgene", "--",
                                       "ls", "/var/run/secrets", check=False)  # fmt: skip

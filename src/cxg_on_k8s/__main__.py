@@ -1,5 +1,5 @@
 """``python -m cxg_on_k8s`` is ``cxg-k8s``."""
 
-from cxg_on_k8s.cli import main
+from cxg_on_k8s.cli.main import main
 
 main()

@@ -14,8 +14,6 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from cxg_on_k8s.spec import markdown_cell
-
 ENV_PREFIX = "CXG_"
 
 # Variables of the proof of concept that still set an option, mapped to the option's name.
@@ -54,9 +52,7 @@ class Settings(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     # --- where instances live and how they are reached -------------------------------------
-    namespace: str = Field(
-        "cellxgene", description="Namespace of the SingleUserInstances and their children."
-    )
+    namespace: str = Field("cellxgene", description="Namespace of the SingleUserInstances and their children.")
     host_name: str = Field(
         "localhost",
         description="Public host name of the ingress; instance URLs are <scheme>://<host_name>/<name>/.",
@@ -74,9 +70,7 @@ class Settings(BaseModel):
     )
 
     # --- culling ---------------------------------------------------------------------------
-    tick: float = Field(
-        60.0, gt=0, description="Seconds between culling passes (PoC: K8_SUI_OP_TICK)."
-    )
+    tick: float = Field(60.0, gt=0, description="Seconds between culling passes (PoC: K8_SUI_OP_TICK).")
     unvisited_timeout: int = Field(
         300,
         ge=0,
@@ -122,8 +116,7 @@ class Settings(BaseModel):
         9090,
         ge=0,
         le=65535,
-        description="Port of the operator's Prometheus /metrics (e.g. "
-        "cxg_metrics_scrape_failures_total); 0 = off.",
+        description="Port of the operator's Prometheus /metrics (e.g. cxg_metrics_scrape_failures_total); 0 = off.",
     )
     peering_priority: int | None = Field(
         None,
@@ -178,12 +171,11 @@ class Settings(BaseModel):
 
     # --- user data -------------------------------------------------------------------------
     s3_bucket: str = Field(
-        "cellxgene", description="Bucket of the default userData prefix s3://<bucket>/<prefix>/<owner>/<dataset id>-<hash>/."
+        "cellxgene",
+        description="Bucket of the default userData prefix s3://<bucket>/<prefix>/<owner>/<dataset id>-<hash>/.",
     )
     user_data_prefix: str = Field("cxg_on_k8", description="Key prefix of users' saved data (PoC: cxg_on_k8).")
-    s3_endpoint_url: str = Field(
-        "", description="S3 endpoint for a non-AWS store (MinIO, moto); empty = AWS."
-    )
+    s3_endpoint_url: str = Field("", description="S3 endpoint for a non-AWS store (MinIO, moto); empty = AWS.")
     aws_secret: str = Field(
         "aws-cred-secret",
         description="Secret with AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (and optional "
@@ -194,17 +186,11 @@ class Settings(BaseModel):
     )
 
     # --- sign-in -----------------------------------------------------------------------------
-    keycloak_endpoint: str = Field(
-        "http://localhost:8080", description="Keycloak base URL (PoC: KEYCLOAK_ENDPOINT)."
-    )
+    keycloak_endpoint: str = Field("http://localhost:8080", description="Keycloak base URL (PoC: KEYCLOAK_ENDPOINT).")
     keycloak_realm: str = Field("cellxgene", description="Keycloak realm (PoC: KEYCLOAK_REALM).")
     oidc_client_id: str = Field("cellxgene", description="OIDC client id oauth2-proxy signs in with.")
-    oauth2_proxy_namespace: str = Field(
-        "ingress-nginx", description="Namespace of oauth2-proxy (as in the PoC)."
-    )
-    oauth2_proxy_image: str = Field(
-        "quay.io/oauth2-proxy/oauth2-proxy:v7.15.6", description="oauth2-proxy image."
-    )
+    oauth2_proxy_namespace: str = Field("ingress-nginx", description="Namespace of oauth2-proxy (as in the PoC).")
+    oauth2_proxy_image: str = Field("quay.io/oauth2-proxy/oauth2-proxy:v7.15.6", description="oauth2-proxy image.")
     oauth2_proxy_port: int = Field(8091, description="oauth2-proxy's HTTP port (as in the PoC).")
     oauth2_proxy_client_secret: str = Field(
         "oauth2-proxy-client",
@@ -287,20 +273,4 @@ class Settings(BaseModel):
                 name = str(err["loc"][0]) if err["loc"] else "?"
                 var = source.get(name, ENV_PREFIX + name.upper())
                 problems.append(f"{var}={values.get(name)!r}: {err['msg']}")
-            raise SettingsError(
-                "invalid settings: " + "; ".join(problems) + ". Fix or unset the variable."
-            ) from None
-
-
-def settings_table() -> str:
-    """The README's settings table, generated so that docs and code cannot drift."""
-    legacy = {name: var for var, name in LEGACY_ENV.items()}
-    rows = ["| variable | default | meaning |", "| --- | --- | --- |"]
-    for name, field in Settings.model_fields.items():
-        var = f"`{ENV_PREFIX}{name.upper()}`"
-        if name in legacy:
-            var += f" (or `{legacy[name]}`)"
-        default = field.default
-        shown = f"`{default}`" if default not in ("", None) else "(empty)"
-        rows.append(f"| {var} | {shown} | {markdown_cell(field.description or '')} |")
-    return "\n".join(rows)
+            raise SettingsError("invalid settings: " + "; ".join(problems) + ". Fix or unset the variable.") from None

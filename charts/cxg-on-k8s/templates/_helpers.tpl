@@ -1,6 +1,6 @@
 {{/*
 Labels Helm adds to every top-level object, next to the builders' own `app` label. Selectors and
-pod templates keep the builders' labels only, so that they match what cxg_on_k8s.manifests makes.
+pod templates keep the builders' labels only, so that they match what the cxg_on_k8s.render builders make.
 */}}
 {{- define "cxg.labels" -}}
 app.kubernetes.io/name: {{ .Chart.Name }}

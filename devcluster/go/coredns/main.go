@@ -1,5 +1,5 @@
 // Command coredns is CoreDNS v1.15.0 with only the plugins the dev cluster's Corefile uses
-// (src/cxg_on_k8s/devcluster_node.py). CoreDNS's own main links every plugin, the cloud
+// (devcluster/cxg_devcluster/node.py). CoreDNS's own main links every plugin, the cloud
 // providers' SDKs included, and took 9 minutes to build cold here; plugins register themselves
 // when imported, so a main that imports coremain and these six is the whole server we run.
 package main

@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from cxg_on_k8s import access as who
-from cxg_on_k8s import embedded, manifests, policy
-from cxg_on_k8s import spec as api
+from cxg_on_k8s.api import access as who
+from cxg_on_k8s.api import model, policy
+from cxg_on_k8s.render import embedded, viewer
 from cxg_on_k8s.settings import Settings
 
 
@@ -30,7 +30,7 @@ class Plan:
     parts of its manifests that were not applied, and (``open_access``) that every signed-in user
     may open the viewer."""
 
-    children: list[manifests.Manifest]
+    children: list[viewer.Manifest]
     access: who.Access
     ignored: list[str] = field(default_factory=list)
     open_access: str | None = None
@@ -38,8 +38,10 @@ class Plan:
 
 def nobody_named(access: who.Access) -> str:
     """Why an embedded instance names nobody, and the ways to name someone."""
-    where = f"{access.source} names nobody (oauth2-proxy reads an empty list as everyone)" if access.source else (
-        "the instance names nobody who may open it"
+    where = (
+        f"{access.source} names nobody (oauth2-proxy reads an empty list as everyone)"
+        if access.source
+        else ("the instance names nobody who may open it")
     )
     return (
         f"{where}: set spec.owner (the user's e-mail), a {who.USER_LABEL!r} label (their Keycloak "
@@ -48,7 +50,7 @@ def nobody_named(access: who.Access) -> str:
 
 
 def plan_instance(
-    name: str, namespace: str, labels: Mapping[str, str], spec: api.SingleUserInstanceSpec, settings: Settings
+    name: str, namespace: str, labels: Mapping[str, str], spec: model.SingleUserInstanceSpec, settings: Settings
 ) -> Plan:
     """The instance's children, built with the same builders for both forms; raises
     :class:`Refusal` with every problem at once."""
@@ -62,17 +64,17 @@ def plan_instance(
     if not spec.embedded:
         if problems:
             raise Refusal(name, namespace, problems)
-        return Plan(manifests.children(name, namespace, spec, access, settings), access)
+        return Plan(viewer.children(name, namespace, spec, access, settings), access)
     port = embedded.viewer_port(spec)
     if port is None:
         problems.append(embedded.NO_PORT)
     if problems or port is None:
         raise Refusal(name, namespace, problems)
-    ingress = manifests.ingress(name, namespace, access, settings)
+    ingress = viewer.ingress(name, namespace, access, settings)
     children = [
-        manifests.network_policy(name, namespace, settings, port=port),
+        viewer.network_policy(name, namespace, settings, port=port),
         embedded.deployment(name, namespace, spec, settings),
-        manifests.service(name, namespace, port=embedded.service_port(spec), target_port=port),
+        viewer.service(name, namespace, port=embedded.service_port(spec), target_port=port),
         ingress,
     ]
     return Plan(children, access, embedded.ignored(spec, ingress), open_access)

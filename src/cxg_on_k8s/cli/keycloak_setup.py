@@ -295,17 +295,13 @@ class _Run:
             self.unchanged.append(label)
             return
         payload = {"realm": self.realm, "client": client_uuid, "clientScopeId": scope_id}
-        self.call(
-            "assign " + label, self.admin.add_client_default_client_scope, client_uuid, scope_id, payload
-        )
+        self.call("assign " + label, self.admin.add_client_default_client_scope, client_uuid, scope_id, payload)
         self.created.append(label)
 
     def client_secret(self, client_uuid: str, client_id: str) -> str:
         """The client's secret; Keycloak generates one when the client is created as confidential,
         and a client that was public before has none until one is generated."""
-        secret = self.call(
-            f"read the secret of client {client_id!r}", self.admin.get_client_secrets, client_uuid
-        )
+        secret = self.call(f"read the secret of client {client_id!r}", self.admin.get_client_secrets, client_uuid)
         if secret.get("value"):
             return str(secret["value"])
         generated = self.call(
@@ -321,9 +317,7 @@ def _message(exc: KeycloakError) -> str:
     return text.strip()[:300]
 
 
-def _connect(
-    server_url: str, realm: str, admin_user: str, admin_password: str, admin_realm: str
-) -> KeycloakAdmin:
+def _connect(server_url: str, realm: str, admin_user: str, admin_password: str, admin_realm: str) -> KeycloakAdmin:
     """Log in as the admin and check the target realm exists, turning each failure into its fix."""
     admin = KeycloakAdmin(
         server_url=server_url,
@@ -404,17 +398,13 @@ def setup_keycloak(
     run.ensure_mapper(
         f"mapper {AUDIENCE_MAPPER!r} of client scope {scope_name!r}",
         desired_audience_mapper(settings),
-        run.call(
-            f"list the mappers of client scope {scope_name!r}", admin.get_mappers_from_client_scope, scope_id
-        ),
+        run.call(f"list the mappers of client scope {scope_name!r}", admin.get_mappers_from_client_scope, scope_id),
         lambda payload: admin.add_mapper_to_client_scope(scope_id, payload),
         lambda mapper_id, payload: admin.update_mapper_in_client_scope(scope_id, mapper_id, payload),
     )
     run.ensure_default_scope(client_uuid, client_id, scope_id, scope_name)
 
-    client_mappers = run.call(
-        f"list the mappers of client {client_id!r}", admin.get_mappers_from_client, client_uuid
-    )
+    client_mappers = run.call(f"list the mappers of client {client_id!r}", admin.get_mappers_from_client, client_uuid)
     for want in desired_groups_mappers():
         label = f"mapper {want['name']!r} of client {client_id!r}"
         if groups_mapper:

@@ -12,8 +12,8 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from cxg_on_k8s import manifests, policy
-from cxg_on_k8s import spec as api
+from cxg_on_k8s.api import model, policy
+from cxg_on_k8s.render import viewer
 from cxg_on_k8s.settings import Settings
 
 # Template metadata that a pod may carry from its template; the rest (finalizers, owners, names)
@@ -27,7 +27,7 @@ def _mapping(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def viewer_port(spec: api.SingleUserInstanceSpec) -> int | None:
+def viewer_port(spec: model.SingleUserInstanceSpec) -> int | None:
     """The container port the viewer listens on: the client Service's targetPort (a number, or
     the name of a container port), else its port, else the first container's first port; None
     when the manifests name none."""
@@ -51,14 +51,14 @@ NO_PORT = (
 )
 
 
-def service_port(spec: api.SingleUserInstanceSpec) -> int:
+def service_port(spec: model.SingleUserInstanceSpec) -> int:
     """The port the client's Service exposed (clients may port-forward to it), else 80."""
     ports = _mapping(_mapping(spec.service).get("spec")).get("ports") or []
     port = _mapping(ports[0]).get("port") if ports else None
     return port if isinstance(port, int) else 80
 
 
-def deployment(name: str, namespace: str, spec: api.SingleUserInstanceSpec, settings: Settings) -> manifests.Manifest:
+def deployment(name: str, namespace: str, spec: model.SingleUserInstanceSpec, settings: Settings) -> viewer.Manifest:
     """The client's pod template in the operator's Deployment: named after the instance (so
     ``kubectl rollout status deploy/<name>`` and ``read_deployment(name)`` find it), one replica,
     Recreate (two viewers saving to one prefix would race), selected by the instance label only."""
@@ -66,9 +66,9 @@ def deployment(name: str, namespace: str, spec: api.SingleUserInstanceSpec, sett
     client_meta = _mapping(client.get("metadata"))
     template = copy.deepcopy(policy.pod_template(spec))
     template_meta = {k: v for k, v in _mapping(template.get("metadata")).items() if k in TEMPLATE_METADATA}
-    template_meta["labels"] = {**_mapping(template_meta.get("labels")), **manifests.labels(name)}
+    template_meta["labels"] = {**_mapping(template_meta.get("labels")), **viewer.labels(name)}
     meta = {k: copy.deepcopy(v) for k, v in client_meta.items() if k in DEPLOYMENT_METADATA}
-    meta.update(name=name, namespace=namespace, labels={**_mapping(meta.get("labels")), **manifests.labels(name)})
+    meta.update(name=name, namespace=namespace, labels={**_mapping(meta.get("labels")), **viewer.labels(name)})
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -79,13 +79,13 @@ def deployment(name: str, namespace: str, spec: api.SingleUserInstanceSpec, sett
             "strategy": {"type": "Recreate"},
             "template": {
                 "metadata": template_meta,
-                "spec": policy.harden_pod(_mapping(template.get("spec")), settings, manifests.NONROOT_UID),
+                "spec": policy.harden_pod(_mapping(template.get("spec")), settings, viewer.NONROOT_UID),
             },
         },
     }
 
 
-def ignored(spec: api.SingleUserInstanceSpec, rendered_ingress: manifests.Manifest) -> list[str]:
+def ignored(spec: model.SingleUserInstanceSpec, rendered_ingress: viewer.Manifest) -> list[str]:
     """What of the client's Service and Ingress the operator did not apply, for the Event that
     tells the client so: each annotation the operator's Ingress does not carry with the same
     value, and a Service type other than ClusterIP."""

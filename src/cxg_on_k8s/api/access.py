@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, unquote_plus
 
-from cxg_on_k8s import spec as api
+from cxg_on_k8s.api import model
 from cxg_on_k8s.settings import Settings
 
 # The label a data portal puts on every object it renders: the Keycloak username of the user.
@@ -110,7 +110,7 @@ def _labels(doc: Any) -> Mapping[str, Any]:
     return labels if isinstance(labels, dict) else {}
 
 
-def resolve(spec: api.SingleUserInstanceSpec, instance_labels: Mapping[str, str]) -> Access:
+def resolve(spec: model.SingleUserInstanceSpec, instance_labels: Mapping[str, str]) -> Access:
     """Who may open the instance: ``spec.owner``; for the embedded form, else the ``user``
     label (on the instance, else on the client's Deployment or its pod template), else the
     client auth-url's lists. Nobody named: ``Access()``, which the caller refuses or warns about."""
@@ -129,9 +129,9 @@ def resolve(spec: api.SingleUserInstanceSpec, instance_labels: Mapping[str, str]
         if isinstance(user, str) and user:
             return username_access(user, spec.allowed_groups, f'{where}["{USER_LABEL}"]')
     annotations = (spec.ingress or {}).get("metadata", {}).get("annotations") or {}
-    url = annotations.get(api.AUTH_URL_ANNOTATION) if isinstance(annotations, dict) else None
+    url = annotations.get(model.AUTH_URL_ANNOTATION) if isinstance(annotations, dict) else None
     if isinstance(url, str):
         lists = oauth2_proxy_lists(url.partition("?")[2])
-        source = f'spec.ingress.metadata.annotations["{api.AUTH_URL_ANNOTATION}"]'
+        source = f'spec.ingress.metadata.annotations["{model.AUTH_URL_ANNOTATION}"]'
         return Access(emails=lists[EMAILS_PARAMETER], groups=lists[GROUPS_PARAMETER], source=source)
     return Access()

@@ -15,11 +15,11 @@ from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 import kubernetes.client as k8s
-import urllib3
 import kubernetes.config as k8s_config
+import urllib3
 from kubernetes.client.exceptions import ApiException
 
-from cxg_on_k8s import spec as api
+from cxg_on_k8s.api import model
 
 NAMESPACE_PATTERN = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 T = TypeVar("T")
@@ -148,7 +148,7 @@ def parse_time(value: str | None) -> dt.datetime | None:
     the operator, the culler and the CLI cannot disagree about a time."""
     if not value:
         return None
-    return dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    return dt.datetime.fromisoformat(value)
 
 
 class K8ApiHandler:
@@ -187,59 +187,80 @@ class K8ApiHandler:
     # Every one raises ApiError (status, reason, the object, what to do), never the client's own.
 
     def create_deployment(self, body: dict[str, Any]) -> Any:
-        return call(self._what("creating", "Deployment", body), self.apps.create_namespaced_deployment, self._ns(body), body)
+        return call(
+            self._what("creating", "Deployment", body), self.apps.create_namespaced_deployment, self._ns(body), body
+        )
 
     def create_service(self, body: dict[str, Any]) -> Any:
         return call(self._what("creating", "Service", body), self.core.create_namespaced_service, self._ns(body), body)
 
     def create_ingress(self, body: dict[str, Any]) -> Any:
-        return call(self._what("creating", "Ingress", body), self.networking.create_namespaced_ingress, self._ns(body), body)
+        return call(
+            self._what("creating", "Ingress", body), self.networking.create_namespaced_ingress, self._ns(body), body
+        )
 
     def create_custom_resource(
-        self, body: dict[str, Any], group: str = api.GROUP, version: str = api.VERSION, plural: str = api.PLURAL
+        self, body: dict[str, Any], group: str = model.GROUP, version: str = model.VERSION, plural: str = model.PLURAL
     ) -> dict[str, Any]:
         """Create a custom resource (a SingleUserInstance unless told otherwise); the API server's
         schema and CEL errors come back readable."""
-        what = self._what("creating", body.get("kind") or api.KIND, body)
+        what = self._what("creating", body.get("kind") or model.KIND, body)
         return call(what, self.custom.create_namespaced_custom_object, group, version, self._ns(body), plural, body)
 
     def read_deployment(self, name: str) -> Any:
-        return call(f"reading Deployment {self.namespace}/{name}", self.apps.read_namespaced_deployment, name, self.namespace)
+        return call(
+            f"reading Deployment {self.namespace}/{name}", self.apps.read_namespaced_deployment, name, self.namespace
+        )
 
     def read_service(self, name: str) -> Any:
         return call(f"reading Service {self.namespace}/{name}", self.core.read_namespaced_service, name, self.namespace)
 
     def read_ingress(self, name: str) -> Any:
-        return call(f"reading Ingress {self.namespace}/{name}", self.networking.read_namespaced_ingress, name, self.namespace)
+        return call(
+            f"reading Ingress {self.namespace}/{name}", self.networking.read_namespaced_ingress, name, self.namespace
+        )
 
     def read_custom_resource(
-        self, name: str, group: str = api.GROUP, version: str = api.VERSION, plural: str = api.PLURAL
+        self, name: str, group: str = model.GROUP, version: str = model.VERSION, plural: str = model.PLURAL
     ) -> dict[str, Any]:
         what = f"reading {plural}.{group} {self.namespace}/{name}"
         return call(what, self.custom.get_namespaced_custom_object, group, version, self.namespace, plural, name)
 
     def delete_deployment(self, name: str) -> Any:
         return call(
-            f"deleting Deployment {self.namespace}/{name}", self.apps.delete_namespaced_deployment, name,
-            self.namespace, propagation_policy="Background",
-        )  # fmt: skip
+            f"deleting Deployment {self.namespace}/{name}",
+            self.apps.delete_namespaced_deployment,
+            name,
+            self.namespace,
+            propagation_policy="Background",
+        )
 
     def delete_service(self, name: str) -> Any:
-        return call(f"deleting Service {self.namespace}/{name}", self.core.delete_namespaced_service, name, self.namespace)
+        return call(
+            f"deleting Service {self.namespace}/{name}", self.core.delete_namespaced_service, name, self.namespace
+        )
 
     def delete_ingress(self, name: str) -> Any:
-        return call(f"deleting Ingress {self.namespace}/{name}", self.networking.delete_namespaced_ingress, name, self.namespace)
+        return call(
+            f"deleting Ingress {self.namespace}/{name}", self.networking.delete_namespaced_ingress, name, self.namespace
+        )
 
     def delete_custom_resource(
-        self, name: str, group: str = api.GROUP, version: str = api.VERSION, plural: str = api.PLURAL
+        self, name: str, group: str = model.GROUP, version: str = model.VERSION, plural: str = model.PLURAL
     ) -> dict[str, Any]:
         """Delete; an instance's children follow by garbage collection, its pod saves the user's
         data first. A missing object is an ApiError 404 (``delete_instance`` tolerates it)."""
         what = f"deleting {plural}.{group} {self.namespace}/{name}"
         return call(
-            what, self.custom.delete_namespaced_custom_object, group, version, self.namespace, plural, name,
+            what,
+            self.custom.delete_namespaced_custom_object,
+            group,
+            version,
+            self.namespace,
+            plural,
+            name,
             propagation_policy="Background",
-        )  # fmt: skip
+        )
 
     def list_pods(self, label_selector: str = "app=cellxgene") -> Any:
         what = f"listing pods ({label_selector or 'all'}) in namespace {self.namespace}"
@@ -255,39 +276,39 @@ class K8ApiHandler:
     # --- instances -----------------------------------------------------------------------------
 
     def get_instance(self, name: str) -> dict[str, Any]:
-        try:
-            return self.custom.get_namespaced_custom_object(api.GROUP, api.VERSION, self.namespace, api.PLURAL, name)
-        except ApiException as exc:
-            raise describe_api_exception(exc, f"SingleUserInstance {self.namespace}/{name}") from None
+        what = f"SingleUserInstance {self.namespace}/{name}"
+        args = (model.GROUP, model.VERSION, self.namespace, model.PLURAL, name)
+        return call(what, self.custom.get_namespaced_custom_object, *args)
 
     def list_instances(self) -> list[dict[str, Any]]:
-        try:
-            found = self.custom.list_namespaced_custom_object(api.GROUP, api.VERSION, self.namespace, api.PLURAL)
-        except ApiException as exc:
-            raise describe_api_exception(exc, f"SingleUserInstances in namespace {self.namespace}") from None
-        return list(found.get("items", []))
+        what = f"SingleUserInstances in namespace {self.namespace}"
+        args = (model.GROUP, model.VERSION, self.namespace, model.PLURAL)
+        return list(call(what, self.custom.list_namespaced_custom_object, *args).get("items", []))
 
     def delete_instance(self, name: str, namespace: str | None = None) -> bool:
         """Delete; False when it was already gone. Children follow by garbage collection."""
         namespace = namespace or self.namespace
+        what = f"deleting SingleUserInstance {namespace}/{name}"
+        args = (model.GROUP, model.VERSION, namespace, model.PLURAL, name)
         try:
-            self.custom.delete_namespaced_custom_object(
-                api.GROUP, api.VERSION, namespace, api.PLURAL, name, propagation_policy="Background"
-            )
-        except ApiException as exc:
+            call(what, self.custom.delete_namespaced_custom_object, *args, propagation_policy="Background")
+        except ApiError as exc:
             if exc.status == 404:
                 return False
-            raise describe_api_exception(exc, f"deleting SingleUserInstance {namespace}/{name}") from None
+            raise
         return True
 
     def patch_instance_status(self, name: str, status: dict[str, Any], namespace: str | None = None) -> dict[str, Any]:
-        return self.custom.patch_namespaced_custom_object_status(
-            api.GROUP, api.VERSION, namespace or self.namespace, api.PLURAL, name, {"status": status}
-        )
+        namespace = namespace or self.namespace
+        what = f"updating the status of SingleUserInstance {namespace}/{name}"
+        args = (model.GROUP, model.VERSION, namespace, model.PLURAL, name, {"status": status})
+        return call(what, self.custom.patch_namespaced_custom_object_status, *args)
 
     def list_events(self, name: str) -> list[Any]:
-        found = self.core.list_namespaced_event(self.namespace, field_selector=f"involvedObject.name={name}")
-        return sorted(found.items, key=lambda e: (e.last_timestamp or e.event_time or e.metadata.creation_timestamp))
+        what = f"listing the Events of {self.namespace}/{name}"
+        selector = f"involvedObject.name={name}"
+        found = call(what, self.core.list_namespaced_event, self.namespace, field_selector=selector)
+        return sorted(found.items, key=lambda e: e.last_timestamp or e.event_time or e.metadata.creation_timestamp)
 
     def post_event(self, obj: Mapping[str, Any], event_type: str, reason: str, message: str) -> None:
         """A core/v1 Event on an object, as ``kubectl describe`` shows them."""
@@ -298,8 +319,8 @@ class K8ApiHandler:
             "kind": "Event",
             "metadata": {"name": f"{meta['name']}.{uuid.uuid4().hex[:12]}", "namespace": meta["namespace"]},
             "involvedObject": {
-                "apiVersion": obj.get("apiVersion", api.API_VERSION),
-                "kind": obj.get("kind", api.KIND),
+                "apiVersion": obj.get("apiVersion", model.API_VERSION),
+                "kind": obj.get("kind", model.KIND),
                 "name": meta["name"],
                 "namespace": meta["namespace"],
                 "uid": meta.get("uid"),
@@ -312,7 +333,8 @@ class K8ApiHandler:
             "lastTimestamp": rfc3339(now),
             "count": 1,
         }
-        self.core.create_namespaced_event(meta["namespace"], event)
+        what = f"posting a {reason} Event on {meta['namespace']}/{meta['name']}"
+        call(what, self.core.create_namespaced_event, meta["namespace"], event)
 
     # --- generic create-if-absent ----------------------------------------------------------------
 
@@ -330,11 +352,13 @@ class K8ApiHandler:
         if kind not in creators:
             raise ApiError(f"{kind or 'an object without kind'} cannot be created by this handler")
         try:
-            creators[kind](self._ns(body), body)
-        except ApiException as exc:
+            call(
+                f"creating {kind} {self._ns(body)}/{body['metadata'].get('name')}", creators[kind], self._ns(body), body
+            )
+        except ApiError as exc:
             if exc.status == 409:
                 return False
-            raise describe_api_exception(exc, f"creating {kind} {self._ns(body)}/{body['metadata'].get('name')}") from None
+            raise
         return True
 
     def _ns(self, body: Mapping[str, Any]) -> str:
@@ -352,12 +376,9 @@ class K8ApiHandler:
         if kind not in readers:
             raise ApiError(f"{kind or 'an object without kind'} cannot be read by this handler")
         try:
-            found = readers[kind](name, namespace)
-        except ApiException as exc:
+            found = call(f"reading {kind} {namespace}/{name}", readers[kind], name, namespace)
+        except ApiError as exc:
             if exc.status == 404:
                 return None
-            raise describe_api_exception(exc, f"reading {kind} {namespace}/{name}") from None
-        return [
-            {"kind": ref.kind, "name": ref.name, "uid": ref.uid}
-            for ref in (found.metadata.owner_references or [])
-        ]
+            raise
+        return [{"kind": ref.kind, "name": ref.name, "uid": ref.uid} for ref in (found.metadata.owner_references or [])]

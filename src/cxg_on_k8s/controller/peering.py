@@ -10,49 +10,63 @@ deserves a working operator — just not two of them.
 from __future__ import annotations
 
 import datetime as dt
-import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from cxg_on_k8s import manifests
-from cxg_on_k8s.api import ApiError, K8ApiHandler, call, parse_time, utcnow
+import kopf
+
+from cxg_on_k8s.k8s.client import ApiError, K8ApiHandler, call, parse_time, utcnow
+from cxg_on_k8s.render import install
 from cxg_on_k8s.settings import Settings
 
 
-def ensure_peering_object(handler: K8ApiHandler, settings: Settings, logger: logging.Logger) -> None:
+def ensure_peering_object(handler: K8ApiHandler, settings: Settings, logger: kopf.Logger) -> None:
     """Create the namespace's KopfPeering object when kopf's CRD exists and the object does not.
 
     When the CRD is absent or the object cannot be created, a warning says what to do. Never
     raises: the operator runs either way.
     """
     try:
-        call(f"reading CRD {manifests.KOPF_PEERING_CRD_NAME}", handler.extensions.read_custom_resource_definition,
-             manifests.KOPF_PEERING_CRD_NAME)  # fmt: skip
+        call(
+            f"reading CRD {install.KOPF_PEERING_CRD_NAME}",
+            handler.extensions.read_custom_resource_definition,
+            install.KOPF_PEERING_CRD_NAME,
+        )
     except ApiError as exc:
         if exc.status == 404:
             logger.warning(
                 "kopf's peering CRD %s is not installed: running without peering, so a second operator "
                 "for namespace %s would handle every instance too. Install it with `cxg-k8s install` or "
                 "`kubectl apply -f manifests/crd_kopf-peering.yaml`.",
-                manifests.KOPF_PEERING_CRD_NAME, settings.namespace,
-            )  # fmt: skip
+                install.KOPF_PEERING_CRD_NAME,
+                settings.namespace,
+            )
         else:
             logger.warning("cannot tell whether kopf's peering CRD is installed (%s); peering may not work", exc)
         return
-    body = manifests.kopf_peering(settings)
-    what = f"creating KopfPeering {settings.namespace}/{manifests.PEERING_NAME}"
+    body = install.kopf_peering(settings)
+    what = f"creating KopfPeering {settings.namespace}/{install.PEERING_NAME}"
     try:
-        call(what, handler.custom.create_namespaced_custom_object, manifests.KOPF_GROUP, "v1", settings.namespace,
-             manifests.KOPF_PEERING_PLURAL, body)  # fmt: skip
+        call(
+            what,
+            handler.custom.create_namespaced_custom_object,
+            install.KOPF_GROUP,
+            "v1",
+            settings.namespace,
+            install.KOPF_PEERING_PLURAL,
+            body,
+        )
     except ApiError as exc:
         if exc.status != 409:  # 409: it exists already, nothing to say
             logger.warning(
                 "cannot create the peering object KopfPeering %s/%s (%s): peering works only if it exists; "
                 "grant the operator `create` on kopfpeerings.kopf.dev or create it yourself",
-                settings.namespace, manifests.PEERING_NAME, exc,
-            )  # fmt: skip
+                settings.namespace,
+                install.PEERING_NAME,
+                exc,
+            )
         return
-    logger.info("created the peering object KopfPeering %s/%s", settings.namespace, manifests.PEERING_NAME)
+    logger.info("created the peering object KopfPeering %s/%s", settings.namespace, install.PEERING_NAME)
 
 
 def outranked(peers: Mapping[str, Any], priority: int, now: dt.datetime) -> str | None:
@@ -98,7 +112,7 @@ def standby_check(handler: K8ApiHandler, settings: Settings, priority: int) -> C
     def check() -> str | None:
         try:
             body = handler.custom.get_namespaced_custom_object(
-                manifests.KOPF_GROUP, "v1", settings.namespace, manifests.KOPF_PEERING_PLURAL, manifests.PEERING_NAME
+                install.KOPF_GROUP, "v1", settings.namespace, install.KOPF_PEERING_PLURAL, install.PEERING_NAME
             )
         except Exception:  # noqa: BLE001 - absent or unreadable: not peering, so not paused
             return None

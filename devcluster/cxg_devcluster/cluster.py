@@ -4,11 +4,11 @@ etcd, kube-apiserver, kube-controller-manager (garbage collector, deployments, r
 EndpointSlices, namespaces), kube-scheduler and kwok (fake nodes on which scheduled pods turn
 Running and Ready without a kubelet), all built from the Go module proxy by ``devcluster/build.sh``
 and started here on free 127.0.0.1 ports; with ``real_node=True`` also a real kubelet node
-(:mod:`cxg_on_k8s.devcluster_node`). Its made-up addresses (kwok's pods and node, Services) are
+(:mod:`cxg_devcluster.node`). Its made-up addresses (kwok's pods and node, Services) are
 routed locally while it runs, so no connection to one leaves the machine. Everything it starts it
 stops, also on failure.
 
-This module needs the ``test`` extra (``cryptography``), and the binaries the build script makes.
+It needs the binaries the build script makes.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Self
 
 import yaml
 from cryptography import x509
@@ -46,10 +46,10 @@ SERVICE_CIDR = "10.0.0.0/16"  # a /16: room for thousands of viewer Services (a 
 KWOK_POD_CIDR = "10.244.0.0/16"
 KWOK_NODE_IP = "10.1.0.1"
 KWOK_NODE_RANGE = "10.1.0.0/24"
-API_ADVERTISE_ADDRESS = "10.251.0.1"  # devcluster_node.NODE_IP
+API_ADVERTISE_ADDRESS = "10.251.0.1"  # cxg_devcluster.node.NODE_IP
 
 if TYPE_CHECKING:
-    from cxg_on_k8s.devcluster_node import LocalRoutes, RealNode
+    from cxg_devcluster.node import LocalRoutes, RealNode
 
 
 def default_bin_dir() -> Path:
@@ -64,9 +64,7 @@ def binary(name: str, version: str, bin_dir: Path | None = None) -> Path:
     """A built binary, or an error that says which command builds it."""
     path = (bin_dir or default_bin_dir()) / f"{name}-{version}"
     if not path.is_file():
-        raise FileNotFoundError(
-            f"{path} is missing: run `bash devcluster/build.sh` (or `bash .ci/run`) to build it"
-        )
+        raise FileNotFoundError(f"{path} is missing: run `bash devcluster/build.sh` (or `bash .ci/run`) to build it")
     return path
 
 
@@ -220,7 +218,7 @@ class DevCluster:
     """The control plane's processes and the files a client needs (kubeconfig, CA).
 
     ``real_node``: also start a real kubelet node (``self.node``); pods still go to kwok unless
-    their namespace carries :func:`cxg_on_k8s.devcluster_node.namespace_annotations`.
+    their namespace carries :func:`cxg_devcluster.node.namespace_annotations`.
     """
 
     workdir: Path
@@ -308,7 +306,7 @@ class DevCluster:
         return self
 
     def _start_all(self) -> None:
-        from cxg_on_k8s.devcluster_node import LocalRoutes
+        from cxg_devcluster.node import LocalRoutes
 
         self._routes = LocalRoutes()
         self._routes.add()
@@ -340,7 +338,7 @@ class DevCluster:
 
     def start_real_node(self) -> RealNode:
         """Start the real node on this running cluster (once; ``stop()`` stops it first)."""
-        from cxg_on_k8s.devcluster_node import RealNode
+        from cxg_devcluster.node import RealNode
 
         if self.node is None:
             self.node = RealNode(self)
@@ -348,7 +346,7 @@ class DevCluster:
 
     def start_apiserver(self) -> None:
         """(Re)start the API server on the same port, e.g. after a fault test stopped it."""
-        from cxg_on_k8s.devcluster_node import ADMISSION_PLUGINS
+        from cxg_devcluster.node import ADMISSION_PLUGINS
 
         if not self.api_port:
             self.api_port = free_port()
@@ -362,7 +360,7 @@ class DevCluster:
                 f"--secure-port={self.api_port}",
                 "--bind-address=127.0.0.1",
                 # the `kubernetes` Service's endpoint: the real node's address, where its relay
-                # (devcluster_node.ApiRelay) passes pods' connections on to 127.0.0.1; without a
+                # (cxg_devcluster.node.ApiRelay) passes pods' connections on to 127.0.0.1; without a
                 # real node nothing listens there and a dial fails locally
                 f"--advertise-address={API_ADVERTISE_ADDRESS}",
                 f"--tls-cert-file={pki / 'apiserver.crt'}",
@@ -375,7 +373,7 @@ class DevCluster:
                 "--authorization-mode=RBAC",
                 "--allow-privileged=true",
                 # the last two read a namespace's node selector and default tolerations: how a
-                # namespace sends its pods to the real node (devcluster_node.namespace_annotations)
+                # namespace sends its pods to the real node (cxg_devcluster.node.namespace_annotations)
                 "--enable-admission-plugins="
                 + ",".join(["NamespaceLifecycle", "LimitRanger", "ResourceQuota", *ADMISSION_PLUGINS]),
                 # a real node's kubelet is dialled at its InternalIP (no DNS name for it here),
@@ -490,13 +488,11 @@ class DevCluster:
             for i in range(self.nodes)
         ]
         self.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(nodes))
-        self.kubectl(
-            "wait", "--for=condition=Ready", "node", "-l", "type=kwok", "--timeout=60s"
-        )
+        self.kubectl("wait", "--for=condition=Ready", "node", "-l", "type=kwok", "--timeout=60s")
 
     def kubectl(self, *args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
         """Run the matching kubectl against this cluster; a failure raises with its stderr."""
-        result = subprocess.run(
+        result = subprocess.run(  # noqa: PLW1510  the return code is checked below, with stderr
             [str(self.kubectl_path()), f"--kubeconfig={self.kubeconfig}", *args],
             input=input,
             capture_output=True,
@@ -524,16 +520,17 @@ class DevCluster:
             self._routes.remove()
             self._routes = None
 
-    def __enter__(self) -> DevCluster:
-        return self.start()
+    def __enter__(self) -> Self:
+        self.start()
+        return self
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m cxg_on_k8s.devcluster up DIR``: run a cluster in the foreground until Ctrl-C."""
-    parser = argparse.ArgumentParser(prog="python -m cxg_on_k8s.devcluster", description=main.__doc__)
+    """``python -m cxg_devcluster up DIR``: run a cluster in the foreground until Ctrl-C."""
+    parser = argparse.ArgumentParser(prog="python -m cxg_devcluster", description=main.__doc__)
     parser.add_argument("command", choices=["up"])
     parser.add_argument("workdir", type=Path, help="where certificates, etcd data, logs and admin.kubeconfig go")
     parser.add_argument("--real-node", action="store_true", help="also start a real kubelet node (needs root)")
@@ -549,7 +546,3 @@ def main(argv: list[str] | None = None) -> int:
             while True:
                 time.sleep(3600)
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from cxg_on_k8s.spec import Phase
+from cxg_on_k8s.api.model import Phase
 
 # Waiting reasons that do not heal by waiting: the spec or the cluster set-up must change.
 FATAL_WAITING = {
@@ -34,7 +34,10 @@ def pod_phase(pod: Mapping[str, Any]) -> tuple[Phase | None, str]:
         waiting = (container.get("state") or {}).get("waiting") or {}
         reason = waiting.get("reason")
         if reason in FATAL_WAITING:
-            return Phase.FAILED, f"container {container.get('name')}: {reason}: {FATAL_WAITING[reason]}. {waiting.get('message', '')}".strip()
+            return (
+                Phase.FAILED,
+                f"container {container.get('name')}: {reason}: {FATAL_WAITING[reason]}. {waiting.get('message', '')}".strip(),
+            )
     for container in status.get("containerStatuses") or []:
         waiting = (container.get("state") or {}).get("waiting") or {}
         last = (container.get("lastState") or {}).get("terminated") or {}

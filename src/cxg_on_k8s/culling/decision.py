@@ -59,9 +59,7 @@ class InstanceTimes:
         for field in ("idle_timeout", "unvisited_timeout"):
             value = getattr(self, field)
             if value < 0:
-                raise ValueError(
-                    f"{self.name}: {field} must be >= 0 seconds (0 = off), got {value}"
-                )
+                raise ValueError(f"{self.name}: {field} must be >= 0 seconds (0 = off), got {value}")
 
 
 @dataclass(frozen=True)
@@ -157,8 +155,7 @@ def decide(instance: InstanceTimes, activity_reliable: bool, now: datetime) -> D
         return Decision(
             True,
             CullReason.IDLE,
-            f"idle for {format_age(idle)} > idle timeout {format_age(instance.idle_timeout)}"
-            + _suffix(notes),
+            f"idle for {format_age(idle)} > idle timeout {format_age(instance.idle_timeout)}" + _suffix(notes),
         )
     else:
         kept.append(f"idle {format_age(idle)} of idle timeout {format_age(instance.idle_timeout)}")

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import hashlib
 import io
 import ipaddress
@@ -58,10 +59,10 @@ import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from cxg_on_k8s import devcluster as dc
+from cxg_devcluster import cluster as dc
 
 if TYPE_CHECKING:
-    from cxg_on_k8s.devcluster import DevCluster
+    from cxg_devcluster.cluster import DevCluster
 
 COREDNS_VERSION = "v1.15.0"
 PAUSE_SOURCE = dc.REPO_ROOT / "devcluster" / "pause" / "pause.c"
@@ -108,8 +109,19 @@ CONTAINER_LOG_LINKS = Path("/var/log/containers")
 KUBELET_PLUGIN_SOCKET = Path("/var/lib/kubelet/device-plugins/kubelet.sock")
 CNI_RESULTS = Path("/var/lib/cni/results")
 SHIM_SOCKETS = Path("/run/containerd/s")
-FORWARD_GUARD = ["-i", BRIDGE, "!", "-o", BRIDGE, "-m", "comment", "--comment",
-                 "cxg-on-k8s real node: pods reach only their bridge and this host", "-j", "DROP"]  # fmt: skip
+FORWARD_GUARD = [
+    "-i",
+    BRIDGE,
+    "!",
+    "-o",
+    BRIDGE,
+    "-m",
+    "comment",
+    "--comment",
+    "cxg-on-k8s real node: pods reach only their bridge and this host",
+    "-j",
+    "DROP",
+]
 
 
 def namespace_annotations() -> dict[str, str]:
@@ -126,7 +138,7 @@ def _run(
     *args: str, check: bool = True, input: str | None = None, timeout: float = 60
 ) -> subprocess.CompletedProcess[str]:
     """Run a host tool; a failure raises with the command and its stderr."""
-    result = subprocess.run(list(args), capture_output=True, text=True, input=input, timeout=timeout)
+    result = subprocess.run(list(args), capture_output=True, text=True, input=input, timeout=timeout, check=False)
     if check and result.returncode != 0:
         raise RuntimeError(f"`{' '.join(args)}` failed ({result.returncode}): {result.stderr.strip()}")
     return result
@@ -263,12 +275,14 @@ def write_oci_archive(archive: Path, name: str, files: dict[str, tuple[bytes, in
     index = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": [entry]}
     tmp = archive.with_suffix(".tmp")
     tmp.write_bytes(
-        tar_of({
-            "oci-layout": (json.dumps({"imageLayoutVersion": "1.0.0"}).encode(), 0o644),
-            "index.json": (json.dumps(index).encode(), 0o644),
-            **blobs,
-        })
-    )  # fmt: skip
+        tar_of(
+            {
+                "oci-layout": (json.dumps({"imageLayoutVersion": "1.0.0"}).encode(), 0o644),
+                "index.json": (json.dumps(index).encode(), 0o644),
+                **blobs,
+            }
+        )
+    )
     tmp.rename(archive)
 
 
@@ -478,8 +492,8 @@ class RealNode:
         cri = 'plugins."io.containerd.grpc.v1.cri"'
         config = f"""\
 version = 2
-root = "{root / 'containerd' / 'root'}"
-state = "{root / 'containerd' / 'state'}"
+root = "{root / "containerd" / "root"}"
+state = "{root / "containerd" / "state"}"
 disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.btrfs",
   "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.zfs"]
 
@@ -493,7 +507,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
   address = ""
 
 [plugins."io.containerd.internal.v1.opt"]
-  path = "{root / 'containerd' / 'opt'}"
+  path = "{root / "containerd" / "opt"}"
 
 [{cri}]
   sandbox_image = "{self.pause_image}"
@@ -508,8 +522,8 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
       runtime_type = "io.containerd.runc.v2"
       [{cri}.containerd.runtimes.runc.options]
         SystemdCgroup = false
-        BinaryName = "{shutil.which('runc')}"
-        Root = "{root / 'runc'}"
+        BinaryName = "{shutil.which("runc")}"
+        Root = "{root / "runc"}"
   [{cri}.cni]
     bin_dir = "/usr/lib/cni"
     conf_dir = "{cni_conf}"
@@ -655,9 +669,13 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
         log.parent.mkdir(parents=True, exist_ok=True)
         with log.open("ab") as handle:
             popen = subprocess.Popen(
-                args, stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                args,
+                stdout=handle,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
                 start_new_session=True,  # a Ctrl-C of the caller reaches it only through stop()
-            )  # fmt: skip
+            )
         proc = dc.Process(name, popen, log)
         self.processes[name] = proc
         return proc
@@ -688,9 +706,15 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
         if api_up and "kubelet" in self.processes:
             # the kubelet stops its pods the proper way (CNI DEL, unmounts) while it still can
             self.cluster.kubectl(
-                "delete", "pods", "--all-namespaces", f"--field-selector=spec.nodeName={NODE_NAME}",
-                "--grace-period=0", "--force", "--wait=false", check=False,
-            )  # fmt: skip
+                "delete",
+                "pods",
+                "--all-namespaces",
+                f"--field-selector=spec.nodeName={NODE_NAME}",
+                "--grace-period=0",
+                "--force",
+                "--wait=false",
+                check=False,
+            )
             with contextlib.suppress(RuntimeError, subprocess.TimeoutExpired):
                 _wait_until(lambda: not _tasks(self.socket), 20)
         for name in ("coredns", "kube-proxy", "kubelet"):
@@ -754,7 +778,7 @@ def kill_containers(socket: Path) -> None:
         _run(*ctr, "tasks", "kill", "--all", "--signal", "SIGKILL", cid, check=False, timeout=20)
         # a task can be deleted once its processes are gone, which takes a moment after the kill
         with contextlib.suppress(RuntimeError):
-            _wait_until(lambda cid=cid: _task_deleted(ctr, cid), 10)
+            _wait_until(functools.partial(_task_deleted, ctr, cid), 10)
         _run(*ctr, "containers", "delete", cid, check=False, timeout=20)
 
 
@@ -886,9 +910,9 @@ def clean_up(root: Path, kube_proxy: Path | None) -> None:
             os.kill(pid, signal.SIGKILL)
     for cgroup in _cgroup_dirs():
         with contextlib.suppress(OSError):
-            for pid in (cgroup / "cgroup.procs").read_text().split():
+            for proc in (cgroup / "cgroup.procs").read_text().split():
                 with contextlib.suppress(ProcessLookupError):
-                    os.kill(int(pid), signal.SIGKILL)
+                    os.kill(int(proc), signal.SIGKILL)
     with contextlib.suppress(RuntimeError):
         _wait_until(lambda: not _processes_of(root), 10)
     for point in _mounts_under(root):
@@ -920,8 +944,15 @@ def clean_up(root: Path, kube_proxy: Path | None) -> None:
     for stale in _stale_files():
         stale.unlink(missing_ok=True)
     kubelet_dir = KUBELET_PLUGIN_SOCKET.parent
-    for directory in (CNI_RESULTS, CNI_RESULTS.parent, SHIM_SOCKETS, SHIM_SOCKETS.parent, kubelet_dir,
-                      kubelet_dir.parent, CONTAINER_LOG_LINKS):  # fmt: skip
+    for directory in (
+        CNI_RESULTS,
+        CNI_RESULTS.parent,
+        SHIM_SOCKETS,
+        SHIM_SOCKETS.parent,
+        kubelet_dir,
+        kubelet_dir.parent,
+        CONTAINER_LOG_LINKS,
+    ):
         with contextlib.suppress(OSError):
             directory.rmdir()  # only when empty: what others keep there stays
     if root.exists():
@@ -949,4 +980,3 @@ def leftovers(root: Path) -> list[str]:
     if root.exists():
         found.append(f"directory {root}")
     return found
-

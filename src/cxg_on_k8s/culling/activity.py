@@ -33,9 +33,7 @@ IngressKey = tuple[str, str]
 """``(namespace, ingress name)`` as ingress-nginx labels its series."""
 
 # Sample names as prometheus_client's parser yields them (see parse_metrics).
-REQUESTS_SAMPLES = frozenset(
-    {"nginx_ingress_controller_requests", "nginx_ingress_controller_requests_total"}
-)
+REQUESTS_SAMPLES = frozenset({"nginx_ingress_controller_requests", "nginx_ingress_controller_requests_total"})
 LATENCY_COUNT_SAMPLE = "nginx_ingress_controller_ingress_upstream_latency_seconds_count"
 CONTROLLER_PREFIX = "nginx_ingress_controller_"
 OWNER_STATUSES = frozenset({"304", "2xx"})
@@ -144,9 +142,7 @@ def _add(snapshot: Snapshot, labels: Mapping[str, str], **counts: float) -> None
         return
     for value in counts.values():
         if not math.isfinite(value) or value < 0:
-            raise MetricsError(
-                f"counter for ingress {namespace}/{ingress} has impossible value {value}"
-            )
+            raise MetricsError(f"counter for ingress {namespace}/{ingress} has impossible value {value}")
     key = (namespace, ingress)
     snapshot[key] = snapshot.get(key, Counters()) + Counters(**counts)
 
@@ -198,9 +194,7 @@ class MetricsSource:
         except requests.RequestException as exc:
             raise MetricsError(f"metrics endpoint {url} unreachable: {exc}") from exc
         if response.status_code != 200:
-            raise MetricsError(
-                f"metrics endpoint {url} answered HTTP {response.status_code} {response.reason}"
-            )
+            raise MetricsError(f"metrics endpoint {url} answered HTTP {response.status_code} {response.reason}")
         try:
             return parse_metrics(response.content.decode("utf-8"))
         except UnicodeDecodeError as exc:

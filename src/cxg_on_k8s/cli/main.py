@@ -23,18 +23,18 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from cxg_on_k8s import envfile, manifests
-from cxg_on_k8s import spec as api
-from cxg_on_k8s.api import ApiError, K8ApiHandler, load_client
-from cxg_on_k8s.instance_plan import Refusal, plan_instance
+from cxg_on_k8s import envfile
+from cxg_on_k8s.api import crd, model
+from cxg_on_k8s.k8s.client import ApiError, K8ApiHandler, load_client
+from cxg_on_k8s.render import edge_signin, install, viewer
+from cxg_on_k8s.render.plan import Refusal, plan_instance
+from cxg_on_k8s.render.yaml_text import py_to_yaml, yaml_to_py
 from cxg_on_k8s.settings import DEFAULT_OPERATOR_IMAGE, Settings, SettingsError
-from cxg_on_k8s.yaml_convert import py_to_yaml, yaml_to_py
 
 EXIT_FAILED, EXIT_USAGE, EXIT_TIMEOUT, EXIT_NOT_FOUND = 1, 2, 3, 4
 
 app = typer.Typer(
-    help="Personal cellxgene viewers on Kubernetes. Exit codes: 0 ok, 1 failed, 2 bad input, "
-    "3 timed out, 4 not found.",
+    help="Personal cellxgene viewers on Kubernetes. Exit codes: 0 ok, 1 failed, 2 bad input, 3 timed out, 4 not found.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -60,9 +60,14 @@ class Output(str, Enum):
     json = "json"
 
 
-Kubeconfig = Annotated[str | None, typer.Option(help="kubeconfig file (default: $KUBECONFIG, ~/.kube/config, the PoC's .env variables, in-cluster).")]
+Kubeconfig = Annotated[
+    str | None,
+    typer.Option(help="kubeconfig file (default: $KUBECONFIG, ~/.kube/config, the PoC's .env variables, in-cluster)."),
+]
 Context = Annotated[str | None, typer.Option(help="kubeconfig context.")]
-Namespace = Annotated[str | None, typer.Option("--namespace", "-n", help="namespace of the instances (default: setting CXG_NAMESPACE).")]
+Namespace = Annotated[
+    str | None, typer.Option("--namespace", "-n", help="namespace of the instances (default: setting CXG_NAMESPACE).")
+]
 
 
 def fail(message: str, code: int = EXIT_FAILED) -> typer.Exit:
@@ -86,7 +91,7 @@ def client_or_exit(kubeconfig: str | None, context: str | None) -> ApiClient:
     the cluster, the typed handler's and the dynamic client's alike, fails the same readable way."""
     try:
         return load_client(kubeconfig, context)
-    except Exception as exc:  # config loading raises many types; all mean "cannot connect"
+    except Exception as exc:  # noqa: BLE001  config loading raises many types; all mean "cannot connect"
         raise fail(
             f"cannot load cluster credentials ({exc}); pass --kubeconfig, set KUBECONFIG, or the PoC's "
             "K8_IP/K8_PORT/ACCOUNT_TOKEN/CLUSTER_ROOT_CERTIFICATE",
@@ -104,8 +109,8 @@ def emit(data: Any, output: Output) -> None:
 def age(timestamp: str | None) -> str:
     if not timestamp:
         return ""
-    from cxg_on_k8s.api import parse_time
-    from cxg_on_k8s.culling import format_age
+    from cxg_on_k8s.culling.decision import format_age
+    from cxg_on_k8s.k8s.client import parse_time
 
     moment = parse_time(timestamp)
     return format_age(max(0.0, time.time() - moment.timestamp())) if moment else ""
@@ -113,10 +118,14 @@ def age(timestamp: str | None) -> str:
 
 @app.command()
 def render(
-    file: Annotated[Path | None, typer.Option("--file", "-f", help="a SingleUserInstance YAML file (either form); '-' reads stdin.")] = None,
+    file: Annotated[
+        Path | None, typer.Option("--file", "-f", help="a SingleUserInstance YAML file (either form); '-' reads stdin.")
+    ] = None,
     owner: Annotated[str | None, typer.Option(help="the user's OIDC identity (e-mail); portal form.")] = None,
     dataset: Annotated[str | None, typer.Option(help="s3://bucket/key.h5ad or https://...; portal form.")] = None,
-    name: Annotated[str | None, typer.Option(help="instance name (default: the file's, else cellxgene-<uuid4>).")] = None,
+    name: Annotated[
+        str | None, typer.Option(help="instance name (default: the file's, else cellxgene-<uuid4>).")
+    ] = None,
     namespace: Namespace = None,
     lifespan: Annotated[int | None, typer.Option(help="seconds.")] = None,
 ) -> None:
@@ -128,21 +137,26 @@ def render(
         body = _read_instance(file)
     elif owner and dataset:
         try:
-            body = manifests.instance(name or manifests.new_instance_name(), settings.namespace, owner, dataset,
-                                      **({"lifespan": lifespan} if lifespan else {}))  # fmt: skip
+            body = viewer.instance(
+                name or viewer.new_instance_name(),
+                settings.namespace,
+                owner,
+                dataset,
+                **({"lifespan": lifespan} if lifespan else {}),
+            )
         except ValidationError as exc:
             raise fail(f"SingleUserInstance {name}: {_validation_text(exc)}", EXIT_USAGE) from None
     else:
         raise fail("give --file FILE, or --owner and --dataset", EXIT_USAGE)
     meta = body.setdefault("metadata", {})
-    meta["name"] = name or meta.get("name") or manifests.new_instance_name()
+    meta["name"] = name or meta.get("name") or viewer.new_instance_name()
     meta["namespace"] = namespace or meta.get("namespace") or settings.namespace
     try:
-        model = api.SingleUserInstanceSpec.model_validate(body.get("spec") or {})
+        parsed = model.SingleUserInstanceSpec.model_validate(body.get("spec") or {})
     except ValidationError as exc:
         raise fail(f"SingleUserInstance {meta['name']}: {_validation_text(exc)}", EXIT_USAGE) from None
     try:
-        plan = plan_instance(meta["name"], meta["namespace"], meta.get("labels") or {}, model, settings)
+        plan = plan_instance(meta["name"], meta["namespace"], meta.get("labels") or {}, parsed, settings)
     except Refusal as refusal:
         raise fail(str(refusal), EXIT_USAGE) from None
     for note in plan.ignored:
@@ -160,8 +174,11 @@ def _read_instance(file: Path) -> dict[str, Any]:
         body = yaml.safe_load(text)
     except (OSError, yaml.YAMLError) as exc:
         raise fail(f"cannot read {file}: {exc}", EXIT_USAGE) from None
-    if not isinstance(body, dict) or body.get("kind") != api.KIND:
-        raise fail(f"{file}: not a {api.KIND} (kind: {api.KIND}, apiVersion: {api.API_VERSION}, metadata, spec)", EXIT_USAGE)
+    if not isinstance(body, dict) or body.get("kind") != model.KIND:
+        raise fail(
+            f"{file}: not a {model.KIND} (kind: {model.KIND}, apiVersion: {model.API_VERSION}, metadata, spec)",
+            EXIT_USAGE,
+        )
     return body
 
 
@@ -169,7 +186,7 @@ def _validation_text(exc: ValidationError) -> str:
     """Each problem as ``spec.field[i] = 'value': what is wrong (what the field takes)``, in the
     API server's field style: pydantic's message says what broke, the field's description says
     what would be accepted."""
-    fields = {info.alias or name: info for name, info in api.SingleUserInstanceSpec.model_fields.items()}
+    fields = {info.alias or name: info for name, info in model.SingleUserInstanceSpec.model_fields.items()}
     problems = []
     for error in exc.errors():
         path = "spec" + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error["loc"])
@@ -185,11 +202,15 @@ def _validation_text(exc: ValidationError) -> str:
 def deploy(
     owner: Annotated[str | None, typer.Option(help="the user's OIDC identity (e-mail); portal form.")] = None,
     dataset: Annotated[str | None, typer.Option(help="s3://bucket/key.h5ad or https://...; portal form.")] = None,
-    template: Annotated[Path | None, typer.Option(help="YAML of an embedded-form spec (lifespan, deployment, service, ingress).")] = None,
+    template: Annotated[
+        Path | None, typer.Option(help="YAML of an embedded-form spec (lifespan, deployment, service, ingress).")
+    ] = None,
     name: Annotated[str | None, typer.Option(help="instance name (default cellxgene-<uuid4>).")] = None,
     lifespan: Annotated[int | None, typer.Option(help="seconds (default: setting).")] = None,
     title: Annotated[str | None, typer.Option(help="title shown by cellxgene.")] = None,
-    allowed_group: Annotated[list[str] | None, typer.Option(help="an OIDC group whose members may open it too (repeatable).")] = None,
+    allowed_group: Annotated[
+        list[str] | None, typer.Option(help="an OIDC group whose members may open it too (repeatable).")
+    ] = None,
     wait: Annotated[bool, typer.Option(help="wait with live progress until Ready.")] = True,
     timeout: Annotated[float, typer.Option(help="seconds to wait for Ready.")] = 300,
     with_oauth2_proxy: Annotated[bool, typer.Option(help="create oauth2-proxy first if absent.")] = True,
@@ -200,16 +221,16 @@ def deploy(
 ) -> None:
     """Create a viewer for OWNER on DATASET, wait until it is Ready and print its URL."""
     settings = settings_or_exit(namespace=namespace)
-    name = name or manifests.new_instance_name()
+    name = name or viewer.new_instance_name()
     try:
         if template:
             spec = yaml.safe_load(template.read_text())
-            api.SingleUserInstanceSpec.model_validate(spec)
-            body = manifests.instance_body(name, settings.namespace, spec)
+            model.SingleUserInstanceSpec.model_validate(spec)
+            body = viewer.instance_body(name, settings.namespace, spec)
         elif owner and dataset:
             given = {"lifespan": lifespan, "title": title, "allowedGroups": allowed_group or None}
             fields = {k: v for k, v in given.items() if v is not None}
-            body = manifests.instance(name, settings.namespace, owner, dataset, **fields)
+            body = viewer.instance(name, settings.namespace, owner, dataset, **fields)
         else:
             raise fail("give --owner and --dataset (portal form) or --template (embedded form)", EXIT_USAGE)
     except ValidationError as exc:
@@ -227,17 +248,17 @@ def deploy(
     final = watch_until_ready(handler, name, timeout) if wait else handler.get_instance(name)
     status = final.get("status", {})
     if output == Output.table:
-        out.print(status.get("url") or manifests.instance_url(name, settings), markup=False, highlight=False)
+        out.print(status.get("url") or viewer.instance_url(name, settings), markup=False, highlight=False)
     else:
         emit(final, output)
-    if wait and status.get("phase") != api.Phase.READY.value:
+    if wait and status.get("phase") != model.Phase.READY.value:
         raise typer.Exit(EXIT_FAILED)
 
 
 def ensure_oauth2_proxy(handler: K8ApiHandler, settings: Settings) -> None:
     """Create oauth2-proxy (and its cookie secret, generated once) when absent, as the PoC did."""
-    cookie = manifests.oauth2_proxy_cookie_secret(settings, secrets.token_urlsafe(32)[:32])
-    created = [handler.create_if_absent(obj) for obj in [cookie, *manifests.oauth2_proxy(settings)]]
+    cookie = edge_signin.oauth2_proxy_cookie_secret(settings, secrets.token_urlsafe(32)[:32])
+    created = [handler.create_if_absent(obj) for obj in [cookie, *edge_signin.oauth2_proxy(settings)]]
     if any(created):
         console.print(f"created oauth2-proxy in namespace {settings.oauth2_proxy_namespace}")
 
@@ -252,10 +273,12 @@ def watch_until_ready(handler: K8ApiHandler, name: str, timeout: float) -> dict[
                 body = handler.get_instance(name)
             except ApiError as exc:
                 if exc.status == 404:
-                    raise fail(f"SingleUserInstance {handler.namespace}/{name} disappeared while waiting", EXIT_NOT_FOUND) from None
+                    raise fail(
+                        f"SingleUserInstance {handler.namespace}/{name} disappeared while waiting", EXIT_NOT_FOUND
+                    ) from None
                 raise fail(str(exc)) from None
             status = body.get("status", {})
-            phase = status.get("phase") or api.Phase.PENDING.value
+            phase = status.get("phase") or model.Phase.PENDING.value
             table = Table(title=f"{name}: {phase}", show_edge=False)
             table.add_column("event")
             table.add_column("message")
@@ -264,11 +287,14 @@ def watch_until_ready(handler: K8ApiHandler, name: str, timeout: float) -> dict[
             remaining = deadline - time.monotonic()
             table.caption = f"{status.get('message', 'waiting for the operator')} — {max(0, remaining):.0f} s left"
             live.update(table)
-            if phase in (api.Phase.READY.value, api.Phase.FAILED.value):
+            if phase in (model.Phase.READY.value, model.Phase.FAILED.value):
                 return body
             if remaining <= 0:
-                raise fail(f"SingleUserInstance {handler.namespace}/{name} not Ready after {timeout:.0f} s (phase {phase}); "
-                           f"see `cxg-k8s describe {name}`", EXIT_TIMEOUT)  # fmt: skip
+                raise fail(
+                    f"SingleUserInstance {handler.namespace}/{name} not Ready after {timeout:.0f} s (phase {phase}); "
+                    f"see `cxg-k8s describe {name}`",
+                    EXIT_TIMEOUT,
+                )
             time.sleep(1)
 
 
@@ -291,8 +317,14 @@ def list_instances(
     table = Table("NAME", "OWNER", "PHASE", "URL", "AGE", "EXPIRES")
     for item in items:
         status = item.get("status", {})
-        table.add_row(item["metadata"]["name"], item["spec"].get("owner", "(embedded)"), status.get("phase", ""),
-                      status.get("url", ""), age(item["metadata"].get("creationTimestamp")), status.get("expiresAt", ""))  # fmt: skip
+        table.add_row(
+            item["metadata"]["name"],
+            item["spec"].get("owner", "(embedded)"),
+            status.get("phase", ""),
+            status.get("url", ""),
+            age(item["metadata"].get("creationTimestamp")),
+            status.get("expiresAt", ""),
+        )
     out.print(table)
 
 
@@ -310,7 +342,14 @@ def describe(
         body = handler.get_instance(name)
     except ApiError as exc:
         raise fail(str(exc), EXIT_NOT_FOUND if exc.status == 404 else EXIT_FAILED) from None
-    emit({"metadata": {"name": name, "namespace": settings.namespace}, "spec": body.get("spec"), "status": body.get("status")}, Output.yaml)
+    emit(
+        {
+            "metadata": {"name": name, "namespace": settings.namespace},
+            "spec": body.get("spec"),
+            "status": body.get("status"),
+        },
+        Output.yaml,
+    )
     for event in handler.list_events(name):
         out.print(f"{event.type:8} {event.reason:16} {event.message}", markup=False, highlight=False)
 
@@ -329,7 +368,10 @@ def delete(
     except ApiError as exc:
         raise fail(str(exc)) from None
     if not found:
-        raise fail(f"SingleUserInstance {settings.namespace}/{name} not found; `cxg-k8s list` shows what exists", EXIT_NOT_FOUND)
+        raise fail(
+            f"SingleUserInstance {settings.namespace}/{name} not found; `cxg-k8s list` shows what exists",
+            EXIT_NOT_FOUND,
+        )
     console.print(f"deleted SingleUserInstance {settings.namespace}/{name}")
 
 
@@ -343,7 +385,11 @@ def cleanup(
     """Delete every instance (and by ownership every child) labelled app=cellxgene."""
     settings = settings_or_exit(namespace=namespace)
     handler = connect(kubeconfig, context, settings)
-    items = [i["metadata"]["name"] for i in handler.list_instances() if i["metadata"].get("labels", {}).get("app") == manifests.APP_LABEL]
+    items = [
+        i["metadata"]["name"]
+        for i in handler.list_instances()
+        if i["metadata"].get("labels", {}).get("app") == viewer.APP_LABEL
+    ]
     if not items:
         console.print("nothing to clean up")
         return
@@ -357,19 +403,25 @@ def cleanup(
 def install_objects(settings: Settings, image: str) -> list[dict[str, Any]]:
     """What `install` applies, in order: namespace, the CRDs (this project's and kopf's peering
     CRD), RBAC, the ingress-nginx metrics Service (when metrics_service names one), operator."""
-    metrics = [manifests.ingress_metrics_service(settings)] if settings.metrics_service else []
-    return [manifests.namespace(settings.namespace), api.crd(), manifests.kopf_peering_crd(),
-            *manifests.operator_rbac(settings), *manifests.portal_rbac(settings), *metrics,
-            manifests.operator_deployment(settings, image)]  # fmt: skip
+    metrics = [install.ingress_metrics_service(settings)] if settings.metrics_service else []
+    return [
+        install.namespace(settings.namespace),
+        crd.definition(),
+        install.kopf_peering_crd(),
+        *install.operator_rbac(settings),
+        *install.portal_rbac(settings),
+        *metrics,
+        install.operator_deployment(settings, image),
+    ]
 
 
 def crd_objects() -> list[dict[str, Any]]:
     """`install --crd-only`: what an operator run from a laptop needs, peering included."""
-    return [api.crd(), manifests.kopf_peering_crd()]
+    return [crd.definition(), install.kopf_peering_crd()]
 
 
-@app.command()
-def install(
+@app.command(name="install")
+def install_command(
     image: Annotated[str, typer.Option(help="operator image.")] = DEFAULT_OPERATOR_IMAGE,
     crd_only: Annotated[bool, typer.Option(help="install only the CRD (to run the operator locally).")] = False,
     kubeconfig: Kubeconfig = None,
@@ -386,17 +438,24 @@ def install(
         resource = dynamic.resources.get(api_version=obj["apiVersion"], kind=obj["kind"])
         meta = obj["metadata"]
         try:
-            resource.server_side_apply(body=obj, name=meta["name"], namespace=meta.get("namespace"),
-                                       field_manager="cxg-k8s", force_conflicts=True)  # fmt: skip
+            resource.server_side_apply(
+                body=obj,
+                name=meta["name"],
+                namespace=meta.get("namespace"),
+                field_manager="cxg-k8s",
+                force_conflicts=True,
+            )
         except DynamicApiError as exc:
             raise fail(f"applying {obj['kind']} {meta['name']}: {exc.summary()}") from None
-        console.print(f"applied {obj['kind']} {meta.get('namespace', '') + '/' if meta.get('namespace') else ''}{meta['name']}")
+        console.print(
+            f"applied {obj['kind']} {meta.get('namespace', '') + '/' if meta.get('namespace') else ''}{meta['name']}"
+        )
     if crd_only:
         for obj in objects:
             wait_crd_established(dynamic, obj["metadata"]["name"])
 
 
-def wait_crd_established(dynamic: Any, name: str = api.CRD_NAME, timeout: float = 30) -> None:
+def wait_crd_established(dynamic: Any, name: str = model.CRD_NAME, timeout: float = 30) -> None:
     crds = dynamic.resources.get(api_version="apiextensions.k8s.io/v1", kind="CustomResourceDefinition")
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -424,9 +483,9 @@ def uninstall(
     if not yes and not typer.confirm("this deletes the CRD and with it every SingleUserInstance; continue?"):
         raise typer.Exit(EXIT_FAILED)
     dynamic = DynamicClient(client_or_exit(kubeconfig, context))
-    kept = {("Namespace", settings.namespace), ("CustomResourceDefinition", manifests.KOPF_PEERING_CRD_NAME)}
+    kept = {("Namespace", settings.namespace), ("CustomResourceDefinition", install.KOPF_PEERING_CRD_NAME)}
     objects = [o for o in install_objects(settings, "unused") if (o["kind"], o["metadata"]["name"]) not in kept]
-    for obj in [manifests.kopf_peering(settings), *reversed(objects)]:
+    for obj in [install.kopf_peering(settings), *reversed(objects)]:
         try:
             resource = dynamic.resources.get(api_version=obj["apiVersion"], kind=obj["kind"])
         except ResourceNotFoundError:  # the KopfPeering kind, when its CRD is not installed
@@ -442,7 +501,12 @@ def uninstall(
 def operator(
     verbose: Annotated[bool, typer.Option(help="debug logging.")] = False,
     liveness: Annotated[str | None, typer.Option(help="liveness endpoint, e.g. http://0.0.0.0:8080/healthz.")] = None,
-    standalone: Annotated[bool, typer.Option(help="no kopf peering: work even while another operator for the namespace runs (default: peer, and pause while one with a higher priority, CXG_PEERING_PRIORITY, runs).")] = False,
+    standalone: Annotated[
+        bool,
+        typer.Option(
+            help="no kopf peering: work even while another operator for the namespace runs (default: peer, and pause while one with a higher priority, CXG_PEERING_PRIORITY, runs)."
+        ),
+    ] = False,
 ) -> None:
     """Run the operator in the foreground (in a pod, or locally); it pauses while one with a higher peering priority runs."""
     import asyncio
@@ -450,7 +514,7 @@ def operator(
 
     import kopf
 
-    import cxg_on_k8s.operator  # noqa: F401  (registers the handlers)
+    import cxg_on_k8s.controller.handlers  # noqa: F401  (registers the handlers)
 
     settings = settings_or_exit()
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO)
@@ -466,29 +530,43 @@ GROUPS_MAPPER_HELP = (
 @app.command("keycloak-setup")
 def keycloak_setup(
     admin_user: Annotated[str, typer.Option(envvar="KEYCLOAK_ADMIN", help="Keycloak admin user.")] = "admin",
-    admin_password: Annotated[str, typer.Option(envvar="KEYCLOAK_ADMIN_PASSWORD", prompt=True, hide_input=True, help="Keycloak admin password.")] = "",
+    admin_password: Annotated[
+        str,
+        typer.Option(envvar="KEYCLOAK_ADMIN_PASSWORD", prompt=True, hide_input=True, help="Keycloak admin password."),
+    ] = "",
     groups_mapper: Annotated[bool, typer.Option(help=GROUPS_MAPPER_HELP)] = True,
     admin_realm: Annotated[str, typer.Option(help="realm the admin user belongs to.")] = "master",
-    write_secret: Annotated[bool, typer.Option(help="store the client id and secret in the oauth2-proxy Secret.")] = True,
+    write_secret: Annotated[
+        bool, typer.Option(help="store the client id and secret in the oauth2-proxy Secret.")
+    ] = True,
     kubeconfig: Kubeconfig = None,
     context: Context = None,
 ) -> None:
     """Create or update the OIDC client oauth2-proxy signs in with (idempotent)."""
-    from cxg_on_k8s.keycloak_setup import KeycloakSetupError, setup_keycloak
+    from cxg_on_k8s.cli.keycloak_setup import KeycloakSetupError, setup_keycloak
 
     settings = settings_or_exit()
     try:
-        report = setup_keycloak(settings.keycloak_endpoint, settings.keycloak_realm, admin_user, admin_password,
-                                settings, groups_mapper=groups_mapper, admin_realm=admin_realm)  # fmt: skip
+        report = setup_keycloak(
+            settings.keycloak_endpoint,
+            settings.keycloak_realm,
+            admin_user,
+            admin_password,
+            settings,
+            groups_mapper=groups_mapper,
+            admin_realm=admin_realm,
+        )
     except KeycloakSetupError as exc:
         raise fail(str(exc)) from None
     out.print(report.summary(), markup=False, highlight=False)
     out.print(f"client id: {report.client_id}", markup=False, highlight=False)
     if write_secret:
         handler = connect(kubeconfig, context, settings)
-        secret = manifests.oauth2_proxy_client_secret_manifest(settings, report.client_id, report.client_secret)
+        secret = edge_signin.oauth2_proxy_client_secret_manifest(settings, report.client_id, report.client_secret)
         _apply_secret(handler, secret)
-        console.print(f"client secret stored in Secret {settings.oauth2_proxy_namespace}/{settings.oauth2_proxy_client_secret}")
+        console.print(
+            f"client secret stored in Secret {settings.oauth2_proxy_namespace}/{settings.oauth2_proxy_client_secret}"
+        )
 
 
 def _apply_secret(handler: K8ApiHandler, secret: dict[str, Any]) -> None:
@@ -515,16 +593,20 @@ def py_to_yaml_command(file: Path) -> None:
         raise fail(f"cannot convert {file}: {exc}", EXIT_USAGE) from None
 
 
-@app.command()
-def crd() -> None:
+@app.command(name="crd")
+def print_crd() -> None:
     """Print the CRD generated from the spec model."""
-    out.print(yaml.safe_dump(api.crd(), sort_keys=False), end="", markup=False, highlight=False)
+    out.print(yaml.safe_dump(crd.definition(), sort_keys=False), end="", markup=False, highlight=False)
 
 
 @app.command()
-def userdata(args: Annotated[list[str], typer.Argument(help="fetch|sync and their options; see `python -m cxg_on_k8s.userdata --help`.")]) -> None:
+def userdata(
+    args: Annotated[
+        list[str], typer.Argument(help="fetch|sync and their options; see `python -m cxg_on_k8s.userdata --help`.")
+    ],
+) -> None:
     """Fetch or save a user's data (what the viewer pod's data containers run)."""
-    from cxg_on_k8s.userdata import main as userdata_main
+    from cxg_on_k8s.userdata.command import main as userdata_main
 
     raise typer.Exit(userdata_main(args))
 

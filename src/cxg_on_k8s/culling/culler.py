@@ -17,8 +17,8 @@ import time
 from collections.abc import Callable, MutableMapping
 from typing import Any
 
-from cxg_on_k8s import spec as api
-from cxg_on_k8s.activity import (
+from cxg_on_k8s.api import model
+from cxg_on_k8s.culling.activity import (
     ActivitySource,
     ActivityTracker,
     IngressKey,
@@ -26,8 +26,8 @@ from cxg_on_k8s.activity import (
     MetricsSource,
     endpointslice_urls,
 )
-from cxg_on_k8s.api import K8ApiHandler, parse_time, rfc3339, utcnow
-from cxg_on_k8s.culling import Decision, InstanceTimes, decide
+from cxg_on_k8s.culling.decision import Decision, InstanceTimes, decide
+from cxg_on_k8s.k8s.client import ApiError, K8ApiHandler, parse_time, rfc3339, utcnow
 from cxg_on_k8s.settings import Settings
 
 log = logging.getLogger("cxg_on_k8s.culler")
@@ -219,7 +219,7 @@ class Culler:
             if decision.delete:
                 # The cache says it at once, as the status write will: the same dict for both.
                 terminating = {
-                    "phase": api.Phase.TERMINATING.value,
+                    "phase": model.Phase.TERMINATING.value,
                     "cullReason": decision.reason.value if decision.reason else "unknown",
                     "message": decision.message,
                 }
@@ -234,7 +234,7 @@ class Culler:
         async with self._api_slots:
             try:
                 await self._call(self.api.patch_instance_status, key[1], status, key[0])
-            except Exception as exc:  # an instance deleted meanwhile, or a transient API error
+            except ApiError as exc:  # an instance deleted meanwhile, or a transient API error
                 log.warning("could not update status of %s/%s: %s", key[0], key[1], exc)
 
     async def _cull(
@@ -250,17 +250,17 @@ class Culler:
             await self._deletes.acquire()
             try:
                 await self._call(self.api.patch_instance_status, key[1], terminating, key[0])
-            except Exception as exc:  # an instance deleted meanwhile, or a transient API error
+            except ApiError as exc:  # an instance deleted meanwhile, or a transient API error
                 log.warning("could not update status of %s/%s: %s", key[0], key[1], exc)
             try:
                 await self._call(
                     self.api.post_event, body, "Normal", "Culled", f"{terminating['cullReason']}: {decision.message}"
                 )
-            except Exception as exc:  # best effort: status.cullReason already says why
+            except ApiError as exc:  # best effort: status.cullReason already says why
                 log.warning("could not post the Culled event of %s/%s: %s", key[0], key[1], exc)
             try:
                 await self._call(self.api.delete_instance, key[1], key[0])
-            except Exception as exc:  # ApiError, a connection error, ...: decided again next tick
+            except ApiError as exc:  # an API error or an unreachable API server: decided again next tick
                 log.warning("could not cull %s/%s (retrying next tick): %s", key[0], key[1], exc)
                 return
             self._culled[key] = body.get("metadata", {}).get("uid")
@@ -274,7 +274,7 @@ class Culler:
             async with self._api_slots:
                 try:
                     await self._call(self.api.post_event, body, "Warning", reason, message)
-                except Exception as exc:  # an Event is best effort; the log line already says it
+                except ApiError as exc:  # an Event is best effort; the log line already says it
                     log.debug("could not post %s event: %s", reason, exc)
                     return
             self._warned.add(key)

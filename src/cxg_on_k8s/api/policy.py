@@ -22,7 +22,7 @@ from typing import Any
 
 from kubernetes.utils import parse_quantity
 
-from cxg_on_k8s import spec as api
+from cxg_on_k8s.api import model
 from cxg_on_k8s.settings import Settings
 
 # Service accounts an embedded viewer may run as: the namespace's default (or none given, which
@@ -49,12 +49,12 @@ def _listed(value: Any) -> list[Any]:
     return value if isinstance(value, list) else []
 
 
-def pod_template(spec: api.SingleUserInstanceSpec) -> dict[str, Any]:
+def pod_template(spec: model.SingleUserInstanceSpec) -> dict[str, Any]:
     """The client's pod template (``spec.deployment.spec.template``), or {}."""
     return _mapping(_mapping(_mapping(spec.deployment).get("spec")).get("template"))
 
 
-def problems(spec: api.SingleUserInstanceSpec, settings: Settings, namespace: str | None = None) -> list[str]:
+def problems(spec: model.SingleUserInstanceSpec, settings: Settings, namespace: str | None = None) -> list[str]:
     """Everything that refuses ``spec`` in ``namespace`` (default: the settings' namespace): the
     lifespan and resource maxima, and for the embedded form :func:`embedded_problems`. An empty
     list means acceptable."""
@@ -65,7 +65,7 @@ def problems(spec: api.SingleUserInstanceSpec, settings: Settings, namespace: st
     if spec.resources:
         for field, limit in (("cpu", settings.max_cpu), ("memory", settings.max_memory)):
             asked = getattr(spec.resources, field)
-            if asked and api.quantity(asked) > api.quantity(limit):
+            if asked and model.quantity(asked) > model.quantity(limit):
                 found.append(
                     f"spec.resources.{field} {asked} exceeds the maximum {limit} "
                     f"(setting CXG_MAX_{field.upper()}); ask for less"
@@ -84,13 +84,13 @@ def lifespan_problem(lifespan: int | None, settings: Settings) -> str | None:
     )
 
 
-def embedded_problems(spec: api.SingleUserInstanceSpec, namespace: str, settings: Settings) -> list[str]:
+def embedded_problems(spec: model.SingleUserInstanceSpec, namespace: str, settings: Settings) -> list[str]:
     """The embedded form's refusals: a slot holding another kind (or apiVersion) than its own, a
     ``metadata.namespace`` other than the instance's, and a pod template that leaves its box
     (:func:`pod_problems`). The Service and Ingress are rendered by the operator, so nothing of
     theirs but the kind and namespace can be wrong."""
     found: list[str] = []
-    for slot, (version, kind) in api.EMBEDDED_SLOTS.items():
+    for slot, (version, kind) in model.EMBEDDED_SLOTS.items():
         doc = getattr(spec, slot)
         if doc is None:
             continue
@@ -214,7 +214,9 @@ def _security_problems(security: dict[str, Any], where: str) -> list[str]:
     selinux = _mapping(security.get("seLinuxOptions"))
     for field in ("user", "role"):
         if selinux.get(field):
-            found.append(f"{where}.seLinuxOptions.{field} is set: custom SELinux users and roles are not allowed; remove it")
+            found.append(
+                f"{where}.seLinuxOptions.{field} is set: custom SELinux users and roles are not allowed; remove it"
+            )
     if selinux.get("type", "") not in ALLOWED_SELINUX_TYPES:
         found.append(
             f"{where}.seLinuxOptions.type is {selinux['type']!r}: only "

@@ -23,18 +23,19 @@ from typing import Any, NoReturn
 import kopf
 import prometheus_client
 
-from cxg_on_k8s import manifests, policy
-from cxg_on_k8s import spec as api
-from cxg_on_k8s.api import ApiError, K8ApiHandler, load_client, parse_time, rfc3339, utcnow, with_pool
-from cxg_on_k8s.culler import API_CONCURRENCY, Culler
-from cxg_on_k8s.instance_plan import Plan, Refusal, plan_instance
-from cxg_on_k8s.manifests import PEERING_NAME
-from cxg_on_k8s.peering import ensure_peering_object, standby_check
-from cxg_on_k8s.pod_status import pod_phase
+from cxg_on_k8s.api import model, policy
+from cxg_on_k8s.controller import ownership
+from cxg_on_k8s.controller.peering import ensure_peering_object, standby_check
+from cxg_on_k8s.controller.pod_status import pod_phase
+from cxg_on_k8s.culling.culler import API_CONCURRENCY, Culler
+from cxg_on_k8s.k8s.client import ApiError, K8ApiHandler, load_client, parse_time, rfc3339, utcnow, with_pool
+from cxg_on_k8s.render import viewer
+from cxg_on_k8s.render.install import PEERING_NAME
+from cxg_on_k8s.render.plan import Plan, Refusal, plan_instance
 from cxg_on_k8s.settings import Settings
 
 log = logging.getLogger("cxg_on_k8s.operator")
-RESOURCE = (api.GROUP, api.VERSION, api.PLURAL)
+RESOURCE = (model.GROUP, model.VERSION, model.PLURAL)
 WORKERS = min(32, (os.cpu_count() or 1) + 4)  # threads of each executor (see configure)
 # Retries (5 s apart) of a child the API server rejects before the instance is Failed.
 REJECTION_RETRIES = 3
@@ -49,8 +50,8 @@ class PodNews:
     event comes next carries it (see carry_pod_state).
     """
 
-    latest: tuple[api.Phase, str] | None = None  # the pod's last phase and message
-    announced: tuple[api.Phase, dict[str, Any]] | None = None  # the phase carried, the status written
+    latest: tuple[model.Phase, str] | None = None  # the pod's last phase and message
+    announced: tuple[model.Phase, dict[str, Any]] | None = None  # the phase carried, the status written
     written_version: str | None = None  # resourceVersion of the instance after that write
     # Conditions other than Ready (Restricted), written with every Ready write: a merge patch
     # replaces the whole list, and the cached status may not show them yet.
@@ -61,13 +62,13 @@ class PodNews:
 
 
 @kopf.on.startup()
-async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logging.Logger, **_: Any) -> None:
+async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
     """Operator settings, each for a reason; the culling loop starts at once (first pass now)."""
     # Progress and diff-base in annotations: the CRD's structural status schema would prune
     # kopf's own status fields, and annotations survive operator restarts.
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=api.GROUP)
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=model.GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=api.GROUP, key="last-handled-configuration"
+        prefix=model.GROUP, key="last-handled-configuration"
     )
     # Reconnect watches before load balancers silently drop them; back off on API errors.
     settings.watching.server_timeout = 270
@@ -93,7 +94,9 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: lo
     # A connection per thread (kopf's, the default executor's, the culler's): past the pool's size
     # (default 5 × CPUs) urllib3 drops each extra connection after one request, and the next pays
     # a TLS handshake.
-    handler = K8ApiHandler(client=with_pool(load_client(), 2 * WORKERS + API_CONCURRENCY + 2), namespace=config.namespace)
+    handler = K8ApiHandler(
+        client=with_pool(load_client(), 2 * WORKERS + API_CONCURRENCY + 2), namespace=config.namespace
+    )
     standby: Callable[[], str | None] | None = None  # standalone: nobody to yield to
     if not settings.peering.standalone:  # `cxg-k8s operator --standalone` / `kopf run --standalone`
         # Peering as in the PoC: of the operators for this namespace only the highest-priority one
@@ -107,7 +110,9 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: lo
         settings.peering.clusterwide = False
         settings.peering.priority = config.effective_peering_priority()
         await asyncio.to_thread(ensure_peering_object, handler, config, logger)
-        logger.info("peering %r in namespace %s with priority %d", PEERING_NAME, config.namespace, settings.peering.priority)
+        logger.info(
+            "peering %r in namespace %s with priority %d", PEERING_NAME, config.namespace, settings.peering.priority
+        )
         standby = standby_check(handler, config, settings.peering.priority)
     memo.config = config
     memo.api = handler
@@ -131,7 +136,7 @@ def culler_alive(memo: kopf.Memo, **_: Any) -> str:
 
 
 @kopf.on.event(*RESOURCE)
-def remember(event: dict[str, Any], body: kopf.Body, memo: kopf.Memo, logger: logging.Logger, **_: Any) -> None:
+def remember(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
     """Keep every instance's latest body for the culling loop (one watch, no per-tick listing)."""
     key = (body["metadata"]["namespace"], body["metadata"]["name"])
     if event.get("type") == "DELETED":
@@ -156,27 +161,30 @@ async def spawn(
     body: kopf.Body,
     spec: kopf.Spec,
     name: str,
-    namespace: str,
+    namespace: str | None,
     meta: kopf.Meta,
     status: kopf.Status,
     patch: kopf.Patch,
     memo: kopf.Memo,
-    logger: logging.Logger,
+    logger: kopf.Logger,
     retry: int,
     **_: Any,
 ) -> None:
     """Create the instance's children, or the missing ones after a crash."""
     config: Settings = memo.config
-    if status.get("phase") in (api.Phase.FAILED.value, api.Phase.TERMINATING.value):
+    namespace = namespace or config.namespace  # kopf passes the instance's; the CRD is namespaced
+    if status.get("phase") in (model.Phase.FAILED.value, model.Phase.TERMINATING.value):
         return
-    model = api.SingleUserInstanceSpec.model_validate(dict(spec))
+    parsed = model.SingleUserInstanceSpec.model_validate(dict(spec))
     # The policy runs here, before anything exists: nothing is created for a refused spec.
     try:
-        plan = plan_instance(name, namespace, dict(meta.get("labels") or {}), model, config)
+        plan = plan_instance(name, namespace, dict(meta.get("labels") or {}), parsed, config)
     except Refusal as refusal:
         await _refuse(body, str(refusal), meta, patch, memo)
-    if not model.embedded:
-        taken = _claim_user_data(manifests.user_data_url(model, config), (namespace, name), bool(status.get("phase")), memo)
+    if not parsed.embedded:
+        taken = _claim_user_data(
+            viewer.user_data_url(parsed, config), (namespace, name), bool(status.get("phase")), memo
+        )
         if taken:
             await _refuse(body, taken, meta, patch, memo)
     children = plan.children
@@ -190,27 +198,31 @@ async def spawn(
         if await _owned(child, body, retry, meta, patch, memo):
             owned.add(child["kind"])
     update: dict[str, Any] = {
-        "url": manifests.instance_url(name, config),
-        "expiresAt": _expires_at(meta, model.lifespan, config),
+        "url": viewer.instance_url(name, config),
+        "expiresAt": _expires_at(meta, parsed.lifespan, config),
         "observedGeneration": meta.get("generation"),
     }
     if not status.get("phase"):
         # Written now, before any pod can exist: in the handler's patch (applied after the
         # handler) it could land after the pod's Ready and step the phase back. With the URL
         # and expiry in the same write: one status write (and watch event) less per instance.
-        starting = {"phase": api.Phase.STARTING.value, "message": "creating the viewer; waiting for it to become ready",
-                    "conditions": [restricted], **update}  # fmt: skip
+        starting = {
+            "phase": model.Phase.STARTING.value,
+            "message": "creating the viewer; waiting for it to become ready",
+            "conditions": [restricted],
+            **update,
+        }
         try:
             await asyncio.to_thread(memo.api.patch_instance_status, name, starting, namespace)
-        except Exception as exc:  # the API's own exception types; all mean "try again"
+        except ApiError as exc:  # an API error or an unreachable API server: both mean "try again"
             raise kopf.TemporaryError(f"could not set phase Starting: {exc}", delay=5) from None
         # The transition's Event, for the same reason now: posted after the children, it could
         # follow the Ready Event of a pod that starts within a second.
         kinds = ", ".join(c["kind"] for c in children if c["kind"] not in owned)
         news = f"creating {kinds} {namespace}/{name}; waiting for the viewer to become ready"
         try:
-            await asyncio.to_thread(memo.api.post_event, body, "Normal", api.Phase.STARTING.value, news)
-        except Exception as exc:  # an Event is best effort: status.phase already says Starting
+            await asyncio.to_thread(memo.api.post_event, body, "Normal", model.Phase.STARTING.value, news)
+        except ApiError as exc:  # an Event is best effort: status.phase already says Starting
             logger.warning("could not post the Starting event: %s", exc)
         await _tell_the_client(body, plan, memo, logger)
     for child in children:
@@ -222,12 +234,10 @@ async def spawn(
             # A rejection is final only once it persists: an API server that is restarting answers
             # 403 (admission not ready) or 422 (its IP allocator unreachable) for a moment.
             if exc.status in (400, 403, 422) and not exc.transient and retry >= REJECTION_RETRIES:
-                patch.status.update(phase=api.Phase.FAILED.value, message=str(exc))
-                await asyncio.to_thread(memo.api.post_event, body, "Warning", api.Phase.FAILED.value, str(exc))
+                patch.status.update(phase=model.Phase.FAILED.value, message=str(exc))
+                await asyncio.to_thread(memo.api.post_event, body, "Warning", model.Phase.FAILED.value, str(exc))
                 raise kopf.PermanentError(str(exc)) from None
-            raise kopf.TemporaryError(str(exc), delay=5) from None
-        except Exception as exc:  # connection refused or reset: the API server is away, soon back
-            raise kopf.TemporaryError(f"creating {child['kind']} {namespace}/{name}: {exc}", delay=5) from None
+            raise kopf.TemporaryError(str(exc), delay=5) from None  # also an unreachable API server
         if not created and not await _owned(child, body, retry, meta, patch, memo):  # 409, then gone
             raise kopf.TemporaryError(f"{child['kind']} {namespace}/{name} vanished; creating it again", delay=1)
         logger.debug("%s %s/%s", "created" if created else "kept existing", child["kind"], name)
@@ -242,25 +252,27 @@ def _restricted_condition(plan: Plan) -> dict[str, Any]:
         "type": "Restricted",
         "status": "True" if restricted else "False",
         "reason": "Named" if restricted else "NobodyNamed",
-        "message": f"only {plan.access.describe()} may open it" if restricted else (
-            f"every signed-in user may open it: {plan.open_access}"
-        ),
+        "message": f"only {plan.access.describe()} may open it"
+        if restricted
+        else (f"every signed-in user may open it: {plan.open_access}"),
         "lastTransitionTime": rfc3339(utcnow()),
     }
 
 
-async def _tell_the_client(body: kopf.Body, plan: Plan, memo: kopf.Memo, logger: logging.Logger) -> None:
+async def _tell_the_client(body: kopf.Body, plan: Plan, memo: kopf.Memo, logger: kopf.Logger) -> None:
     """Warning Events for what a client of the embedded form should change: the parts of its
     manifests the operator did not apply, and an instance open to every signed-in user."""
     notices = []
     if plan.ignored:
-        notices.append(("Ignored", "not applied, the operator renders the Service and Ingress itself: " + "; ".join(plan.ignored)))
+        notices.append(
+            ("Ignored", "not applied, the operator renders the Service and Ingress itself: " + "; ".join(plan.ignored))
+        )
     if plan.open_access:
         notices.append(("OpenAccess", f"every signed-in user may open this viewer: {plan.open_access}"))
     for reason, message in notices:
         try:
             await asyncio.to_thread(memo.api.post_event, body, "Warning", reason, message)
-        except Exception as exc:  # best effort, as the Starting Event
+        except ApiError as exc:  # best effort, as the Starting Event
             logger.warning("could not post the %s event: %s", reason, exc)
 
 
@@ -276,7 +288,7 @@ def _claim_user_data(url: str, key: tuple[str, str], resumed: bool, memo: kopf.M
     live = (
         other is not None
         and not other["metadata"].get("deletionTimestamp")
-        and other["status"].get("phase") not in (api.Phase.FAILED.value, api.Phase.TERMINATING.value)
+        and other["status"].get("phase") not in (model.Phase.FAILED.value, model.Phase.TERMINATING.value)
     )
     if live and not resumed:
         assert other is not None and holder is not None
@@ -292,8 +304,8 @@ def _claim_user_data(url: str, key: tuple[str, str], resumed: bool, memo: kopf.M
 
 async def _refuse(body: kopf.Body, message: str, meta: kopf.Meta, patch: kopf.Patch, memo: kopf.Memo) -> NoReturn:
     """Failed for good: the message in status and in a Warning Event, and no retry."""
-    patch.status.update(phase=api.Phase.FAILED.value, message=message, observedGeneration=meta.get("generation"))
-    await asyncio.to_thread(memo.api.post_event, body, "Warning", api.Phase.FAILED.value, message)
+    patch.status.update(phase=model.Phase.FAILED.value, message=message, observedGeneration=meta.get("generation"))
+    await asyncio.to_thread(memo.api.post_event, body, "Warning", model.Phase.FAILED.value, message)
     raise kopf.PermanentError(message)
 
 
@@ -310,18 +322,22 @@ async def _owned(
     kind, namespace, name = child["kind"], child["metadata"]["namespace"], child["metadata"]["name"]
     try:
         owners = await asyncio.to_thread(memo.api.read_owner_references, kind, namespace, name)
-    except Exception as exc:  # ApiError or a connection error: both mean "try again"
+    except ApiError as exc:  # an API error or an unreachable API server: both mean "try again"
         raise kopf.TemporaryError(f"checking the owner of {kind} {namespace}/{name}: {exc}", delay=5) from None
-    conflict = api.child_conflict(kind, namespace, name, owners, body["metadata"]["uid"], body["metadata"]["name"])
+    conflict = ownership.child_conflict(
+        kind, namespace, name, owners, body["metadata"]["uid"], body["metadata"]["name"]
+    )
     if conflict is None:
         return owners is not None
     if conflict.transient and retry < PREDECESSOR_RETRIES:
         raise kopf.TemporaryError(conflict.message, delay=3)
-    await _refuse(body, f"SingleUserInstance {namespace}/{body['metadata']['name']}: {conflict.message}", meta, patch, memo)
+    await _refuse(
+        body, f"SingleUserInstance {namespace}/{body['metadata']['name']}: {conflict.message}", meta, patch, memo
+    )
 
 
 @kopf.on.update(*RESOURCE, field="spec.lifespan")
-def relife(name: str, new: int | None, meta: kopf.Meta, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
+def relife(name: str, new: Any, meta: kopf.Meta, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
     """A changed lifespan moves expiresAt; the culler reads the new value from its cache."""
     config: Settings = memo.config
     problem = policy.lifespan_problem(new, config)
@@ -339,8 +355,8 @@ def _expires_at(meta: kopf.Meta, lifespan: int | None, config: Settings) -> str:
     return rfc3339(created + dt.timedelta(seconds=lifespan or config.default_lifespan))
 
 
-@kopf.on.event("", "v1", "pods", labels={"app": manifests.APP_LABEL})
-async def pod_changed(event: dict[str, Any], body: kopf.Body, memo: kopf.Memo, logger: logging.Logger, **_: Any) -> None:
+@kopf.on.event("", "v1", "pods", labels={"app": viewer.APP_LABEL})
+async def pod_changed(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
     """Carry the viewer pod's state to its instance: Ready, or Failed with the cause."""
     instance_name = body["metadata"].get("labels", {}).get("instance")
     key = (body["metadata"]["namespace"], instance_name)
@@ -365,10 +381,10 @@ async def pod_changed(event: dict[str, Any], body: kopf.Body, memo: kopf.Memo, l
     await asyncio.to_thread(carry_pod_state, memo, key, logger)
 
 
-def _no_news(status: dict[str, Any], phase: api.Phase) -> bool:
+def _no_news(status: dict[str, Any], phase: model.Phase) -> bool:
     """The pod's ``phase`` is no news to an instance whose status says so already, or says
     Terminating or Failed, which no pod state undoes."""
-    return status.get("phase") in (phase.value, api.Phase.TERMINATING.value, api.Phase.FAILED.value)
+    return status.get("phase") in (phase.value, model.Phase.TERMINATING.value, model.Phase.FAILED.value)
 
 
 def _written_version(written: Any) -> str | None:
@@ -382,7 +398,7 @@ def _older(version: str | None, than: str | None) -> bool:
     return bool(version and than and version.isdigit() and than.isdigit() and int(version) < int(than))
 
 
-def carry_pod_state(memo: kopf.Memo, key: tuple[str, str], logger: logging.Logger) -> None:
+def carry_pod_state(memo: kopf.Memo, key: tuple[str, str], logger: kopf.Logger) -> None:
     """Write the pod's last news into the instance's status unless it says so already; called on
     pod events and on instance events, so neither order loses it."""
     news = memo.pod_news.get(key)
@@ -405,13 +421,13 @@ def carry_pod_state(memo: kopf.Memo, key: tuple[str, str], logger: logging.Logge
                 return
             # Carried before, and a stale cached body (or status write) says otherwise: write the
             # same news again, with the same times, and no second Event.
-            update = previous[1]
-            news.written_version = _written_version(memo.api.patch_instance_status(key[1], update, key[0]))
-            current.update(update)
+            same = previous[1]
+            news.written_version = _written_version(memo.api.patch_instance_status(key[1], same, key[0]))
+            current.update(same)
             return
         moment = utcnow()
         now = rfc3339(moment)
-        first_ready = phase == api.Phase.READY and not current.get("readyAt")
+        first_ready = phase == model.Phase.READY and not current.get("readyAt")
         created = parse_time(instance.get("metadata", {}).get("creationTimestamp")) if first_ready else None
         startup = None
         if created:
@@ -421,7 +437,7 @@ def carry_pod_state(memo: kopf.Memo, key: tuple[str, str], logger: logging.Logge
             message = f"{message} {startup:.1f} s after creation"
         condition = {
             "type": "Ready",
-            "status": "True" if phase == api.Phase.READY else "False",
+            "status": "True" if phase == model.Phase.READY else "False",
             "reason": phase.value,
             "message": message,
             "lastTransitionTime": now,
@@ -438,6 +454,6 @@ def carry_pod_state(memo: kopf.Memo, key: tuple[str, str], logger: logging.Logge
         current.update(update)
         # (phase, the status written): one Event per transition, and the same times if re-carried.
         news.announced = (phase, update)
-        event_type = "Normal" if phase == api.Phase.READY else "Warning"
+        event_type = "Normal" if phase == model.Phase.READY else "Warning"
         memo.api.post_event(instance, event_type, phase.value, message)
     logger.info("instance %s/%s is %s: %s", key[0], key[1], phase.value, message)

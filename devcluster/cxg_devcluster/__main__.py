@@ -1,0 +1,5 @@
+import sys
+
+from cxg_devcluster.cluster import main
+
+sys.exit(main())

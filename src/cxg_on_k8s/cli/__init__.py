@@ -1,0 +1,1 @@
+"""The ``cxg-k8s`` command line."""

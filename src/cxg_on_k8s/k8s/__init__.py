@@ -1,0 +1,1 @@
+"""The one Kubernetes client the package uses, and its one error type."""

@@ -3,19 +3,23 @@
 The PoC kept its connection and sign-in settings (``K8_IP``, ``K8_PORT``, ``HOST_NAME``,
 ``CLUSTER_ROOT_CERTIFICATE``, ``SERVICE_ACCOUNT``, ``ACCOUNT_TOKEN``, ``KEYCLOAK_ENDPOINT``,
 ``KEYCLOAK_REALM``) in a ``.env`` file next to its scripts; ``cxg-k8s`` reads the one in the
-current directory the same way. The format is the simple one: ``KEY=VALUE`` per line, an optional
+current directory the same way, parsed by python-dotenv. The format is the usual one: ``KEY=VALUE`` per line, an optional
 ``export`` in front, ``#`` comments (whole lines, or after an unquoted value), values optionally in
 single or double quotes. Variables already set in the environment win: the file never overrides.
 """
 
 from __future__ import annotations
 
+import io
 import os
 import re
 from collections.abc import MutableMapping
 from pathlib import Path
 
-_LINE = re.compile(r"^(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(.*)$")
+from dotenv.parser import parse_stream
+
+# python-dotenv parses; what it cannot parse it only logs, so its errors are turned into ours here
+_QUOTED = re.compile(r"^\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(['\"])")
 
 
 class EnvFileError(ValueError):
@@ -25,23 +29,19 @@ class EnvFileError(ValueError):
 def parse(text: str, source: str = ".env") -> dict[str, str]:
     """The file's variables, in order; a malformed line is an error naming it."""
     values: dict[str, str] = {}
-    for number, raw in enumerate(text.splitlines(), start=1):
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        found = _LINE.match(line)
-        if not found:
-            raise EnvFileError(f"{source}, line {number}: expected KEY=VALUE, got {raw!r}")
-        key, value = found.group(1), found.group(2).strip()
-        if value[:1] in ("'", '"'):
-            quote = value[0]
-            end = value.find(quote, 1)
-            if end == -1:
-                raise EnvFileError(f"{source}, line {number}: the value of {key} has no closing {quote}")
-            value = value[1:end]
-        else:
-            value = re.split(r"\s+#", value, maxsplit=1)[0].strip()
-        values[key] = value
+    for binding in parse_stream(io.StringIO(text)):
+        raw = binding.original.string.rstrip("\n")
+        line = binding.original.line
+        if binding.error:
+            quoted = _QUOTED.match(raw)
+            if quoted:
+                raise EnvFileError(f"{source}, line {line}: the value of {quoted[1]} has no closing {quoted[2]}")
+            raise EnvFileError(f"{source}, line {line}: expected KEY=VALUE, got {raw!r}")
+        if binding.key is None:
+            continue  # a blank line or a comment
+        if binding.value is None:
+            raise EnvFileError(f"{source}, line {line}: expected KEY=VALUE, got {raw!r}")
+        values[binding.key] = binding.value
     return values
 
 

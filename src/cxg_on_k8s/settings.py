@@ -13,6 +13,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
 
 ENV_PREFIX = "CXG_"
 
@@ -255,22 +257,66 @@ class Settings(BaseModel):
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         """Build settings from CXG_* (and the PoC's) variables; explicit overrides win."""
         env = os.environ if environ is None else environ
-        values: dict[str, Any] = {}
-        source: dict[str, str] = {}
-        for legacy, name in LEGACY_ENV.items():
-            if legacy in env:
-                values[name], source[name] = env[legacy], legacy
-        for name in cls.model_fields:
-            var = ENV_PREFIX + name.upper()
-            if var in env:
-                values[name], source[name] = env[var], var
-        values.update(overrides)
+        reader = _reader(cls, env)
         try:
-            return cls(**values)
+            return cls(**reader(**overrides).model_dump())
         except ValidationError as exc:
             problems = []
             for err in exc.errors():
                 name = str(err["loc"][0]) if err["loc"] else "?"
-                var = source.get(name, ENV_PREFIX + name.upper())
-                problems.append(f"{var}={values.get(name)!r}: {err['msg']}")
+                var = next((v for v in _variables(name) if v in env), _variables(name)[0])
+                value = overrides.get(name, env.get(var))
+                problems.append(f"{var}={value!r}: {err['msg']}")
             raise SettingsError("invalid settings: " + "; ".join(problems) + ". Fix or unset the variable.") from None
+
+
+def _variables(name: str) -> list[str]:
+    """The variables that set option ``name``, the one that wins first."""
+    return [ENV_PREFIX + name.upper(), *(var for var, option in LEGACY_ENV.items() if option == name)]
+
+
+class _Variables(EnvSettingsSource):
+    """The CXG_* variables of ``environ``, which is os.environ only by default (tests and the
+    CLI pass their own); pydantic-settings does the lookup and the parsing."""
+
+    def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str]) -> None:
+        super().__init__(settings_cls, case_sensitive=False, env_prefix=ENV_PREFIX)
+        self.env_vars = {key.lower(): value for key, value in environ.items()}
+
+
+class _LegacyVariables(PydanticBaseSettingsSource):
+    """The proof of concept's names (LEGACY_ENV). A source of its own, below the CXG_* one, and
+    not as field aliases: an alias would also rename the option for ``Settings(tick=...)``."""
+
+    def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str]) -> None:
+        super().__init__(settings_cls)
+        self.environ = environ
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        var = next((v for v, option in LEGACY_ENV.items() if option == field_name and v in self.environ), None)
+        return (self.environ[var] if var else None), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return {option: self.environ[var] for var, option in LEGACY_ENV.items() if var in self.environ}
+
+
+def _reader(settings: type[Settings], environ: Mapping[str, str]) -> type[BaseSettings]:
+    """``settings`` read by pydantic-settings from ``environ``: keyword arguments first, then CXG_*
+    variables, then the PoC's. The result is turned back into a plain ``Settings``, so that
+    ``Settings()`` stays the documented defaults, whatever the environment holds."""
+
+    class FromEnvironment(BaseSettings, settings):  # type: ignore[misc,valid-type]
+        model_config = SettingsConfigDict(frozen=True, extra="forbid")
+
+        @classmethod
+        def settings_customise_sources(
+            cls,
+            settings_cls: type[BaseSettings],
+            init_settings: PydanticBaseSettingsSource,
+            env_settings: PydanticBaseSettingsSource,
+            dotenv_settings: PydanticBaseSettingsSource,
+            file_secret_settings: PydanticBaseSettingsSource,
+        ) -> tuple[PydanticBaseSettingsSource, ...]:
+            return init_settings, _Variables(settings_cls, environ), _LegacyVariables(settings_cls, environ)
+
+    return FromEnvironment

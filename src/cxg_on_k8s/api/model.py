@@ -5,7 +5,8 @@ CRD (``api.crd``), the admission policy and the README's reference are generated
 from __future__ import annotations
 
 import re
-from enum import Enum
+from collections.abc import Mapping
+from enum import StrEnum
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -51,6 +52,14 @@ NO_COMMA_PATTERN = r"^[^,]+$"
 GroupName = Annotated[str, Field(min_length=1, max_length=255, pattern=NO_COMMA_PATTERN)]
 
 
+# An owner is one identity: no comma (see above), no whitespace and no control character, so that
+# "alice@example.org\n" is not a second spelling of alice that passes the schema (``[^,]`` alone
+# matches a newline). Written for every engine that reads it alike: Go's RE2 (the API server),
+# Rust's regex (pydantic) and ECMA-262 (JSON-schema tools); ``$`` is the end of the text in the
+# first two. ``\s`` is ASCII in RE2 and Unicode in the others, so the C0/C1 ranges are spelt out.
+OWNER_PATTERN = r"^[^,\s\x00-\x1f\x7f-\x9f]+$"
+
+
 # The embedded form's three slots: (apiVersion, kind) each one takes, and nothing else.
 AUTH_URL_ANNOTATION = "nginx.ingress.kubernetes.io/auth-url"
 
@@ -73,7 +82,7 @@ def _slot_schema(schema: dict[str, Any], slot: str) -> None:
     schema["required"] = ["kind"]
 
 
-class Phase(str, Enum):
+class Phase(StrEnum):
     """Where an instance is in its life; the operator moves it forward, never back."""
 
     PENDING = "Pending"
@@ -83,7 +92,7 @@ class Phase(str, Enum):
     TERMINATING = "Terminating"
 
 
-class Flavor(str, Enum):
+class Flavor(StrEnum):
     CELLXGENE = "cellxgene"
     CELLXGENE_VIP = "cellxgene-vip"
 
@@ -106,7 +115,7 @@ class SingleUserInstanceSpec(BaseModel):
         None,
         min_length=1,
         max_length=254,
-        pattern=NO_COMMA_PATTERN,
+        pattern=OWNER_PATTERN,
         description="The user's identity as the OIDC provider gives it (e-mail, no commas); only they "
         "get in. Also allowed in the embedded form, where it wins over a user label.",
         json_schema_extra={
@@ -185,6 +194,8 @@ class SingleUserInstanceSpec(BaseModel):
 class Condition(BaseModel):
     """A Kubernetes-style condition (type Ready, Culled, ...)."""
 
+    model_config = ConfigDict(populate_by_name=True, extra="forbid")
+
     type: str
     status: Literal["True", "False", "Unknown"]
     reason: str | None = None
@@ -195,7 +206,9 @@ class Condition(BaseModel):
 class SingleUserInstanceStatus(BaseModel):
     """What the operator reports. Times are RFC 3339 UTC strings."""
 
-    model_config = ConfigDict(populate_by_name=True)
+    # Every status write goes through this model (status_patch): a misspelt field fails in the
+    # operator instead of being pruned away by the API server without a word.
+    model_config = ConfigDict(populate_by_name=True, extra="forbid")
 
     phase: Phase | None = Field(None, description="Pending, Starting, Ready, Failed or Terminating.")
     url: str | None = Field(None, description="Where the owner opens the viewer.")
@@ -225,23 +238,8 @@ def dataset_id(dataset: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", stem) or "dataset"
 
 
-_SUFFIX = {
-    "m": 1e-3,
-    "": 1.0,
-    "k": 1e3,
-    "M": 1e6,
-    "G": 1e9,
-    "T": 1e12,
-    "Ki": 2**10,
-    "Mi": 2**20,
-    "Gi": 2**30,
-    "Ti": 2**40,
-}
-
-
-def quantity(text: str) -> float:
-    """A Kubernetes quantity (the subset QUANTITY_PATTERN admits) as a number."""
-    match = re.fullmatch(r"([0-9]+(?:\.[0-9]+)?)([a-zA-Z]*)", text)
-    if not match or match.group(2) not in _SUFFIX:
-        raise ValueError(f"{text!r} is not a quantity such as 500m, 2, 512Mi or 4Gi")
-    return float(match.group(1)) * _SUFFIX[match.group(2)]
+def status_patch(fields: Mapping[str, Any]) -> dict[str, Any]:
+    """A status merge patch of ``fields`` (API names or Python names), checked by the model; only
+    the fields given are in it, so an explicit None still removes a field."""
+    checked = SingleUserInstanceStatus.model_validate(dict(fields))
+    return checked.model_dump(by_alias=True, exclude_unset=True, mode="json")

@@ -65,7 +65,7 @@ def problems(spec: model.SingleUserInstanceSpec, settings: Settings, namespace: 
     if spec.resources:
         for field, limit in (("cpu", settings.max_cpu), ("memory", settings.max_memory)):
             asked = getattr(spec.resources, field)
-            if asked and model.quantity(asked) > model.quantity(limit):
+            if asked and parse_quantity(asked) > parse_quantity(limit):
                 found.append(
                     f"spec.resources.{field} {asked} exceeds the maximum {limit} "
                     f"(setting CXG_MAX_{field.upper()}); ask for less"

@@ -234,7 +234,7 @@ async def spawn(
             # A rejection is final only once it persists: an API server that is restarting answers
             # 403 (admission not ready) or 422 (its IP allocator unreachable) for a moment.
             if exc.status in (400, 403, 422) and not exc.transient and retry >= REJECTION_RETRIES:
-                patch.status.update(phase=model.Phase.FAILED.value, message=str(exc))
+                patch.status.update(model.status_patch({"phase": model.Phase.FAILED, "message": str(exc)}))
                 await asyncio.to_thread(memo.api.post_event, body, "Warning", model.Phase.FAILED.value, str(exc))
                 raise kopf.PermanentError(str(exc)) from None
             raise kopf.TemporaryError(str(exc), delay=5) from None  # also an unreachable API server
@@ -242,7 +242,7 @@ async def spawn(
             raise kopf.TemporaryError(f"{child['kind']} {namespace}/{name} vanished; creating it again", delay=1)
         logger.debug("%s %s/%s", "created" if created else "kept existing", child["kind"], name)
     if status.get("phase") and any(status.get(key) != value for key, value in update.items()):
-        patch.status.update(update)  # a resumed instance written by an older operator
+        patch.status.update(model.status_patch(update))  # a resumed instance written by an older operator
 
 
 def _restricted_condition(plan: Plan) -> dict[str, Any]:
@@ -304,7 +304,11 @@ def _claim_user_data(url: str, key: tuple[str, str], resumed: bool, memo: kopf.M
 
 async def _refuse(body: kopf.Body, message: str, meta: kopf.Meta, patch: kopf.Patch, memo: kopf.Memo) -> NoReturn:
     """Failed for good: the message in status and in a Warning Event, and no retry."""
-    patch.status.update(phase=model.Phase.FAILED.value, message=message, observedGeneration=meta.get("generation"))
+    patch.status.update(
+        model.status_patch(
+            {"phase": model.Phase.FAILED, "message": message, "observedGeneration": meta.get("generation")}
+        )
+    )
     await asyncio.to_thread(memo.api.post_event, body, "Warning", model.Phase.FAILED.value, message)
     raise kopf.PermanentError(message)
 
@@ -343,7 +347,9 @@ def relife(name: str, new: Any, meta: kopf.Meta, patch: kopf.Patch, memo: kopf.M
     problem = policy.lifespan_problem(new, config)
     if problem:
         raise kopf.PermanentError(f"SingleUserInstance {name}: {problem}")
-    patch.status.update(expiresAt=_expires_at(meta, new, config), observedGeneration=meta.get("generation"))
+    patch.status.update(
+        model.status_patch({"expiresAt": _expires_at(meta, new, config), "observedGeneration": meta.get("generation")})
+    )
 
 
 def _expires_at(meta: kopf.Meta, lifespan: int | None, config: Settings) -> str:

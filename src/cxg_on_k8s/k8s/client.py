@@ -301,7 +301,7 @@ class K8ApiHandler:
     def patch_instance_status(self, name: str, status: dict[str, Any], namespace: str | None = None) -> dict[str, Any]:
         namespace = namespace or self.namespace
         what = f"updating the status of SingleUserInstance {namespace}/{name}"
-        args = (model.GROUP, model.VERSION, namespace, model.PLURAL, name, {"status": status})
+        args = (model.GROUP, model.VERSION, namespace, model.PLURAL, name, {"status": model.status_patch(status)})
         return call(what, self.custom.patch_namespaced_custom_object_status, *args)
 
     def list_events(self, name: str) -> list[Any]:

@@ -21,14 +21,19 @@ from tests import client_shapes
 NAME = "cellxgene-0b6f3c1e-9d7a-4c55-8f0e-1a2b3c4d5e6f"
 
 
+def render_args(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """``cxg-k8s render ARGS`` with stdout a pipe and a terminal width of 40."""
+    return subprocess.run(
+        [sys.executable, "-m", "cxg_on_k8s", "render", *args],
+        check=False, capture_output=True, text=True, timeout=60, cwd=tmp_path,
+        env={**{k: v for k, v in os.environ.items() if not k.startswith("CXG_")}, **env, "COLUMNS": "40"},
+    )  # fmt: skip
+
+
 def render(tmp_path: Path, body: dict[str, Any], **env: str) -> subprocess.CompletedProcess[str]:
     path = tmp_path / "instance.yaml"
     path.write_text(yaml.safe_dump(body))
-    return subprocess.run(
-        [sys.executable, "-m", "cxg_on_k8s", "render", "-f", str(path)],
-        capture_output=True, text=True, timeout=60, cwd=tmp_path,
-        env={**{k: v for k, v in os.environ.items() if not k.startswith("CXG_")}, **env, "COLUMNS": "40"},
-    )  # fmt: skip
+    return render_args(tmp_path, "-f", str(path), **env)
 
 
 def test_the_portals_shape_renders_as_the_operator_would_create_it(tmp_path: Path) -> None:
@@ -64,3 +69,26 @@ def test_the_pocs_test_instance_is_refused_unless_owners_are_optional(tmp_path: 
 def test_a_file_that_is_no_instance_is_named(tmp_path: Path) -> None:
     result = render(tmp_path, {"kind": "Deployment"})
     assert result.returncode == 2 and "not a SingleUserInstance" in result.stderr
+
+
+def test_a_narrow_pipe_gets_every_value_on_one_line(tmp_path: Path) -> None:
+    """PyYAML folds long strings at their spaces past 80 columns unless told otherwise: still valid
+    YAML, but no longer a value a user can copy or grep."""
+    title = "Peripheral blood mononuclear cells, 3k cells from a healthy donor, annotated by the lab of Alice"
+    spec = {"owner": "alice@example.org", "dataset": "s3://cellxgene/pbmc3k.h5ad", "title": title}
+    body = client_shapes.body(NAME, "cellxgene", spec)
+    result = render(tmp_path, body)
+    assert result.returncode == 0, result.stderr
+    assert "\x1b[" not in result.stdout
+    lines = [line.strip() for line in result.stdout.splitlines()]
+    assert f"title: {title}" in lines
+    docs = list(yaml.safe_load_all(result.stdout))
+    auth_url = docs[-1]["metadata"]["annotations"][model.AUTH_URL_ANNOTATION]
+    assert f"{model.AUTH_URL_ANNOTATION}: {auth_url}" in lines
+
+
+def test_an_owner_with_a_newline_is_refused_naming_the_field(tmp_path: Path) -> None:
+    result = render_args(tmp_path, "--owner", "alice@example.org\n", "--dataset", "s3://cellxgene/pbmc3k.h5ad")
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert "spec.owner = 'alice@example.org\\n'" in result.stderr

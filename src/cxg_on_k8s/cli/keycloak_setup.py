@@ -4,7 +4,10 @@
 missing, updates only the fields it owns when they drifted, and reports every object as created,
 updated, removed or unchanged, so that a second run says "nothing changed" and an operator can
 see what a run did. It talks to Keycloak's admin REST API only (python-keycloak); writing the
-client secret into Kubernetes is the CLI's job (``manifests.oauth2_proxy_client_secret_manifest``).
+client secret into Kubernetes is the CLI's job (``render.edge_signin.oauth2_proxy_client_secret_manifest``).
+
+One module on purpose, though past 400 lines: the desired objects, the drift rules and the run
+that applies them change together, and this is the only module that talks to Keycloak.
 
 What oauth2-proxy needs from the realm, and why each piece exists:
 - a confidential client with the standard (authorization code) flow and PKCE S256 required,

@@ -1,0 +1,229 @@
+"""The cluster-side commands: install and uninstall, run the operator, and set up Keycloak's client."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Any
+
+import typer
+
+from cxg_on_k8s.api import crd, model
+from cxg_on_k8s.cli.common import (
+    EXIT_FAILED,
+    EXIT_TIMEOUT,
+    Context,
+    Kubeconfig,
+    client_or_exit,
+    connect,
+    console,
+    fail,
+    settings_or_exit,
+    write_line,
+)
+from cxg_on_k8s.k8s.client import K8ApiHandler
+from cxg_on_k8s.render import edge_signin
+from cxg_on_k8s.render import install as builders
+from cxg_on_k8s.settings import DEFAULT_OPERATOR_IMAGE, Settings
+
+
+def install_objects(settings: Settings, image: str) -> list[dict[str, Any]]:
+    """What `install` applies, in order: namespace, the CRDs (this project's and kopf's peering
+    CRD), RBAC, the ingress-nginx metrics Service (when metrics_service names one), operator."""
+    metrics = [builders.ingress_metrics_service(settings)] if settings.metrics_service else []
+    return [
+        builders.namespace(settings.namespace),
+        crd.definition(),
+        builders.kopf_peering_crd(),
+        *builders.operator_rbac(settings),
+        *builders.portal_rbac(settings),
+        *metrics,
+        builders.operator_deployment(settings, image),
+    ]
+
+
+def crd_objects() -> list[dict[str, Any]]:
+    """`install --crd-only`: what an operator run from a laptop needs, peering included."""
+    return [crd.definition(), builders.kopf_peering_crd()]
+
+
+def missing_namespaces(dynamic: Any, objects: list[dict[str, Any]], created: str) -> set[str]:
+    """The namespaces ``objects`` go into that do not exist, ``created`` (the install's own) aside:
+    the ingress controller's, before ingress-nginx is installed. A namespace this account may not
+    read counts as present, so that applying into it says what is wrong."""
+    from kubernetes.dynamic.exceptions import DynamicApiError, NotFoundError
+
+    namespaces = dynamic.resources.get(api_version="v1", kind="Namespace")
+    wanted = {ns for obj in objects if (ns := obj["metadata"].get("namespace")) and ns != created}
+    missing = set()
+    for name in sorted(wanted):
+        try:
+            namespaces.get(name=name)
+        except NotFoundError:
+            missing.add(name)
+        except DynamicApiError:  # forbidden, say: the apply will tell what is wrong
+            pass
+    return missing
+
+
+def install(
+    image: Annotated[str, typer.Option(help="operator image.")] = DEFAULT_OPERATOR_IMAGE,
+    crd_only: Annotated[bool, typer.Option(help="install only the CRD (to run the operator locally).")] = False,
+    kubeconfig: Kubeconfig = None,
+    context: Context = None,
+) -> None:
+    """Install (or update) the CRD, the RBAC and the operator Deployment (server-side apply).
+
+    What belongs in a namespace that does not exist yet (the ingress-nginx metrics Service and
+    the operator's Role there, before ingress-nginx is installed) is skipped with a warning;
+    run install again once it exists."""
+    from kubernetes.dynamic import DynamicClient
+    from kubernetes.dynamic.exceptions import DynamicApiError
+
+    settings = settings_or_exit()
+    objects = crd_objects() if crd_only else install_objects(settings, image)
+    dynamic = DynamicClient(client_or_exit(kubeconfig, context))
+    missing = missing_namespaces(dynamic, objects, settings.namespace)
+    for obj in objects:
+        meta = obj["metadata"]
+        where = f"{meta['namespace']}/" if meta.get("namespace") else ""
+        if meta.get("namespace") in missing:
+            console.print(
+                f"warning: skipped {obj['kind']} {where}{meta['name']}: namespace {meta['namespace']} not found "
+                "(installing ingress-nginx creates it; run `cxg-k8s install` again afterwards)",
+                markup=False,
+                highlight=False,
+            )
+            continue
+        resource = dynamic.resources.get(api_version=obj["apiVersion"], kind=obj["kind"])
+        try:
+            resource.server_side_apply(
+                body=obj,
+                name=meta["name"],
+                namespace=meta.get("namespace"),
+                field_manager="cxg-k8s",
+                force_conflicts=True,
+            )
+        except DynamicApiError as exc:
+            raise fail(f"applying {obj['kind']} {meta['name']}: {exc.summary()}") from None
+        console.print(f"applied {obj['kind']} {where}{meta['name']}", markup=False)
+    if crd_only:
+        for obj in objects:
+            wait_crd_established(dynamic, obj["metadata"]["name"])
+
+
+def wait_crd_established(dynamic: Any, name: str = model.CRD_NAME, timeout: float = 30) -> None:
+    crds = dynamic.resources.get(api_version="apiextensions.k8s.io/v1", kind="CustomResourceDefinition")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        # A just-created CRD's status (and its conditions) may be null, not absent.
+        conditions = (crds.get(name=name).to_dict().get("status") or {}).get("conditions") or []
+        if any(c["type"] == "Established" and c["status"] == "True" for c in conditions):
+            return
+        time.sleep(0.2)
+    raise fail(f"CRD {name} not Established after {timeout:.0f} s", EXIT_TIMEOUT)
+
+
+def uninstall(
+    yes: Annotated[bool, typer.Option("--yes", "-y")] = False,
+    kubeconfig: Kubeconfig = None,
+    context: Context = None,
+) -> None:
+    """Remove the operator, its RBAC and the CRD (which deletes every instance).
+
+    The namespace stays, and so does kopf's peering CRD, which other kopf operators may share."""
+    from kubernetes.dynamic import DynamicClient
+    from kubernetes.dynamic.exceptions import NotFoundError, ResourceNotFoundError
+
+    settings = settings_or_exit()
+    if not yes and not typer.confirm("this deletes the CRD and with it every SingleUserInstance; continue?"):
+        raise typer.Exit(EXIT_FAILED)
+    dynamic = DynamicClient(client_or_exit(kubeconfig, context))
+    kept = {("Namespace", settings.namespace), ("CustomResourceDefinition", builders.KOPF_PEERING_CRD_NAME)}
+    objects = [o for o in install_objects(settings, "unused") if (o["kind"], o["metadata"]["name"]) not in kept]
+    for obj in [builders.kopf_peering(settings), *reversed(objects)]:
+        try:
+            resource = dynamic.resources.get(api_version=obj["apiVersion"], kind=obj["kind"])
+        except ResourceNotFoundError:  # the KopfPeering kind, when its CRD is not installed
+            continue
+        try:
+            resource.delete(name=obj["metadata"]["name"], namespace=obj["metadata"].get("namespace"))
+            console.print(f"deleted {obj['kind']} {obj['metadata']['name']}", markup=False)
+        except NotFoundError:
+            pass
+
+
+def operator(
+    verbose: Annotated[bool, typer.Option(help="debug logging.")] = False,
+    liveness: Annotated[str | None, typer.Option(help="liveness endpoint, e.g. http://0.0.0.0:8080/healthz.")] = None,
+    standalone: Annotated[
+        bool,
+        typer.Option(
+            help="no kopf peering: work even while another operator for the namespace runs (default: peer, and pause while one with a higher priority, CXG_PEERING_PRIORITY, runs)."
+        ),
+    ] = False,
+) -> None:
+    """Run the operator in the foreground (in a pod, or locally); it pauses while one with a higher peering priority runs."""
+    import asyncio
+    import logging
+
+    import kopf
+
+    import cxg_on_k8s.controller.handlers  # noqa: F401  (registers the handlers)
+
+    settings = settings_or_exit()
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO)
+    asyncio.run(kopf.operator(namespaces=[settings.namespace], standalone=standalone, liveness_endpoint=liveness))
+
+
+GROUPS_MAPPER_HELP = (
+    "fill the groups claim with the user's groups, own e-mail and own username (what allowedGroups "
+    "and the embedded form's user label need); --no-groups-mapper removes the three mappers."
+)
+
+
+def keycloak_setup(
+    admin_user: Annotated[str, typer.Option(envvar="KEYCLOAK_ADMIN", help="Keycloak admin user.")] = "admin",
+    admin_password: Annotated[
+        str,
+        typer.Option(envvar="KEYCLOAK_ADMIN_PASSWORD", prompt=True, hide_input=True, help="Keycloak admin password."),
+    ] = "",
+    groups_mapper: Annotated[bool, typer.Option(help=GROUPS_MAPPER_HELP)] = True,
+    admin_realm: Annotated[str, typer.Option(help="realm the admin user belongs to.")] = "master",
+    write_secret: Annotated[
+        bool, typer.Option(help="store the client id and secret in the oauth2-proxy Secret.")
+    ] = True,
+    kubeconfig: Kubeconfig = None,
+    context: Context = None,
+) -> None:
+    """Create or update the OIDC client oauth2-proxy signs in with (idempotent)."""
+    from cxg_on_k8s.cli.keycloak_setup import KeycloakSetupError, setup_keycloak
+
+    settings = settings_or_exit()
+    try:
+        report = setup_keycloak(
+            settings.keycloak_endpoint,
+            settings.keycloak_realm,
+            admin_user,
+            admin_password,
+            settings,
+            groups_mapper=groups_mapper,
+            admin_realm=admin_realm,
+        )
+    except KeycloakSetupError as exc:
+        raise fail(str(exc)) from None
+    write_line(report.summary())
+    write_line(f"client id: {report.client_id}")
+    if write_secret:
+        handler = connect(kubeconfig, context, settings)
+        secret = edge_signin.oauth2_proxy_client_secret_manifest(settings, report.client_id, report.client_secret)
+        _apply_secret(handler, secret)
+        console.print(
+            f"client secret stored in Secret {settings.oauth2_proxy_namespace}/{settings.oauth2_proxy_client_secret}",
+            markup=False,
+        )
+
+
+def _apply_secret(handler: K8ApiHandler, secret: dict[str, Any]) -> None:
+    meta = secret["metadata"]
+    if not handler.create_if_absent(secret):
+        handler.core.patch_namespaced_secret(meta["name"], meta["namespace"], secret)

@@ -188,7 +188,10 @@ def test_manifests_carry_the_proof_of_concepts_file_names() -> None:
     assert [d["metadata"]["namespace"] for d in load(MANIFESTS / "secret_aws-cred.yaml")] == ["cellxgene", "testing"]
     assert by_file["crd_kopf-peering.yaml"] == [("CustomResourceDefinition", "kopfpeerings.kopf.dev")]
     assert by_file["deployment_sui_operator.yaml"] == [("Deployment", "sui-operator")]
-    assert by_file["service_ingress-nginx-controller_metrics.yaml"] == [("Service", "metrics")]
+    # everything in ingress-nginx's namespace, applied once ingress-nginx is there (not by -k)
+    assert by_file["service_ingress-nginx-controller_metrics.yaml"] == [
+        ("Service", "metrics"), ("Role", "sui-operator-metrics"), ("RoleBinding", "sui-operator-metrics"),
+    ]
     assert (REPO / "charts" / "cxg-on-k8s" / "crds" / "crd_kopf-peering.yaml").read_text() == (MANIFESTS / "crd_kopf-peering.yaml").read_text()
 
 
@@ -228,7 +231,8 @@ def test_kustomize_builds_the_install(cluster: DevCluster) -> None:
     kinds = sorted((d["kind"], d["metadata"]["name"]) for d in yaml.safe_load_all(rendered) if d)
     assert ("CustomResourceDefinition", model.CRD_NAME) in kinds
     assert ("CustomResourceDefinition", install.KOPF_PEERING_CRD_NAME) in kinds
-    assert ("Service", "metrics") in kinds and ("Deployment", "sui-operator") in kinds and ("Namespace", "cellxgene") in kinds
+    assert ("Deployment", "sui-operator") in kinds and ("Namespace", "cellxgene") in kinds
+    assert ("Service", "metrics") not in kinds  # ingress-nginx's namespace: the metrics file, opt-in
     # No credentials that applying it again could overwrite: the only Secret is the portal's
     # token, which the controller-manager fills in.
     assert [name for kind, name in kinds if kind == "Secret"] == [install.PORTAL_TOKEN_SECRET]
@@ -242,9 +246,12 @@ def test_the_api_server_accepts_the_install(cluster: DevCluster) -> None:
     rendered = cluster.kubectl("kustomize", str(MANIFESTS)).stdout
     result = cluster.kubectl("apply", "--dry-run=server", "-f", "-", input=rendered, check=False)
     assert result.returncode == 0, result.stderr
-    for expected in ("customresourcedefinition.apiextensions.k8s.io/kopfpeerings.kopf.dev", "service/metrics",
+    for expected in ("customresourcedefinition.apiextensions.k8s.io/kopfpeerings.kopf.dev",
                      "deployment.apps/sui-operator", "serviceaccount/omicsdm"):  # fmt: skip
         assert expected in result.stdout, result.stdout
+    metrics = MANIFESTS / "service_ingress-nginx-controller_metrics.yaml"
+    applied = cluster.kubectl("apply", "--dry-run=server", "-f", str(metrics), check=False)
+    assert applied.returncode == 0 and "service/metrics" in applied.stdout, applied.stderr
     secrets = cluster.kubectl("apply", "--dry-run=server", "-f", str(MANIFESTS / "secret_aws-cred.yaml"), check=False)
     assert secrets.returncode == 0, secrets.stderr
     assert secrets.stdout.count("secret/aws-cred-secret") == 2

@@ -40,7 +40,7 @@ KOPF = Path(sys.executable).parent / "kopf"
 
 
 def test_yaml_to_py_prints_a_manifest_as_a_python_dict() -> None:
-    manifest = REPO / "manifests" / "service_ingress-nginx-controller_metrics.yaml"
+    manifest = REPO / "manifests" / "deployment_sui_operator.yaml"
     result = subprocess.run([sys.executable, "yaml_to_py.py", str(manifest)], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert ast.literal_eval(result.stdout) == yaml.safe_load(manifest.read_text())

@@ -116,7 +116,8 @@ class SingleUserInstanceSpec(BaseModel):
         min_length=1,
         max_length=254,
         pattern=OWNER_PATTERN,
-        description="The user's identity as the OIDC provider gives it (e-mail, no commas); only they "
+        description="The user's identity as the OIDC provider gives it (e-mail; no commas, spaces or control "
+        "characters); only they "
         "get in. Also allowed in the embedded form, where it wins over a user label.",
         json_schema_extra={
             "x-kubernetes-validations": [

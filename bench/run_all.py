@@ -2,7 +2,8 @@
 
 Runs ``bench/spawn.py`` (sizes 1, 100, 500; our operator and the proof of concept's design; the
 API server with its default flow control), then our operator alone at the largest size with the
-API server's limits off (``--unlimited-apiserver``), then ``bench/startup.py``; and writes the
+API server's limits off (``--unlimited-apiserver``), then ``bench/startup.py``, then
+``bench/culling.py`` (how soon culls follow their timeouts, a thousand expiries); and writes the
 machine, the versions, the load average, the commands and their numbers to bench/RESULTS.md.
 Numbers from a 2-core machine shared with other work are noisy: the load average before each run
 is recorded next to it.
@@ -109,6 +110,9 @@ def main() -> None:
     parser.add_argument("--skip-startup", action="store_true", help="do not run bench/startup.py")
     parser.add_argument("--skip-unlimited", action="store_true", help="skip the run without API server limits")
     parser.add_argument("--startup-args", default="", help="arguments for bench/startup.py, e.g. '--cells 3000'")
+    parser.add_argument("--skip-culling", action="store_true", help="do not run bench/culling.py")
+    parser.add_argument("--culling-args", default="--expiries 1000",
+                        help="arguments for bench/culling.py (default '--expiries 1000', as tests/test_faults.py)")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "RESULTS.md")
     args = parser.parse_args()
     started = time.monotonic()
@@ -125,6 +129,12 @@ def main() -> None:
         loads["before startup.py"] = load()
         run = subprocess.run(startup_cmd, cwd=REPO, capture_output=True, text=True, check=False)
         startup = run.stdout + (f"\n(exit {run.returncode}: {run.stderr[-2000:]})" if run.returncode else "")
+    culling_cmd = [sys.executable, "bench/culling.py", *args.culling_args.split()]
+    culling = ""
+    if not args.skip_culling:
+        loads["before culling.py"] = load()
+        run = subprocess.run(culling_cmd, cwd=REPO, capture_output=True, text=True, check=False)
+        culling = run.stdout + (f"\n(exit {run.returncode}: {run.stderr[-2000:]})" if run.returncode else "")
     loads["end"] = load()
     minutes = (time.monotonic() - started) / 60
 
@@ -200,6 +210,19 @@ def main() -> None:
             "",
             "```",
             startup.rstrip(),
+            "```",
+            "",
+        ]
+    if culling:
+        out += [
+            "## Culling: how soon after the timeout, and a thousand expiries (`bench/culling.py`)",
+            "",
+            f"Command: `.venv/bin/python {' '.join(culling_cmd[1:])}` (see its docstring). The tests assert only",
+            "what does not depend on the machine's speed (never before the timeout, each cull with its reason);",
+            "these are the timings they no longer bound.",
+            "",
+            "```",
+            culling.rstrip(),
             "```",
             "",
         ]

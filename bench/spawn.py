@@ -18,6 +18,9 @@ beforehand, records per instance the time from its create request to
 * ``pod ready``: its Deployment reports ``readyReplicas >= 1``;
 * ``Ready``: for ``ours``, ``status.phase == Ready`` (what the portal waits for); the PoC had no
   status, so its Ready is its pod ready;
+* ``startup``: for ``ours``, the operator's own ``status.startupSeconds`` (creationTimestamp to
+  the moment it saw the pod Ready; tests/test_operator.py checks it is there and consistent with
+  ``readyAt``, this is where its size is read);
 
 and reports p50, p95 and max, the wall time from the first create to the last Ready, the
 operator process's CPU seconds (utime + stime from ``/proc/PID/stat``) during that time and
@@ -271,6 +274,7 @@ class Observer:
         self.children: dict[str, dict[str, float]] = {}
         self.pod_ready: dict[str, float] = {}
         self.ready: dict[str, float] = {}
+        self.startup_seconds: dict[str, float] = {}
         self.stopped = False
         self._versions: dict[str, str] = {}
         self._threads = [
@@ -321,6 +325,8 @@ class Observer:
         if kind == "SingleUserInstance":
             if status.get("phase") == "Ready":
                 self.ready.setdefault(name, now)
+            if isinstance(status.get("startupSeconds"), (int, float)):
+                self.startup_seconds.setdefault(name, float(status["startupSeconds"]))
             return
         self.children.setdefault(name, {}).setdefault(kind, now)
         if kind == "Deployment" and (status.get("readyReplicas") or 0) >= 1:
@@ -433,6 +439,8 @@ def run_one(kind: str, n: int, args: argparse.Namespace, base: Path) -> dict[str
             "children": durations(None, observer.children_done),
             "pod_ready": durations(observer.pod_ready),
             "ready": durations(done),
+            "startup_seconds": {**percentiles(list(observer.startup_seconds.values())),
+                                "count": len(observer.startup_seconds)},  # fmt: skip
             "all_ready_wall_s": all_ready,
             "operator_cpu_s": cpu_spawn,
             "server_cpu_s": server_cpu,
@@ -536,6 +544,12 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     print(table(results))
     print()
     print(ratios(results))
+    print()
+    for r in results:
+        if r["startup_seconds"]["count"]:
+            d = r["startup_seconds"]
+            print(f"{r['operator']} N={r['n']}: status.startupSeconds p50/p95/max {fmt(d['p50'])} / {fmt(d['p95'])} / "
+                  f"{fmt(d['max'])} s ({d['count']} of {r['n']} instances)")  # fmt: skip
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
     if not args.keep:

@@ -16,6 +16,7 @@ from cxg_on_k8s.k8s.client import ApiError, K8ApiHandler
 from cxg_on_k8s.render import install, viewer
 from cxg_on_k8s.settings import Settings
 from tests import service_accounts
+from tests.conftest import wait_for
 from tests.instances import DATASET, OWNER
 
 
@@ -135,7 +136,12 @@ def test_children_are_created_read_listed_and_deleted(k8s: K8ApiHandler, namespa
     assert k8s.read_ingress(name).spec.rules[0].http.paths[0].path == f"/{name}(/|$)(.*)"
     assert [s.metadata.name for s in k8s.list_services().items] == [name]
     assert k8s.list_services("app=nothing").items == []
-    assert all(p.metadata.labels["instance"] == name for p in k8s.list_pods(f"instance={name}").items)
+    # The Deployment's one pod (made by the controller-manager a moment later), listed by its label;
+    # waited for, as an empty list would pass any check on its items.
+    (pod,) = wait_for(lambda: k8s.list_pods(f"instance={name}").items, 30, f"the pod of Deployment {name}")
+    assert pod.metadata.labels["instance"] == name
+    assert pod.metadata.owner_references[0].kind == "ReplicaSet"
+    assert k8s.list_pods("instance=nothing").items == []
 
     again = raises_api_error(lambda: k8s.create_service(bodies["service"]))
     assert again.status == 409 and again.reason == "Conflict" and f"Service {namespace}/{name}" in str(again)

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import datetime, timedelta, timezone
+from types import SimpleNamespace
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cxg_on_k8s.culling.culler import instance_times
+from cxg_on_k8s.culling import culler
+from cxg_on_k8s.culling.culler import RateLimiter, instance_times
 from cxg_on_k8s.culling.decision import CullReason, Decision, InstanceTimes, decide, expires_at, format_age
 from cxg_on_k8s.settings import Settings
 
@@ -227,14 +230,32 @@ def test_unknown_activity_never_culls_as_idle_or_unvisited(times: InstanceTimes)
     assert decide(times, False, NOW).reason in (None, CullReason.LIFESPAN_EXCEEDED)
 
 
-@given(instances, st.booleans(), st.integers(min_value=0, max_value=365 * DAY))
+# Past their lifespan at NOW by 1 s to 30 days, whatever their other times: every example
+# exercises the property below (a filter on all instances would leave most examples vacuous).
+expired_instances = st.builds(
+    lambda lifespan, past, idle_timeout, unvisited_timeout, idle, ready_after: instance(
+        lifespan + past,
+        lifespan=lifespan,
+        idle_timeout=idle_timeout,
+        unvisited_timeout=unvisited_timeout,
+        idle=idle,
+        ready_after=ready_after,
+    ),
+    st.integers(min_value=60, max_value=30 * DAY),
+    st.integers(min_value=1, max_value=30 * DAY),
+    timeouts,
+    timeouts,
+    st.none() | seconds,
+    st.none() | st.integers(min_value=0, max_value=DAY),
+)
+
+
+@given(expired_instances, st.booleans(), st.integers(min_value=0, max_value=365 * DAY))
 def test_once_past_its_lifespan_an_instance_stays_past_it(
     times: InstanceTimes, reliable: bool, later: int
 ) -> None:
-    if decide(times, reliable, NOW).reason is CullReason.LIFESPAN_EXCEEDED:
-        assert decide(times, reliable, NOW + timedelta(seconds=later)).reason is (
-            CullReason.LIFESPAN_EXCEEDED
-        )
+    assert decide(times, reliable, NOW).reason is CullReason.LIFESPAN_EXCEEDED
+    assert decide(times, reliable, NOW + timedelta(seconds=later)).reason is CullReason.LIFESPAN_EXCEEDED
 
 
 @given(instances, st.booleans())
@@ -244,10 +265,33 @@ def test_deletion_agrees_with_reason_and_is_explained(times: InstanceTimes, reli
     assert decision.message.startswith("kept: ") is not decision.delete
 
 
-@given(instances, st.booleans())
+# Every time in the future (clock skew): created 1 s to 2 days ahead of NOW, Ready at or after
+# that (or not yet), last used 1 s to 2 days ahead (or never).
+future = st.integers(min_value=1, max_value=2 * DAY).map(lambda ahead: -ahead)
+skewed_instances = st.builds(
+    lambda age, lifespan, idle_timeout, unvisited_timeout, idle, ready_after: instance(
+        age,
+        lifespan=lifespan,
+        idle_timeout=idle_timeout,
+        unvisited_timeout=unvisited_timeout,
+        idle=idle,
+        ready_after=ready_after,
+    ),
+    future,
+    st.integers(min_value=60, max_value=30 * DAY),
+    timeouts,
+    timeouts,
+    st.none() | future,
+    st.none() | st.integers(min_value=0, max_value=DAY),
+)
+
+
+@given(skewed_instances, st.booleans())
 def test_clock_skew_alone_never_culls(times: InstanceTimes, reliable: bool) -> None:
-    if all(t is None or t > NOW for t in (times.created, times.last_activity, times.ready_at)):
-        assert not decide(times, reliable, NOW).delete
+    assert all(t is None or t > NOW for t in (times.created, times.last_activity, times.ready_at))
+    decision = decide(times, reliable, NOW)
+    assert not decision.delete, decision.message
+    assert "clock skew" in decision.message
 
 
 @given(instances)
@@ -268,3 +312,43 @@ def test_the_culler_bounds_a_lifespan_by_the_operators_maximum(asked: int, maxim
         "spec": {"lifespan": asked},
     }
     assert instance_times(body, Settings(max_lifespan=maximum)).lifespan == lived
+
+
+# --- the delete rate, with a fake clock ------------------------------------------------------
+
+
+def test_the_delete_rate_spaces_deletions_evenly_and_saves_up_no_burst(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The culler takes a RateLimiter token before each cull's requests. With the clock in the
+    test's hands, the k-th of a burst of takers goes at exactly k/rate, and a quiet minute earns
+    no burst afterwards: what ``delete_rate`` promises, whatever the machine's speed (the rate a
+    real API server reaches is bench/culling.py's)."""
+    now = [100.0]
+    released: list[tuple[str, float]] = []
+    slept: dict[object, float] = {}  # task -> what it was told to sleep: it is released at now + that
+    limiter = RateLimiter(5.0)  # its asyncio.Lock made before the module's asyncio is replaced
+
+    async def fake_sleep(seconds: float) -> None:
+        slept[asyncio.current_task()] = seconds
+        await asyncio.sleep(0)
+
+    monkeypatch.setattr(culler, "time", SimpleNamespace(monotonic=lambda: now[0]))
+    monkeypatch.setattr(culler, "asyncio", SimpleNamespace(sleep=fake_sleep))
+
+    async def take(label: str) -> None:
+        start = now[0]
+        await limiter.acquire()
+        released.append((label, start + slept.get(asyncio.current_task(), 0.0)))
+
+    async def scenario() -> None:
+        await asyncio.gather(*(take(f"burst-{i}") for i in range(10)))
+        now[0] = 200.0  # a quiet stretch: no saved tokens
+        await asyncio.gather(*(take(f"after-{i}") for i in range(3)))
+
+    asyncio.run(scenario())
+    burst = sorted(at for label, at in released if label.startswith("burst-"))
+    after = sorted(at for label, at in released if label.startswith("after-"))
+    assert burst == pytest.approx([100.0 + k / 5.0 for k in range(10)])
+    assert after == pytest.approx([200.0, 200.2, 200.4])
+    # so no window of a second holds more than rate tokens (+1 for its closed ends)
+    times = burst + after
+    assert max(sum(1 for u in times if t <= u < t + 1.0) for t in times) == 5

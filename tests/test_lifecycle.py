@@ -5,13 +5,16 @@ between ticks. Deletions are observed through a watch (the last state of the obj
 
 Timeouts are a few seconds (``spec.idleTimeout`` and ``spec.unvisitedTimeout`` accept them); the
 lifespan's minimum is 60 s, so one test waits for it, and the culler test moves a fake clock.
+
+What is asserted does not depend on the machine's speed: never culled before its timeout, culled
+with the right reason, one failed scrape per failed pass. How soon after the timeout (within
+which tick) is measured by bench/culling.py; the waits here only end a broken run.
 """
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import threading
 import time
 import urllib.request
 import uuid
@@ -20,7 +23,6 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 from cxg_devcluster.cluster import free_port
-from kubernetes import watch
 
 from cxg_on_k8s.api import model
 from cxg_on_k8s.culling.activity import MetricsSource, endpointslice_urls
@@ -30,6 +32,7 @@ from cxg_on_k8s.settings import Settings
 from tests.conftest import wait_for
 from tests.instances import get_or_none
 from tests.metrics_server import MetricsServer, Mode, metrics_server, metrics_server_process
+from tests.watches import InstanceWatch
 
 if TYPE_CHECKING:
     from tests.netns_hosts import NetnsHosts
@@ -38,6 +41,10 @@ pytest_plugins = ["tests.netns_hosts"]  # the netns_test_hosts fixture
 pytestmark = pytest.mark.cluster
 
 OWNER = "ada@example.org"
+# What the operator logs on every pass whose activity scrape failed (culler.py).
+ACTIVITY_UNKNOWN = "activity unknown this tick, no idle or never-visited culls"
+# Seconds after which a wait gives up: it ends a broken run; how soon things happen is the bench's.
+GIVE_UP = 60
 DATASET = "s3://datasets/pbmc3k.h5ad"
 
 
@@ -92,54 +99,6 @@ def scrape_failures(port: int) -> float:
     raise AssertionError("the operator's /metrics has no cxg_metrics_scrape_failures_total")
 
 
-class InstanceWatch:
-    """Every watch event of the namespace's instances, with the wall-clock time it arrived."""
-
-    def __init__(self, k8s: K8ApiHandler) -> None:
-        self.k8s = k8s
-        self.seen: list[tuple[float, str, dict[str, Any]]] = []
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="instance-watch", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        version = None
-        while not self._stop.is_set():
-            stream = watch.Watch().stream(
-                self.k8s.custom.list_namespaced_custom_object,
-                model.GROUP, model.VERSION, self.k8s.namespace, model.PLURAL,
-                resource_version=version, timeout_seconds=2,
-            )  # fmt: skip
-            for event in stream:
-                if event["type"] == "ERROR":
-                    version = None
-                    continue
-                version = event["object"]["metadata"]["resourceVersion"]
-                with self._lock:
-                    self.seen.append((time.time(), event["type"], event["object"]))
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(10)
-
-    def deleted(self, name: str, timeout: float) -> tuple[float, dict[str, Any]]:
-        """(when, last state) of ``name``'s DELETED event."""
-
-        def find() -> tuple[float, dict[str, Any]] | None:
-            with self._lock:
-                for when, kind, obj in self.seen:
-                    if kind == "DELETED" and obj["metadata"]["name"] == name:
-                        return when, obj
-            return None
-
-        return wait_for(find, timeout, f"{name} to be deleted")  # type: ignore[no-any-return]
-
-    def was_deleted(self, name: str) -> bool:
-        with self._lock:
-            return any(k == "DELETED" and o["metadata"]["name"] == name for _, k, o in self.seen)
-
-
 @pytest.fixture
 def metrics() -> Iterator[MetricsServer]:
     with metrics_server() as server:
@@ -185,14 +144,15 @@ def test_a_viewer_visited_then_left_is_culled_as_idle(
         metrics.visit(namespace, name, status="302")
         metrics.visit(namespace, name, status="401")
         time.sleep(0.5)
-        assert time.time() - last_activity.timestamp() < 15, "not culled 15 s after the last visit"
+        assert time.time() - last_activity.timestamp() < GIVE_UP, f"not culled {GIVE_UP} s after the last visit"
 
     when, last = assert_culled(k8s, instance_watch, name, "idle", 5)
     assert last["status"]["lastActivity"] == rfc3339(last_activity)
     idle_for = when - last_activity.timestamp()
-    # lastActivity is whole seconds (up to 1 s early); culled on the first tick past 3 s.
-    print(f"measured: idle cull {idle_for:.1f} s after lastActivity (idleTimeout 3 s, tick 1 s)")
-    assert 3 < idle_for < 3 + 1 + 2 + 1, idle_for
+    # lastActivity is whole seconds (up to 1 s early, which only lengthens idle_for); the watch
+    # sees the deletion after it happened. How soon after 3 s: bench/culling.py.
+    print(f"measured, not asserted: idle cull {idle_for:.1f} s after lastActivity (idleTimeout 3 s, tick 1 s)")
+    assert idle_for > 3, f"culled {idle_for:.1f} s after the last visit, before its idle timeout of 3 s"
     assert "idle for" in last["status"]["message"]
 
 
@@ -206,14 +166,17 @@ def test_a_viewer_in_use_outlives_its_idle_timeout(
 
     started = time.monotonic()
     seen: set[str] = set()
-    for _ in range(10):  # the counter grows before every tick, for more than three idle timeouts
+    scrapes = 0
+    # The counter grows before every tick, for more than three idle timeouts and until
+    # lastActivity moved five times: however slow the ticks, the use outlasts the timeout.
+    while time.monotonic() - started <= 3 * 3 or len(seen - {""}) < 5:
         metrics.visit(namespace, name)
         metrics.wait_scrapes(1)
+        scrapes += 1
         seen.add(status(k8s, name).get("lastActivity", ""))
-    print(f"measured: in use for {time.monotonic() - started:.1f} s (10 ticks), idleTimeout 3 s, kept")
-    assert time.monotonic() - started > 3 * 3
+        assert time.monotonic() - started < GIVE_UP, f"lastActivity did not advance with the use: {sorted(seen)}"
+    print(f"measured: in use for {time.monotonic() - started:.1f} s ({scrapes} scrapes), idleTimeout 3 s, kept")
     assert exists(k8s, name) and not instance_watch.was_deleted(name)
-    assert len(seen - {""}) >= 5, f"lastActivity should advance with the use: {sorted(seen)}"
     assert not events(k8s, name, "Culled")
 
 
@@ -232,16 +195,16 @@ def test_a_viewer_never_visited_is_culled_after_the_unvisited_timeout_from_ready
     while not instance_watch.was_deleted(name):
         metrics.visit(namespace, name, status="302")
         time.sleep(0.5)
-        assert time.time() - ready_at.timestamp() < 15, "not culled 15 s after it became Ready"
+        assert time.time() - ready_at.timestamp() < GIVE_UP, f"not culled {GIVE_UP} s after it became Ready"
 
     when, last = assert_culled(k8s, instance_watch, name, "never-visited", 5)
     assert "lastActivity" not in last["status"]
     unvisited_for = when - ready_at.timestamp()
     created = parse_time(last["metadata"]["creationTimestamp"])
     assert created is not None and ready_at >= created
-    print(f"measured: never-visited cull {unvisited_for:.1f} s after readyAt, "
+    print(f"measured, not asserted: never-visited cull {unvisited_for:.1f} s after readyAt, "
           f"{when - created.timestamp():.1f} s after creation (unvisitedTimeout 3 s)")
-    assert 3 < unvisited_for < 3 + 1 + 2 + 1, unvisited_for
+    assert unvisited_for > 3, f"culled {unvisited_for:.1f} s after readyAt, before its unvisited timeout of 3 s"
 
     # The one that is not Ready yet outlives its unvisited timeout by a few ticks.
     wait_for(lambda: age(k8s, starting) > 3 + 3, 10, f"{starting} to pass its unvisited timeout")
@@ -303,12 +266,13 @@ def test_a_metrics_outage_pauses_idle_and_unvisited_culling_but_not_the_lifespan
 ) -> None:  # fmt: skip
     """The one long test: it waits out the 60 s minimum lifespan while the metrics are broken."""
     metrics_port = free_port()
-    start_operator(metrics_url=metrics.url, tick=1, operator_metrics_port=metrics_port)
+    operator = start_operator(metrics_url=metrics.url, tick=1, operator_metrics_port=metrics_port)
     visited = create_instance(k8s, idleTimeout=2, unvisitedTimeout=60)
     wait_ready(k8s, visited)
     metrics.visit(namespace, visited)
     last_activity = wait_for(lambda: status(k8s, visited).get("lastActivity"), 10, "lastActivity")
     failures_before = scrape_failures(metrics_port)
+    failed_passes_before = operator.text().count(ACTIVITY_UNKNOWN)
 
     # The controller goes away, the operator says so; then an instance is created during the
     # outage (it must be told too) and is never visited.
@@ -321,13 +285,15 @@ def test_a_metrics_outage_pauses_idle_and_unvisited_culling_but_not_the_lifespan
     while not instance_watch.was_deleted(short):
         metrics.set_mode(modes[int((time.monotonic() - outage) / 4) % len(modes)])  # 4 s each
         time.sleep(0.25)
-        assert time.monotonic() - outage < 90, "the short-lived instance outlived its lifespan"
+        assert time.monotonic() - outage < 60 + GIVE_UP, "the short-lived instance outlived its lifespan"
     outage_seconds = time.monotonic() - outage
     failures = scrape_failures(metrics_port) - failures_before
 
     when, last = assert_culled(k8s, instance_watch, short, "lifespan-exceeded", 5)
     created = parse_time(last["metadata"]["creationTimestamp"])
-    assert created is not None and 60 < when - created.timestamp() < 60 + 1 + 2 + 1
+    # Not before its lifespan (how soon after it: bench/culling.py); and long past its unvisited
+    # timeout, so the reason above is the lifespan's for a reason, not because nothing else was due.
+    assert created is not None and when - created.timestamp() > 60, when - created.timestamp()
     assert when - short_ready.timestamp() > 2 + 10, "the unvisited timeout passed long ago"
     # Idle for a minute with a 2 s idle timeout, yet kept: activity was unknown, not zero.
     assert exists(k8s, visited) and status(k8s, visited)["lastActivity"] == last_activity
@@ -337,10 +303,11 @@ def test_a_metrics_outage_pauses_idle_and_unvisited_culling_but_not_the_lifespan
         assert len(warnings) == 1, [w.message for w in warnings]
         assert warnings[0].type == "Warning"
         assert warnings[0].message.startswith("activity scrape failed, idle culling paused: ")
-    print(f"measured: outage {outage_seconds:.1f} s, {failures:.0f} failed scrapes; lifespan cull at age "
-          f"{when - created.timestamp():.1f} s (lifespan 60 s)")
-    # One failed scrape per one-second tick of the outage.
-    assert 0.75 * outage_seconds < failures <= outage_seconds + 2, (failures, outage_seconds)
+    print(f"measured, not asserted: outage {outage_seconds:.1f} s, {failures:.0f} failed scrapes; lifespan "
+          f"cull at age {when - created.timestamp():.1f} s (lifespan 60 s)")
+    # Passes start a tick apart and scrape once each: never more failures than ticks (+ the passes
+    # at both ends). The lower side (one per tick, none skipped) is speed: bench/culling.py.
+    assert 1 <= failures <= outage_seconds + 3, (failures, outage_seconds)
 
     # The controller is back and nobody used the viewer meanwhile: idle culling resumes.
     metrics.set_mode(Mode.OK)
@@ -348,6 +315,9 @@ def test_a_metrics_outage_pauses_idle_and_unvisited_culling_but_not_the_lifespan
     settled = scrape_failures(metrics_port)
     metrics.wait_scrapes(2)
     assert scrape_failures(metrics_port) == settled
+    # Each failed scrape was a pass without activity (logged), and each such pass one failed scrape.
+    failed_passes = operator.text().count(ACTIVITY_UNKNOWN) - failed_passes_before
+    assert settled - failures_before == failed_passes, (settled - failures_before, failed_passes)
 
 
 def test_replicas_behind_an_endpointslice_are_added_up(
@@ -395,13 +365,14 @@ def test_replicas_behind_an_endpointslice_are_added_up(
         wait_ready(k8s, name)
         replica_a.visit(namespace, name, 7)  # earlier requests, served by replica a
         started, started_wall = time.monotonic(), time.time()
-        for _ in range(10):  # now every request lands on replica b
+        # Now every request lands on replica b, one before each tick, for more than three idle
+        # timeouts (however many ticks that takes).
+        while time.monotonic() - started <= 3 * 3:
             replica_b.visit(namespace, name)
             replica_b.wait_scrapes(1)
         scrapes_a, scrapes_b = replica_a.scrapes, replica_b.scrapes
         print(f"measured: replica b busy {time.monotonic() - started:.1f} s, scrapes a={scrapes_a} "
               f"b={scrapes_b}, idleTimeout 3 s, kept")
-        assert time.monotonic() - started > 3 * 3
         assert exists(k8s, name) and not instance_watch.was_deleted(name)
         # What kept it: replica b's requests, recorded after the idle timeout had passed.
         last_activity = parse_time(status(k8s, name)["lastActivity"])

@@ -18,12 +18,12 @@ from cxg_on_k8s.controller import ownership
 from cxg_on_k8s.render import embedded as embedded_form
 from cxg_on_k8s.render.plan import Refusal, plan_instance
 from cxg_on_k8s.settings import Settings
-from tests.test_manifests import poc_manifests
+from tests.poc_form import poc_manifests, set_path
 
 NAME = "cellxgene-0b6f3c1e-9d7a-4c55-8f0e-1a2b3c4d5e6f"
 NS = "viewers"
 SETTINGS = Settings(namespace=NS)
-AUTH = SETTINGS.oauth2_proxy_auth_endpoint  # what tests.test_manifests.poc_manifests asks
+AUTH = SETTINGS.oauth2_proxy_auth_endpoint  # what tests.poc_form.poc_manifests asks
 AUTH_KEY = "nginx.ingress.kubernetes.io/auth-url"
 AUTH_FIELD = f'spec.ingress.metadata.annotations["{AUTH_KEY}"]'
 UID = "6c1f0a9e-0000-4000-8000-000000000001"
@@ -37,19 +37,6 @@ def embedded(**changes: Any) -> model.SingleUserInstanceSpec:
     for path, value in changes.items():
         set_path(docs, path, value)
     return model.SingleUserInstanceSpec(lifespan=600, **docs)
-
-
-def set_path(doc: Any, path: str, value: Any) -> None:
-    """Set ``a.b[0].c`` in nested dicts and lists, creating dicts (and list slots) on the way."""
-    keys: list[str | int] = [int(k) if k.isdigit() else k for k in re.findall(r"[^.\[\]]+", path)]
-    for key, following in zip(keys, keys[1:], strict=False):
-        if isinstance(key, int):
-            while len(doc) <= key:
-                doc.append({})
-            doc = doc[key]
-        else:
-            doc = doc.setdefault(key, [] if isinstance(following, int) else {})
-    doc[keys[-1]] = value
 
 
 def hardened() -> dict[str, Any]:

@@ -13,12 +13,9 @@ import signal
 import struct
 import subprocess
 import sys
-import threading
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
-from functools import partial
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +37,7 @@ pytest.register_assert_rewrite(
 )  # before its import: its asserts explain failures
 
 from tests.fixtures_s3 import MotoS3, Relay, free_port, run_cellxgene, wait_until
+from tests.pki import TestCA, https_file_server
 
 pytest_plugins = ["tests.fixtures_s3"]
 
@@ -253,33 +251,52 @@ def test_first_visit_fetches_the_dataset_and_says_there_is_no_user_data(
     assert sorted(p.name for p in dest.iterdir()) == [".userdata-state.json", "dataset.h5ad"]
 
 
-def test_a_dataset_over_https_is_fetched_too(moto_s3: MotoS3, bucket: str, tmp_path: Path) -> None:
+def test_a_dataset_over_https_is_fetched_with_its_certificate_checked(
+    moto_s3: MotoS3, bucket: str, tmp_path: Path
+) -> None:
+    """Real TLS: a server that speaks only HTTPS, with a certificate of a test CA. The fetch
+    trusts it through SSL_CERT_FILE (what Python's default context, which urllib uses, reads),
+    and refuses a server it cannot verify: one signed by another CA, or one whose certificate is
+    for another name. A download over plain http, or one that skipped the check, fails here."""
     served = tmp_path / "www"
     served.mkdir()
     (served / "pbmc.h5ad").write_bytes(hdf5_header(50_000))
-    server = ThreadingHTTPServer(
-        ("127.0.0.1", 0), partial(SimpleHTTPRequestHandler, directory=str(served))
-    )
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    base = f"http://127.0.0.1:{server.server_address[1]}"
-    try:
-        ok = run_userdata(
-            "fetch", "--dataset", f"{base}/pbmc.h5ad", "--user-data", f"s3://{bucket}/u/",
-            "--dest", str(tmp_path / "data"), env=moto_s3.env(),
+    ca = TestCA.create(tmp_path / "pki")
+    stranger = TestCA.create(tmp_path / "other-pki", "cxg-untrusted-ca")
+    trusting = moto_s3.env(SSL_CERT_FILE=str(ca.cert_path))
+
+    def fetch_from(url: str, name: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+        return run_userdata(
+            "fetch", "--dataset", url, "--user-data", f"s3://{bucket}/u/", "--dest", str(tmp_path / name),
+            "--termination-log", str(tmp_path / f"{name}.term"), "--retries", "0", env=env,
         )  # fmt: skip
-        missing = run_userdata(
-            "fetch", "--dataset", f"{base}/gone.h5ad", "--user-data", f"s3://{bucket}/u/",
-            "--dest", str(tmp_path / "data2"), "--termination-log", str(tmp_path / "term"),
-            env=moto_s3.env(),
-        )  # fmt: skip
-    finally:
-        server.shutdown()
+
+    with https_file_server(served, ca.server_context(["127.0.0.1"])) as server:
+        ok = fetch_from(f"{server.url}/pbmc.h5ad", "ok", trusting)
+        missing = fetch_from(f"{server.url}/gone.h5ad", "missing", trusting)
+        untrusted = fetch_from(f"{server.url}/pbmc.h5ad", "untrusted", moto_s3.env(SSL_CERT_FILE=str(stranger.cert_path)))
+    with https_file_server(served, ca.server_context(["cxg.localtest"], stem="other-name")) as other_name:
+        mismatch = fetch_from(f"{other_name.url}/pbmc.h5ad", "mismatch", trusting)
+
+    assert server.url.startswith("https://127.0.0.1:")
     assert ok.returncode == 0, ok.stderr
-    assert (tmp_path / "data" / "dataset.h5ad").stat().st_size == 50_000
+    assert (tmp_path / "ok" / "dataset.h5ad").read_bytes() == (served / "pbmc.h5ad").read_bytes()
+    # Both downloads reached the handler over TLS; the refused one never got that far.
+    assert [path for path, _ in server.requests] == ["/pbmc.h5ad", "/gone.h5ad"], server.requests
+    assert all(version and version.startswith("TLSv1.") for _, version in server.requests), server.requests
     assert missing.returncode == ExitCode.NOT_FOUND
-    assert (tmp_path / "term").read_text() == (
-        f"dataset {base}/gone.h5ad: not found (HTTP 404). Fix: correct spec.dataset.\n"
+    assert (tmp_path / "missing.term").read_text() == (
+        f"dataset {server.url}/gone.h5ad: not found (HTTP 404). Fix: correct spec.dataset.\n"
     )
+    for name, refused, why in (
+        ("untrusted", untrusted, "certificate verify failed: unable to get local issuer certificate"),
+        ("mismatch", mismatch, "IP address mismatch, certificate is not valid for '127.0.0.1'"),
+    ):
+        assert refused.returncode == ExitCode.UNREACHABLE, refused.stderr
+        message = (tmp_path / f"{name}.term").read_text()
+        assert "cannot download ([SSL: CERTIFICATE_VERIFY_FAILED]" in message and why in message, message
+        assert not (tmp_path / name / "dataset.h5ad").exists()
+    assert other_name.requests == [], "the client should have refused the handshake"
 
 
 def test_missing_dataset_is_one_clear_line_in_the_termination_log(

@@ -35,9 +35,8 @@ from cxg_on_k8s.settings import Settings
 from tests import client_shapes, service_accounts
 from tests.conftest import REPO, StartOperator, wait_for
 from tests.instances import CHILD_KINDS, DATASET, OWNER, create, get_or_none, instance_body, list_children, wait_phase
+from tests.poc_form import POC_AUTH_URL, poc_manifests, set_path
 from tests.service_accounts import can_i
-from tests.test_manifests import POC_AUTH_URL, poc_manifests
-from tests.test_policy import set_path
 
 # --- helpers ---------------------------------------------------------------------------------------
 
@@ -103,7 +102,7 @@ BAD_SPECS = [
     ("cpu not a quantity", {"owner": OWNER, "dataset": DATASET, "resources": {"cpu": "lots"}}, ["spec.resources.cpu"]),
     ("empty owner", {"owner": "", "dataset": DATASET}, ["spec.owner"]),
     # oauth2-proxy splits its allow lists on commas: a comma would let a second identity in.
-    ("comma in owner", {"owner": "a@x.org,b@x.org", "dataset": DATASET}, ["spec.owner", "^[^,]+$"]),
+    ("comma in owner", {"owner": "a@x.org,b@x.org", "dataset": DATASET}, ["spec.owner", model.OWNER_PATTERN]),
     (
         "comma in a group",
         {"owner": OWNER, "dataset": DATASET, "allowedGroups": ["lab-a,admins"]},
@@ -985,9 +984,10 @@ def test_starting_and_ready_events_and_the_time_from_creation_to_ready(
     status = body["status"]
     created = parse_time(body["metadata"]["creationTimestamp"])
     seconds = status["startupSeconds"]
-    # readyAt and creationTimestamp are whole seconds; startupSeconds is measured in between
+    # readyAt and creationTimestamp are whole seconds; startupSeconds is measured in between.
+    # How long it is depends on the machine: bench/spawn.py reports it (startup_seconds).
+    assert seconds >= 0
     assert abs(seconds - (parse_time(status["readyAt"]) - created).total_seconds()) <= 1.0
-    assert 0 <= seconds < 60
     assert status["message"] == f"the viewer is ready {seconds:.1f} s after creation"
     assert ready.message == status["message"]
     (condition,) = [c for c in status["conditions"] if c["type"] == "Ready"]

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import time
 from typing import Annotated, Any
 
 import typer
 
-from cxg_on_k8s.api import crd, model
+from cxg_on_k8s.api import crd
 from cxg_on_k8s.cli.common import (
     EXIT_FAILED,
     EXIT_TIMEOUT,
@@ -20,10 +19,13 @@ from cxg_on_k8s.cli.common import (
     settings_or_exit,
     write_line,
 )
-from cxg_on_k8s.k8s.client import K8ApiHandler
+from cxg_on_k8s.k8s.apply import Installer
+from cxg_on_k8s.k8s.client import ApiError, K8ApiHandler
 from cxg_on_k8s.render import edge_signin
 from cxg_on_k8s.render import install as builders
 from cxg_on_k8s.settings import DEFAULT_OPERATOR_IMAGE, Settings
+
+CRD_WAIT = 30.0  # seconds for a new CRD to be Established (`install --crd-only`)
 
 
 def install_objects(settings: Settings, image: str) -> list[dict[str, Any]]:
@@ -46,25 +48,6 @@ def crd_objects() -> list[dict[str, Any]]:
     return [crd.definition(), builders.kopf_peering_crd()]
 
 
-def missing_namespaces(dynamic: Any, objects: list[dict[str, Any]], created: str) -> set[str]:
-    """The namespaces ``objects`` go into that do not exist, ``created`` (the install's own) aside:
-    the ingress controller's, before ingress-nginx is installed. A namespace this account may not
-    read counts as present, so that applying into it says what is wrong."""
-    from kubernetes.dynamic.exceptions import DynamicApiError, NotFoundError
-
-    namespaces = dynamic.resources.get(api_version="v1", kind="Namespace")
-    wanted = {ns for obj in objects if (ns := obj["metadata"].get("namespace")) and ns != created}
-    missing = set()
-    for name in sorted(wanted):
-        try:
-            namespaces.get(name=name)
-        except NotFoundError:
-            missing.add(name)
-        except DynamicApiError:  # forbidden, say: the apply will tell what is wrong
-            pass
-    return missing
-
-
 def install(
     image: Annotated[str, typer.Option(help="operator image.")] = DEFAULT_OPERATOR_IMAGE,
     crd_only: Annotated[bool, typer.Option(help="install only the CRD (to run the operator locally).")] = False,
@@ -76,51 +59,30 @@ def install(
     What belongs in a namespace that does not exist yet (the ingress-nginx metrics Service and
     the operator's Role there, before ingress-nginx is installed) is skipped with a warning;
     run install again once it exists."""
-    from kubernetes.dynamic import DynamicClient
-    from kubernetes.dynamic.exceptions import DynamicApiError
-
     settings = settings_or_exit()
     objects = crd_objects() if crd_only else install_objects(settings, image)
-    dynamic = DynamicClient(client_or_exit(kubeconfig, context))
-    missing = missing_namespaces(dynamic, objects, settings.namespace)
-    for obj in objects:
-        meta = obj["metadata"]
-        where = f"{meta['namespace']}/" if meta.get("namespace") else ""
-        if meta.get("namespace") in missing:
-            console.print(
-                f"warning: skipped {obj['kind']} {where}{meta['name']}: namespace {meta['namespace']} not found "
-                "(installing ingress-nginx creates it; run `cxg-k8s install` again afterwards)",
-                markup=False,
-                highlight=False,
-            )
-            continue
-        resource = dynamic.resources.get(api_version=obj["apiVersion"], kind=obj["kind"])
-        try:
-            resource.server_side_apply(
-                body=obj,
-                name=meta["name"],
-                namespace=meta.get("namespace"),
-                field_manager="cxg-k8s",
-                force_conflicts=True,
-            )
-        except DynamicApiError as exc:
-            raise fail(f"applying {obj['kind']} {meta['name']}: {exc.summary()}") from None
-        console.print(f"applied {obj['kind']} {where}{meta['name']}", markup=False)
-    if crd_only:
+    installer = Installer(client_or_exit(kubeconfig, context))
+    try:
+        missing = installer.missing_namespaces(objects, settings.namespace)
         for obj in objects:
-            wait_crd_established(dynamic, obj["metadata"]["name"])
-
-
-def wait_crd_established(dynamic: Any, name: str = model.CRD_NAME, timeout: float = 30) -> None:
-    crds = dynamic.resources.get(api_version="apiextensions.k8s.io/v1", kind="CustomResourceDefinition")
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        # A just-created CRD's status (and its conditions) may be null, not absent.
-        conditions = (crds.get(name=name).to_dict().get("status") or {}).get("conditions") or []
-        if any(c["type"] == "Established" and c["status"] == "True" for c in conditions):
-            return
-        time.sleep(0.2)
-    raise fail(f"CRD {name} not Established after {timeout:.0f} s", EXIT_TIMEOUT)
+            meta = obj["metadata"]
+            where = f"{meta['namespace']}/" if meta.get("namespace") else ""
+            if meta.get("namespace") in missing:
+                console.print(
+                    f"warning: skipped {obj['kind']} {where}{meta['name']}: namespace {meta['namespace']} not found "
+                    "(installing ingress-nginx creates it; run `cxg-k8s install` again afterwards)",
+                    markup=False,
+                    highlight=False,
+                )
+                continue
+            installer.apply(obj)
+            console.print(f"applied {obj['kind']} {where}{meta['name']}", markup=False)
+        if crd_only:
+            for obj in objects:
+                if not installer.wait_established(obj["metadata"]["name"], CRD_WAIT):
+                    raise fail(f"CRD {obj['metadata']['name']} not Established after {CRD_WAIT:.0f} s", EXIT_TIMEOUT)
+    except ApiError as exc:
+        raise fail(str(exc)) from None
 
 
 def uninstall(
@@ -131,25 +93,18 @@ def uninstall(
     """Remove the operator, its RBAC and the CRD (which deletes every instance).
 
     The namespace stays, and so does kopf's peering CRD, which other kopf operators may share."""
-    from kubernetes.dynamic import DynamicClient
-    from kubernetes.dynamic.exceptions import NotFoundError, ResourceNotFoundError
-
     settings = settings_or_exit()
     if not yes and not typer.confirm("this deletes the CRD and with it every SingleUserInstance; continue?"):
         raise typer.Exit(EXIT_FAILED)
-    dynamic = DynamicClient(client_or_exit(kubeconfig, context))
+    installer = Installer(client_or_exit(kubeconfig, context))
     kept = {("Namespace", settings.namespace), ("CustomResourceDefinition", builders.KOPF_PEERING_CRD_NAME)}
     objects = [o for o in install_objects(settings, "unused") if (o["kind"], o["metadata"]["name"]) not in kept]
-    for obj in [builders.kopf_peering(settings), *reversed(objects)]:
-        try:
-            resource = dynamic.resources.get(api_version=obj["apiVersion"], kind=obj["kind"])
-        except ResourceNotFoundError:  # the KopfPeering kind, when its CRD is not installed
-            continue
-        try:
-            resource.delete(name=obj["metadata"]["name"], namespace=obj["metadata"].get("namespace"))
-            console.print(f"deleted {obj['kind']} {obj['metadata']['name']}", markup=False)
-        except NotFoundError:
-            pass
+    try:
+        for obj in [builders.kopf_peering(settings), *reversed(objects)]:
+            if installer.delete(obj):
+                console.print(f"deleted {obj['kind']} {obj['metadata']['name']}", markup=False)
+    except ApiError as exc:
+        raise fail(str(exc)) from None
 
 
 def operator(

@@ -191,38 +191,37 @@ def ensure_oauth2_proxy(handler: K8ApiHandler, settings: Settings) -> None:
 
 
 def watch_until_ready(handler: K8ApiHandler, name: str, timeout: float) -> dict[str, Any]:
-    """Live view (on stderr) of phase and Events until Ready, Failed or the timeout."""
+    """Live view (on stderr) of phase and Events until Ready, Failed or the timeout, refreshed on
+    every change of the instance (a watch: no polling)."""
     deadline = time.monotonic() + timeout
     body: dict[str, Any] = {}
+    phase = model.Phase.PENDING.value
     with Live(console=console, refresh_per_second=4, transient=False) as live:
-        while True:
-            try:
-                body = handler.get_instance(name)
-            except ApiError as exc:
-                if exc.status == 404:
-                    raise fail(
-                        f"SingleUserInstance {handler.namespace}/{name} disappeared while waiting", EXIT_NOT_FOUND
-                    ) from None
-                raise fail(str(exc)) from None
-            status = body.get("status", {})
-            phase = status.get("phase") or model.Phase.PENDING.value
-            progress = Table(title=f"{name}: {phase}", show_edge=False)
-            progress.add_column("event")
-            progress.add_column("message")
-            for event in handler.list_events(name)[-8:]:
-                progress.add_row(event.reason or "", event.message or "")
-            remaining = deadline - time.monotonic()
-            progress.caption = f"{status.get('message', 'waiting for the operator')} — {max(0, remaining):.0f} s left"
-            live.update(progress)
-            if phase in (model.Phase.READY.value, model.Phase.FAILED.value):
-                return body
-            if remaining <= 0:
+        try:
+            for body in handler.watch_instance(name, timeout):
+                status = body.get("status") or {}
+                phase = status.get("phase") or model.Phase.PENDING.value
+                progress = Table(title=f"{name}: {phase}", show_edge=False)
+                progress.add_column("event")
+                progress.add_column("message")
+                for event in handler.list_events(name)[-8:]:
+                    progress.add_row(event.reason or "", event.message or "")
+                remaining = max(0.0, deadline - time.monotonic())
+                progress.caption = f"{status.get('message', 'waiting for the operator')} — {remaining:.0f} s left"
+                live.update(progress)
+                if phase in (model.Phase.READY.value, model.Phase.FAILED.value):
+                    return body
+        except ApiError as exc:
+            if exc.status == 404:
                 raise fail(
-                    f"SingleUserInstance {handler.namespace}/{name} not Ready after {timeout:.0f} s (phase {phase}); "
-                    f"see `cxg-k8s describe {name}`",
-                    EXIT_TIMEOUT,
-                )
-            time.sleep(1)
+                    f"SingleUserInstance {handler.namespace}/{name} disappeared while waiting", EXIT_NOT_FOUND
+                ) from None
+            raise fail(str(exc)) from None
+    raise fail(
+        f"SingleUserInstance {handler.namespace}/{name} not Ready after {timeout:.0f} s (phase {phase}); "
+        f"see `cxg-k8s describe {name}`",
+        EXIT_TIMEOUT,
+    )
 
 
 LIST_COLUMNS = ("NAME", "OWNER", "PHASE", "URL", "AGE", "EXPIRES")

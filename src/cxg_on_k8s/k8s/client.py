@@ -11,12 +11,13 @@ import datetime as dt
 import os
 import re
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, TypeVar
 
 import kubernetes.client as k8s
 import kubernetes.config as k8s_config
 import urllib3
+from kubernetes import watch
 from kubernetes.client.exceptions import ApiException
 
 from cxg_on_k8s.api import model
@@ -284,6 +285,33 @@ class K8ApiHandler:
         what = f"SingleUserInstances in namespace {self.namespace}"
         args = (model.GROUP, model.VERSION, self.namespace, model.PLURAL)
         return list(call(what, self.custom.list_namespaced_custom_object, *args).get("items", []))
+
+    def watch_instance(self, name: str, timeout: float) -> Iterator[dict[str, Any]]:
+        """The instance's body now and after every change, for ``timeout`` seconds: a watch, so a
+        waiting client costs the API server one request, not one per second. Its deletion, or its
+        absence at the start, is the ApiError 404 of ``get_instance``."""
+        what = f"watching SingleUserInstance {self.namespace}/{name}"
+        stream = watch.Watch().stream(
+            self.custom.list_namespaced_custom_object,
+            model.GROUP,
+            model.VERSION,
+            self.namespace,
+            model.PLURAL,
+            field_selector=f"metadata.name={name}",
+            timeout_seconds=max(1, round(timeout)),
+        )
+        seen = False
+        while True:
+            event = call(what, next, stream, None)
+            if event is None:
+                if not seen:
+                    self.get_instance(name)  # absent: its 404 names it
+                return
+            if event["type"] == "DELETED":
+                raise ApiError(f"SingleUserInstance {self.namespace}/{name} was deleted", 404, "NotFound")
+            if event["type"] in ("ADDED", "MODIFIED"):
+                seen = True
+                yield event["object"]
 
     def delete_instance(self, name: str, namespace: str | None = None) -> bool:
         """Delete; False when it was already gone. Children follow by garbage collection."""

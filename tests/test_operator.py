@@ -999,17 +999,17 @@ def test_starting_and_ready_events_and_the_time_from_creation_to_ready(
 # --- the operator's memory ---------------------------------------------------------------------
 
 
-def test_a_deleted_instances_pod_news_is_forgotten_with_its_pod() -> None:
+def test_a_deleted_instances_pod_record_is_forgotten_with_its_pod() -> None:
     """The pod's last updates after its instance is gone make a news record again; the pod's
     DELETED event must drop it, or an operator would keep one per instance it ever saw."""
-    memo = kopf.Memo(instances={}, pod_news={})
+    memo = kopf.Memo(instances={}, pod_records={})
     key = ("ns", "cellxgene-gone")
     pod = {"metadata": {"namespace": key[0], "name": "viewer", "labels": {"instance": key[1]}}}
-    memo.pod_news[key] = handlers.PodNews(latest=(model.Phase.READY, "ready"))
+    memo.pod_records[key] = handlers.PodRecord(latest=(model.Phase.READY, "ready"))
     asyncio.run(handlers.pod_changed(event={"type": "DELETED"}, body=pod, memo=memo, logger=logging.getLogger()))
-    assert key not in memo.pod_news
+    assert key not in memo.pod_records
     # While the instance lives, the record (what was announced) stays; only the pod's news goes.
     memo.instances[key] = {"metadata": {}, "spec": {}, "status": {}}
-    memo.pod_news[key] = handlers.PodNews(latest=(model.Phase.READY, "ready"))
+    memo.pod_records[key] = handlers.PodRecord(latest=(model.Phase.READY, "ready"))
     asyncio.run(handlers.pod_changed(event={"type": "DELETED"}, body=pod, memo=memo, logger=logging.getLogger()))
-    assert memo.pod_news[key].latest is None
+    assert memo.pod_records[key].latest is None

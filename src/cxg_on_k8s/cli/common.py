@@ -13,7 +13,7 @@ import json
 import sys
 import time
 from collections.abc import Sequence
-from enum import Enum
+from enum import StrEnum
 from typing import Annotated, Any
 
 import typer
@@ -33,7 +33,7 @@ EXIT_FAILED, EXIT_USAGE, EXIT_TIMEOUT, EXIT_NOT_FOUND = 1, 2, 3, 4
 console = Console(stderr=True, soft_wrap=True)
 
 
-class Output(str, Enum):
+class Output(StrEnum):
     table = "table"
     yaml = "yaml"
     json = "json"

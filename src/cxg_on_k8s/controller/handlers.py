@@ -24,7 +24,7 @@ import prometheus_client
 from cxg_on_k8s.api import model, policy
 from cxg_on_k8s.controller import ownership
 from cxg_on_k8s.controller.peering import ensure_peering_object, standby_check
-from cxg_on_k8s.controller.pod_news import PodNews, carry_pod_state, no_news
+from cxg_on_k8s.controller.pod_record import PodRecord, already_shown, carry_pod_state
 from cxg_on_k8s.controller.pod_status import pod_phase
 from cxg_on_k8s.culling.culler import API_CONCURRENCY, Culler
 from cxg_on_k8s.k8s.client import ApiError, K8ApiHandler, load_client, parse_time, rfc3339, utcnow, with_pool
@@ -96,7 +96,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: ko
     memo.config = config
     memo.api = handler
     memo.instances = {}
-    memo.pod_news = {}  # (namespace, name) -> PodNews
+    memo.pod_records = {}  # (namespace, name) -> PodRecord
     memo.user_data = {}  # user-data URL -> (namespace, name) of the instance saving there
     memo.culler = Culler(config, handler, memo.instances, standby=standby)
     memo.culler.start()
@@ -120,7 +120,7 @@ def remember(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, logger: kop
     key = (body["metadata"]["namespace"], body["metadata"]["name"])
     if event.get("type") == "DELETED":
         memo.instances.pop(key, None)
-        memo.pod_news.pop(key, None)
+        memo.pod_records.pop(key, None)
         for url in [url for url, holder in memo.user_data.items() if holder == key]:
             del memo.user_data[url]
     else:
@@ -129,8 +129,8 @@ def remember(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, logger: kop
             "spec": dict(body.get("spec", {})),
             "status": dict(body.get("status", {})),
         }
-        news = memo.pod_news.get(key)
-        if news is not None and news.latest is not None:
+        record = memo.pod_records.get(key)
+        if record is not None and record.latest is not None:
             carry_pod_state(memo, key, logger)
 
 
@@ -169,7 +169,7 @@ async def spawn(
     children = plan.children
     kopf.adopt(children, owner=body)
     restricted = _restricted_condition(plan)
-    memo.pod_news.setdefault((namespace, name), PodNews()).kept_conditions = [restricted]
+    memo.pod_records.setdefault((namespace, name), PodRecord()).kept_conditions = [restricted]
     # Every child is checked before any is created: one that another owner holds fails the
     # instance with nothing of its own left running. Children it already owns are kept.
     owned: set[str] = set()
@@ -198,9 +198,9 @@ async def spawn(
         # The transition's Event, for the same reason now: posted after the children, it could
         # follow the Ready Event of a pod that starts within a second.
         kinds = ", ".join(c["kind"] for c in children if c["kind"] not in owned)
-        news = f"creating {kinds} {namespace}/{name}; waiting for the viewer to become ready"
+        message = f"creating {kinds} {namespace}/{name}; waiting for the viewer to become ready"
         try:
-            await asyncio.to_thread(memo.api.post_event, body, "Normal", model.Phase.STARTING.value, news)
+            await asyncio.to_thread(memo.api.post_event, body, "Normal", model.Phase.STARTING.value, message)
         except ApiError as exc:  # an Event is best effort: status.phase already says Starting
             logger.warning("could not post the Starting event: %s", exc)
         await _tell_the_client(body, plan, memo, logger)
@@ -320,7 +320,7 @@ async def _owned(
 
 
 @kopf.on.update(*RESOURCE, field="spec.lifespan")
-def relife(name: str, new: Any, meta: kopf.Meta, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
+def lifespan_changed(name: str, new: Any, meta: kopf.Meta, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
     """A changed lifespan moves expiresAt; the culler reads the new value from its cache."""
     config: Settings = memo.config
     problem = policy.lifespan_problem(new, config)
@@ -349,18 +349,18 @@ async def pod_changed(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, lo
         if key not in memo.instances:
             # The instance went first and its pod's last updates made a record again: drop it,
             # or every deleted instance would leave one behind for the operator's lifetime.
-            memo.pod_news.pop(key, None)
-        elif key in memo.pod_news:
-            memo.pod_news[key].latest = None
+            memo.pod_records.pop(key, None)
+        elif key in memo.pod_records:
+            memo.pod_records[key].latest = None
         return
     phase, message = pod_phase(body)
     if phase is None:
         return
-    memo.pod_news.setdefault(key, PodNews()).latest = (phase, message)
+    memo.pod_records.setdefault(key, PodRecord()).latest = (phase, message)
     instance = memo.instances.get(key)
-    if instance and no_news(instance.get("status", {}), phase):
+    if instance and already_shown(instance.get("status", {}), phase):
         # carry_pod_state would return at once: the pod events of a state already carried spare
         # the hop to a thread. A cached body replaced after this check comes with an instance
-        # event, whose handler (remember) carries the news set above.
+        # event, whose handler (remember) carries the state set above.
         return
     await asyncio.to_thread(carry_pod_state, memo, key, logger)

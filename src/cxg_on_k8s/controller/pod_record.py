@@ -1,7 +1,7 @@
 """Carrying a viewer pod's state into its instance's status, exactly once per transition.
 
 Pod and instance events come in either order (after an operator restart the pod may be seen
-first), and a stale cached body, or a status write that kopf applies late, can undo the news; so
+first), and a stale cached body, or a status write that kopf applies late, can undo what was written; so
 the operator remembers per instance what the pod said last and what it wrote, and whichever event
 comes next carries it. Kept hand-written for that reason: kopf's indexes give the latest pod, not
 "what did this operator already announce", which is what saves a second Event per transition.
@@ -20,11 +20,11 @@ from cxg_on_k8s.k8s.client import parse_time, rfc3339, utcnow
 
 
 @dataclass
-class PodNews:
+class PodRecord:
     """What the operator knows of one instance's viewer pod, and what it wrote into the instance.
 
     Kept because pod and instance events come in either order (after an operator restart the pod
-    may be seen first) and a stale cached body or status write can undo the news: whichever
+    may be seen first) and a stale cached body or status write can undo what was written: whichever
     event comes next carries it (see carry_pod_state).
     """
 
@@ -39,8 +39,8 @@ class PodNews:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
-def no_news(status: dict[str, Any], phase: model.Phase) -> bool:
-    """The pod's ``phase`` is no news to an instance whose status says so already, or says
+def already_shown(status: dict[str, Any], phase: model.Phase) -> bool:
+    """The pod's ``phase`` is nothing new to an instance whose status says so already, or says
     Terminating or Failed, which no pod state undoes."""
     return status.get("phase") in (phase.value, model.Phase.TERMINATING.value, model.Phase.FAILED.value)
 
@@ -52,35 +52,35 @@ def _written_version(written: Any) -> str | None:
 def _older(version: str | None, than: str | None) -> bool:
     """Whether resourceVersion ``version`` predates ``than``. Versions are opaque to clients in
     general; an etcd-backed API server's are revision numbers, and anything else reads as "not
-    older" (the news is then written again, which is only one request too many)."""
+    older" (the state is then written again, which is only one request too many)."""
     return bool(version and than and version.isdigit() and than.isdigit() and int(version) < int(than))
 
 
 def carry_pod_state(memo: kopf.Memo, key: tuple[str, str], logger: kopf.Logger) -> None:
-    """Write the pod's last news into the instance's status unless it says so already; called on
+    """Write the pod's last state into the instance's status unless it says so already; called on
     pod events and on instance events, so neither order loses it."""
-    news = memo.pod_news.get(key)
-    if news is None:
+    record = memo.pod_records.get(key)
+    if record is None:
         return
-    with news.lock:
+    with record.lock:
         instance = memo.instances.get(key)
-        if not instance or not news.latest:
+        if not instance or not record.latest:
             return
-        phase, message = news.latest
+        phase, message = record.latest
         current = instance.setdefault("status", {})
-        if no_news(current, phase):
+        if already_shown(current, phase):
             return
-        previous = news.announced
+        previous = record.announced
         if previous and previous[0] == phase:
-            if _older(instance.get("metadata", {}).get("resourceVersion"), news.written_version):
-                # A watch event from before the write: the events after it show the news. (Without
+            if _older(instance.get("metadata", {}).get("resourceVersion"), record.written_version):
+                # A watch event from before the write: the events after it show the write. (Without
                 # this check each instance got its Ready written two or three times.)
                 current.update(previous[1])
                 return
             # Carried before, and a stale cached body (or status write) says otherwise: write the
-            # same news again, with the same times, and no second Event.
+            # same state again, with the same times, and no second Event.
             same = previous[1]
-            news.written_version = _written_version(memo.api.patch_instance_status(key[1], same, key[0]))
+            record.written_version = _written_version(memo.api.patch_instance_status(key[1], same, key[0]))
             current.update(same)
             return
         moment = utcnow()
@@ -101,17 +101,17 @@ def carry_pod_state(memo: kopf.Memo, key: tuple[str, str], logger: kopf.Logger) 
             "lastTransitionTime": now,
         }
         others = {c.get("type"): c for c in current.get("conditions") or [] if isinstance(c, dict)}
-        others.update({c["type"]: c for c in news.kept_conditions})
+        others.update({c["type"]: c for c in record.kept_conditions})
         others.pop("Ready", None)
         update: dict[str, Any] = {"phase": phase.value, "message": message, "conditions": [*others.values(), condition]}
         if first_ready:
             update["readyAt"] = now
         if startup is not None:
             update["startupSeconds"] = startup
-        news.written_version = _written_version(memo.api.patch_instance_status(key[1], update, key[0]))
+        record.written_version = _written_version(memo.api.patch_instance_status(key[1], update, key[0]))
         current.update(update)
         # (phase, the status written): one Event per transition, and the same times if re-carried.
-        news.announced = (phase, update)
+        record.announced = (phase, update)
         event_type = "Normal" if phase == model.Phase.READY else "Warning"
         memo.api.post_event(instance, event_type, phase.value, message)
     logger.info("instance %s/%s is %s: %s", key[0], key[1], phase.value, message)

@@ -7,6 +7,8 @@ kubelet, kube-proxy (iptables mode) and CoreDNS built from their Go modules by
 ports, so nothing in /etc changes. What it changes outside its own directory (an address on
 ``lo``, a bridge, iptables rules, a few kernel settings the kubelet insists on, cgroups) it
 undoes on stop, also after a failed start, and a start first clears what a crashed run left.
+One module of about 1 000 lines because start and clean-up must name the same processes, paths,
+rules and mounts: split, a new resource could be started in one file and forgotten in the other.
 
 Which node a pod lands on: the real node is tainted (:data:`REAL_NODE_TAINT`), so every pod goes
 to kwok as before; a namespace opted in with :func:`namespace_annotations` (the API server's

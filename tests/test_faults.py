@@ -1,7 +1,7 @@
 """Faults at scale against a real control plane: what breaks, and what must not.
 
 These tests get a control plane of their own (module scope), not the session's: one restarts its
-API server, another makes a thousand instances, and neither should disturb (or be slowed by) the
+API server, another makes hundreds of instances, and neither should disturb (or be slowed by) the
 rest of the suite. Every wait is bounded, generously: it ends a broken run, it is not a speed
 bound. Counts are checked exactly.
 
@@ -10,7 +10,7 @@ bound. Counts are checked exactly.
 * the operator is SIGKILLed three times during a 100-instance create: same outcome;
 * the metrics endpoint flaps (down, garbage, 500, up) for several ticks: nobody is culled for
   it, and a visit made during the outage is noticed when the endpoint is back;
-* a thousand instances pass their lifespan at once: all deleted, each with its reason and a
+* 300 instances pass their lifespan at once: all deleted, each with its reason and a
   Culled Event. How fast, and whether ``delete_rate`` holds, is machine speed: bench/culling.py
   measures it (a wall-clock bound here would pass or fail with the load, not the code).
 """
@@ -210,16 +210,17 @@ def test_flapping_metrics_cull_nobody_wrongly(cluster: DevCluster, k8s: K8ApiHan
 # --- a thousand expiries at once --------------------------------------------------------------------
 
 
-def test_a_thousand_expired_instances_are_all_culled_each_with_its_reason(
+def test_hundreds_of_expired_instances_are_all_culled_each_with_its_reason(
     cluster: DevCluster, k8s: K8ApiHandler, start_operator: StartOperator
 ) -> None:
-    """A thousand instances pass their lifespan at once (tick 40 s, delete_rate 50/s): every one
-    is deleted, its last status saying ``lifespan-exceeded``, each with a Culled Event.
+    """300 instances pass their lifespan at once (tick 40 s, delete_rate 50/s, so the rate limit
+    and the API slots are in play): every one is deleted, its last status saying
+    ``lifespan-exceeded``, each with a Culled Event. A thousand is the benchmark's size.
 
     How soon after the last expiry and at what rate is machine speed (this 2-core machine's API
     server carries ~30 culls/s, under the 50/s limit), so it is measured, not asserted:
     ``bench/culling.py --expiries 1000`` prints it. The wait below only ends a broken run."""
-    tick, rate, n, lifespan = 40.0, 50.0, 1000, 60
+    tick, rate, n, lifespan = 40.0, 50.0, 300, 60
     with metrics_server() as metrics:  # answers, with no visits: no ActivityUnknown Event storm
         start_operator(tick=tick, delete_rate=rate, metrics_url=metrics.url)
         deletions = DeletionWatch(k8s)

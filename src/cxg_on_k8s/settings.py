@@ -64,6 +64,24 @@ class Settings(BaseModel):
         pattern=r"^https?$",
         description="Scheme of instance URLs and of the sign-in redirect (http only for local tests).",
     )
+    edge: str = Field(
+        "ingress-nginx",
+        pattern=r"^(ingress-nginx|ingress|gateway)$",
+        description="How requests reach a viewer. ingress-nginx: the proof of concept's edge (an "
+        "Ingress with auth-url and snippet annotations, the shared oauth2-proxy, activity from "
+        "ingress-nginx's metrics page); it stays the default until existing installations have "
+        "moved. ingress: an Ingress of ingress_class with one Prefix path and no annotations. "
+        "gateway: an HTTPRoute (Gateway API v1) attached to the Gateway named by gateway. With "
+        "ingress and gateway every viewer pod signs its users in itself (an oauth2-proxy sidecar) "
+        "and its activity is read from that sidecar.",
+    )
+    gateway: str = Field(
+        "cellxgene/cellxgene",
+        pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?/[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
+        description="namespace/name of the Gateway that every HTTPRoute attaches to (edge "
+        "gateway). The default is a Gateway beside the instances, which accepts their routes "
+        "without any allowedRoutes setting.",
+    )
     ingress_class: str = Field("nginx", description="IngressClass of every instance Ingress.")
     ingress_namespace: str = Field(
         "ingress-nginx",
@@ -108,6 +126,12 @@ class Settings(BaseModel):
     )
     metrics_timeout: float = Field(
         5.0, gt=0, description="Seconds to wait for one metrics endpoint before the scrape fails."
+    )
+    activity_concurrency: int = Field(
+        64,
+        ge=1,
+        description="Viewer pods whose sign-in sidecar is read at once per tick (edge ingress or "
+        "gateway); each read waits at most metrics_timeout seconds.",
     )
     delete_rate: float = Field(
         20.0,
@@ -239,6 +263,11 @@ class Settings(BaseModel):
         if self.peering_priority is not None:
             return self.peering_priority
         return IN_CLUSTER_PEERING_PRIORITY if _in_cluster(environ) else LOCAL_PEERING_PRIORITY
+
+    @property
+    def signs_in_per_viewer(self) -> bool:
+        """Whether each viewer pod carries its own sign-in (every edge but ingress-nginx)."""
+        return self.edge != "ingress-nginx"
 
     @property
     def base_url(self) -> str:

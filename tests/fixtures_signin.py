@@ -35,7 +35,7 @@ from keycloak import KeycloakAdmin
 
 from cxg_on_k8s.api import access, model
 from cxg_on_k8s.cli.keycloak_setup import SetupReport, setup_keycloak
-from cxg_on_k8s.render import edge_signin, viewer
+from cxg_on_k8s.render import edge_signin, signin, viewer
 from cxg_on_k8s.render.plan import plan_instance
 from cxg_on_k8s.settings import OAUTH2_PROXY_NAME, Settings
 from tests import client_shapes, nginx_conf
@@ -444,7 +444,7 @@ def oauth2_proxy(
     env = resolve_env(
         edge_signin.oauth2_proxy_env(signin_settings),
         [
-            edge_signin.oauth2_proxy_client_secret_manifest(
+            signin.client_secret(
                 signin_settings, signin_client.client_id, signin_client.client_secret
             ),
             edge_signin.oauth2_proxy_cookie_secret(signin_settings, signin_cookie_secret),

@@ -42,7 +42,7 @@ def child_bodies(namespace: str, name: str) -> dict[str, dict[str, Any]]:
     parsed = model.SingleUserInstanceSpec(owner=OWNER, dataset=DATASET)
     settings = Settings(namespace=namespace)
     return {
-        "deployment": viewer.deployment(name, namespace, parsed, settings),
+        "deployment": viewer.deployment(name, namespace, parsed, settings, access.resolve(parsed, {})),
         "service": viewer.service(name, namespace),
         "ingress": viewer.ingress(name, namespace, access.resolve(parsed, {}), settings),
     }

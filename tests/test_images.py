@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from cxg_on_k8s.api import model
+from cxg_on_k8s.api import access, model
 from cxg_on_k8s.render import samples, viewer
 from cxg_on_k8s.settings import Settings
 
@@ -246,7 +246,7 @@ def test_the_rendered_pod_fetches_and_serves_on_the_built_images(
     moto_s3.client().upload_file(str(small_h5ad), bucket, "datasets/pbmc.h5ad")
     settings = Settings(s3_endpoint_url=moto_s3.endpoint, s3_bucket=bucket)
     parsed = model.SingleUserInstanceSpec(owner="img.user@example.org", dataset=f"s3://{bucket}/datasets/pbmc.h5ad")
-    pod = viewer.deployment("cellxgene-images", "cellxgene", parsed, settings)["spec"]["template"]["spec"]
+    pod = viewer.deployment("cellxgene-images", "cellxgene", parsed, settings, access.resolve(parsed, {}))["spec"]["template"]["spec"]
     # The pod's fsGroup makes /data writable for uid 1000; a bind mount needs the owner set.
     data = tmp_path / "data"
     data.mkdir()

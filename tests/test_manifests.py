@@ -187,7 +187,7 @@ def test_a_comma_cannot_smuggle_a_second_identity_into_the_auth_url(field: str) 
 
 
 def test_deployment_selects_by_instance_label_only() -> None:
-    deploy = viewer.deployment(NAME, NS, portal_spec(), SETTINGS)
+    deploy = viewer.deployment(NAME, NS, portal_spec(), SETTINGS, access.resolve(portal_spec(), {}))
     assert deploy["metadata"] == {"name": NAME, "namespace": NS, "labels": LABELS}
     # The PoC's shared app=cellxgene selector let one instance's Service reach another's pods.
     assert deploy["spec"]["selector"] == {"matchLabels": {"instance": NAME}}
@@ -197,7 +197,7 @@ def test_deployment_selects_by_instance_label_only() -> None:
 
 
 def test_deployment_pod_is_locked_down() -> None:
-    pod = viewer.deployment(NAME, NS, portal_spec(), SETTINGS)["spec"]["template"]["spec"]
+    pod = viewer.deployment(NAME, NS, portal_spec(), SETTINGS, access.resolve(portal_spec(), {}))["spec"]["template"]["spec"]
     assert pod["automountServiceAccountToken"] is False
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["runAsUser"] != 0
@@ -212,7 +212,7 @@ def test_deployment_pod_is_locked_down() -> None:
 
 
 def test_viewer_has_readiness_probe_and_the_pocs_launch_line_on_data_files() -> None:
-    pod = viewer.deployment(NAME, NS, portal_spec(title="PBMC 3k"), SETTINGS)["spec"][
+    pod = viewer.deployment(NAME, NS, portal_spec(title="PBMC 3k"), SETTINGS, access.resolve(portal_spec(title="PBMC 3k"), {}))["spec"][
         "template"
     ]["spec"]
     cellxgene = containers_by_name(pod)["cellxgene"]
@@ -232,7 +232,7 @@ def test_viewer_has_readiness_probe_and_the_pocs_launch_line_on_data_files() -> 
 
 
 def test_vip_flavor_uses_the_vip_image() -> None:
-    pod = viewer.deployment(NAME, NS, portal_spec(flavor="cellxgene-vip"), SETTINGS)["spec"][
+    pod = viewer.deployment(NAME, NS, portal_spec(flavor="cellxgene-vip"), SETTINGS, access.resolve(portal_spec(flavor="cellxgene-vip"), {}))["spec"][
         "template"
     ]["spec"]
     assert containers_by_name(pod)["cellxgene"]["image"] == SETTINGS.cellxgene_vip_image
@@ -253,7 +253,7 @@ def test_viewer_resources_come_from_spec_else_settings_with_requests_equal_limit
 ) -> None:
     spec = portal_spec(resources=asked)
     assert policy.problems(spec, SETTINGS) == []
-    pod = viewer.deployment(NAME, NS, spec, SETTINGS)["spec"]["template"]["spec"]
+    pod = viewer.deployment(NAME, NS, spec, SETTINGS, access.resolve(spec, {}))["spec"]["template"]["spec"]
     assert containers_by_name(pod)["cellxgene"]["resources"] == {
         "requests": expected,
         "limits": expected,
@@ -261,7 +261,7 @@ def test_viewer_resources_come_from_spec_else_settings_with_requests_equal_limit
 
 
 def test_fetch_is_an_init_container_and_save_a_native_sidecar_with_the_same_prefix() -> None:
-    pod = viewer.deployment(NAME, NS, portal_spec(), SETTINGS)["spec"]["template"]["spec"]
+    pod = viewer.deployment(NAME, NS, portal_spec(), SETTINGS, access.resolve(portal_spec(), {}))["spec"]["template"]["spec"]
     assert [c["name"] for c in pod["initContainers"]] == ["fetch", "save"]
     fetch, save = pod["initContainers"]
     # The owner kept exactly (percent-encoded), the dataset's id with its URL's hash.
@@ -300,7 +300,7 @@ def test_fetch_is_an_init_container_and_save_a_native_sidecar_with_the_same_pref
 
 
 def test_data_container_args_are_what_the_userdata_command_accepts() -> None:
-    pod = viewer.deployment(NAME, NS, portal_spec(), SETTINGS)["spec"]["template"]["spec"]
+    pod = viewer.deployment(NAME, NS, portal_spec(), SETTINGS, access.resolve(portal_spec(), {}))["spec"]["template"]["spec"]
     fetch, save = pod["initContainers"]
     assert fetch["command"] == save["command"] == ["python", "-m", "cxg_on_k8s.userdata"]
     parsed = build_parser().parse_args(fetch["args"])

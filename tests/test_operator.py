@@ -27,7 +27,7 @@ import yaml
 from cxg_devcluster.cluster import K8S_VERSION, DevCluster, default_bin_dir
 from kubernetes.client.exceptions import ApiException
 
-from cxg_on_k8s.api import model
+from cxg_on_k8s.api import access, model
 from cxg_on_k8s.controller import handlers
 from cxg_on_k8s.k8s.client import ApiError, K8ApiHandler, describe_api_exception, parse_time
 from cxg_on_k8s.render import install, viewer
@@ -285,7 +285,7 @@ def test_children_left_by_a_crashed_attempt_are_kept_and_the_rest_created(
     body = k8s.get_instance(name)
     settings = Settings(namespace=k8s.namespace, url_scheme="http", host_name="cxg.localtest")
     parsed = model.SingleUserInstanceSpec.model_validate(body["spec"])
-    deployment = viewer.deployment(name, k8s.namespace, parsed, settings)
+    deployment = viewer.deployment(name, k8s.namespace, parsed, settings, access.resolve(parsed, {}))
     deployment["metadata"]["ownerReferences"] = [
         {"apiVersion": model.API_VERSION, "kind": model.KIND, "name": name, "uid": body["metadata"]["uid"],
          "controller": True, "blockOwnerDeletion": True}

@@ -270,6 +270,12 @@ class Settings(BaseModel):
         return self.edge != "ingress-nginx"
 
     @property
+    def client_secret_namespace(self) -> str:
+        """Where the OIDC client's Secret lives: beside the viewers, whose sidecars mount it (a
+        pod reads Secrets of its own namespace only), or beside the shared oauth2-proxy."""
+        return self.namespace if self.signs_in_per_viewer else self.oauth2_proxy_namespace
+
+    @property
     def base_url(self) -> str:
         return f"{self.url_scheme}://{self.host_name}"
 

@@ -46,8 +46,12 @@ null is printed as the empty string.
 {{- end }}
 
 {{/* The namespace part of settings.metrics_service ("namespace/name"); empty when unset. */}}
+{{/* The ingress-nginx metrics Service's namespace; empty with any other edge, which reads
+activity from each viewer's sign-in sidecar instead. */}}
 {{- define "cxg.metricsNamespace" -}}
+{{- if eq .Values.settings.edge "ingress-nginx" -}}
 {{- splitList "/" .Values.settings.metrics_service | first -}}
+{{- end -}}
 {{- end }}
 
 {{/* <url_scheme>://<host_name>, as Settings.base_url. */}}

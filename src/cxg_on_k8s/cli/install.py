@@ -21,8 +21,8 @@ from cxg_on_k8s.cli.common import (
 )
 from cxg_on_k8s.k8s.apply import Installer
 from cxg_on_k8s.k8s.client import ApiError, K8ApiHandler
-from cxg_on_k8s.render import edge_signin
 from cxg_on_k8s.render import install as builders
+from cxg_on_k8s.render import signin
 from cxg_on_k8s.settings import DEFAULT_OPERATOR_IMAGE, Settings
 
 CRD_WAIT = 30.0  # seconds for a new CRD to be Established (`install --crd-only`)
@@ -31,7 +31,7 @@ CRD_WAIT = 30.0  # seconds for a new CRD to be Established (`install --crd-only`
 def install_objects(settings: Settings, image: str) -> list[dict[str, Any]]:
     """What `install` applies, in order: namespace, the CRDs (this project's and kopf's peering
     CRD), RBAC, the ingress-nginx metrics Service (when metrics_service names one), operator."""
-    metrics = [builders.ingress_metrics_service(settings)] if settings.metrics_service else []
+    metrics = [builders.ingress_metrics_service(settings)] if settings.metrics_service and not settings.signs_in_per_viewer else []
     return [
         builders.namespace(settings.namespace),
         crd.definition(),
@@ -170,10 +170,10 @@ def keycloak_setup(
     write_line(f"client id: {report.client_id}")
     if write_secret:
         handler = connect(kubeconfig, context, settings)
-        secret = edge_signin.oauth2_proxy_client_secret_manifest(settings, report.client_id, report.client_secret)
+        secret = signin.client_secret(settings, report.client_id, report.client_secret)
         _apply_secret(handler, secret)
         console.print(
-            f"client secret stored in Secret {settings.oauth2_proxy_namespace}/{settings.oauth2_proxy_client_secret}",
+            f"client secret stored in Secret {settings.client_secret_namespace}/{settings.oauth2_proxy_client_secret}",
             markup=False,
         )
 

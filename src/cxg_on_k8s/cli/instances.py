@@ -140,7 +140,9 @@ def deploy(
     ] = None,
     wait: Annotated[bool, typer.Option(help="wait with live progress until Ready.")] = True,
     timeout: Annotated[float, typer.Option(help="seconds to wait for Ready.")] = 300,
-    with_oauth2_proxy: Annotated[bool, typer.Option(help="create oauth2-proxy first if absent.")] = True,
+    with_oauth2_proxy: Annotated[
+        bool, typer.Option(help="create the shared oauth2-proxy first if absent (edge ingress-nginx only).")
+    ] = True,
     output: Annotated[Output, typer.Option("--output", "-o", help=f"table (the URL), {OUTPUT_HELP}")] = Output.table,
     namespace: Namespace = None,
     kubeconfig: Kubeconfig = None,
@@ -166,7 +168,7 @@ def deploy(
         raise fail(f"cannot read --template {template}: {exc}", EXIT_USAGE) from None
     handler = connect(kubeconfig, context, settings)  # only once the input is known to be good
     try:
-        if with_oauth2_proxy:
+        if with_oauth2_proxy and not settings.signs_in_per_viewer:
             ensure_oauth2_proxy(handler, settings)
         handler.create_custom_resource(body)
     except ApiError as exc:

@@ -4,7 +4,7 @@
 missing, updates only the fields it owns when they drifted, and reports every object as created,
 updated, removed or unchanged, so that a second run says "nothing changed" and an operator can
 see what a run did. It talks to Keycloak's admin REST API only (python-keycloak); writing the
-client secret into Kubernetes is the CLI's job (``render.edge_signin.oauth2_proxy_client_secret_manifest``).
+client secret into Kubernetes is the CLI's job (``render.signin.client_secret``).
 
 One module on purpose, though past 400 lines: the desired objects, the drift rules and the run
 that applies them change together, and this is the only module that talks to Keycloak.
@@ -12,8 +12,11 @@ that applies them change together, and this is the only module that talks to Key
 What oauth2-proxy needs from the realm, and why each piece exists:
 - a confidential client with the standard (authorization code) flow and PKCE S256 required,
   because oauth2-proxy runs with ``--code-challenge-method=S256`` and holds a client secret;
-- redirect URI ``<base_url>/oauth2/callback`` (oauth2-proxy's ``--redirect-url``) and the base
-  URL as web origin;
+- redirect URI ``<base_url>/oauth2/callback`` (the shared oauth2-proxy's ``--redirect-url``), or
+  with a sign-in sidecar per viewer ``<base_url>/*``, which covers every instance's
+  ``/<name>/oauth2/callback`` (Keycloak allows a wildcard only at the end; the host serves
+  nothing but viewers, each behind its sidecar, and PKCE makes a code useless to anyone but the
+  sidecar that asked for it); the base URL as web origin;
 - an audience mapper putting the client id into ``aud`` of the access token, because Keycloak's
   access tokens otherwise name only ``account`` and oauth2-proxy rejects tokens not meant for it;
 - optionally three mappers that fill the ``groups`` claim, which ``allowedGroups`` of an instance
@@ -96,7 +99,7 @@ def desired_client(settings: Settings) -> dict[str, Any]:
         "implicitFlowEnabled": False,
         "directAccessGrantsEnabled": False,
         "serviceAccountsEnabled": False,
-        "redirectUris": [f"{base}/oauth2/callback"],
+        "redirectUris": [f"{base}/*" if settings.signs_in_per_viewer else f"{base}/oauth2/callback"],
         "webOrigins": [base],
         "attributes": {"pkce.code.challenge.method": "S256"},
     }

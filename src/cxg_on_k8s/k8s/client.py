@@ -14,6 +14,7 @@ import os
 import re
 import uuid
 from collections.abc import Callable, Iterator, Mapping
+from functools import partial
 from typing import Any, TypeVar
 
 import kubernetes.client as k8s
@@ -24,6 +25,7 @@ from kubernetes.client.exceptions import ApiException
 
 from cxg_on_k8s.api import model
 
+GATEWAY_GROUP = "gateway.networking.k8s.io"  # Gateway API: an instance's HTTPRoute (edge gateway)
 NAMESPACE_PATTERN = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 T = TypeVar("T")
 
@@ -375,6 +377,7 @@ class K8ApiHandler:
             "Service": self.core.create_namespaced_service,
             "Ingress": self.networking.create_namespaced_ingress,
             "NetworkPolicy": self.networking.create_namespaced_network_policy,
+            "HTTPRoute": partial(self.custom.create_namespaced_custom_object, GATEWAY_GROUP, "v1", "httproutes"),
             "Secret": self.core.create_namespaced_secret,
             "ServiceAccount": self.core.create_namespaced_service_account,
         }
@@ -402,6 +405,9 @@ class K8ApiHandler:
             "Service": self.core.read_namespaced_service,
             "Ingress": self.networking.read_namespaced_ingress,
             "NetworkPolicy": self.networking.read_namespaced_network_policy,
+            "HTTPRoute": lambda name, ns: self.custom.get_namespaced_custom_object(
+                GATEWAY_GROUP, "v1", ns, "httproutes", name
+            ),
         }
         if kind not in readers:
             raise ApiError(f"{kind or 'an object without kind'} cannot be read by this handler")
@@ -411,4 +417,7 @@ class K8ApiHandler:
             if exc.status == 404:
                 return None
             raise
+        if isinstance(found, dict):  # a custom object comes back as a plain dict
+            refs = found.get("metadata", {}).get("ownerReferences") or []
+            return [{"kind": ref.get("kind"), "name": ref.get("name"), "uid": ref.get("uid")} for ref in refs]
         return [{"kind": ref.kind, "name": ref.name, "uid": ref.uid} for ref in (found.metadata.owner_references or [])]

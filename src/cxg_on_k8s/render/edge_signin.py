@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import urlsplit
 
-from cxg_on_k8s.render.viewer import Manifest, container_security, ingress_spec
+from cxg_on_k8s.render.security import container_security
+from cxg_on_k8s.render.viewer import Manifest, ingress_spec
 from cxg_on_k8s.settings import OAUTH2_PROXY_NAME, Settings
 
 OAUTH2_PROXY_METRICS_PORT = 9091
@@ -127,19 +128,4 @@ def oauth2_proxy_cookie_secret(settings: Settings, cookie_secret: str) -> Manife
         },
         "type": "Opaque",
         "stringData": {"cookie-secret": cookie_secret},
-    }
-
-
-def oauth2_proxy_client_secret_manifest(settings: Settings, client_id: str, client_secret: str) -> Manifest:
-    """The Secret oauth2-proxy reads its OIDC client from; keycloak-setup writes it."""
-    return {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": {
-            "name": settings.oauth2_proxy_client_secret,
-            "namespace": settings.oauth2_proxy_namespace,
-            "labels": _oauth2_proxy_labels(),
-        },
-        "type": "Opaque",
-        "stringData": {"client-id": client_id, "client-secret": client_secret},
     }

@@ -13,7 +13,8 @@ import copy
 from typing import Any
 
 from cxg_on_k8s.api import model, policy
-from cxg_on_k8s.render import viewer
+from cxg_on_k8s.api.access import Access
+from cxg_on_k8s.render import signin, viewer
 from cxg_on_k8s.settings import Settings
 
 # Template metadata that a pod may carry from its template; the rest (finalizers, owners, names)
@@ -58,10 +59,18 @@ def service_port(spec: model.SingleUserInstanceSpec) -> int:
     return port if isinstance(port, int) else 80
 
 
-def deployment(name: str, namespace: str, spec: model.SingleUserInstanceSpec, settings: Settings) -> viewer.Manifest:
+def deployment(
+    name: str,
+    namespace: str,
+    spec: model.SingleUserInstanceSpec,
+    settings: Settings,
+    access: Access,
+    port: int,
+) -> viewer.Manifest:
     """The client's pod template in the operator's Deployment: named after the instance (so
     ``kubectl rollout status deploy/<name>`` and ``read_deployment(name)`` find it), one replica,
-    Recreate (two viewers saving to one prefix would race), selected by the instance label only."""
+    Recreate (two viewers saving to one prefix would race), selected by the instance label only;
+    with a sign-in sidecar in front of the client's ``port`` on every edge but ingress-nginx."""
     client = _mapping(spec.deployment)
     client_meta = _mapping(client.get("metadata"))
     template = copy.deepcopy(policy.pod_template(spec))
@@ -69,6 +78,9 @@ def deployment(name: str, namespace: str, spec: model.SingleUserInstanceSpec, se
     template_meta["labels"] = {**_mapping(template_meta.get("labels")), **viewer.labels(name)}
     meta = {k: copy.deepcopy(v) for k, v in client_meta.items() if k in DEPLOYMENT_METADATA}
     meta.update(name=name, namespace=namespace, labels={**_mapping(meta.get("labels")), **viewer.labels(name)})
+    pod = policy.harden_pod(_mapping(template.get("spec")), settings, viewer.NONROOT_UID)
+    if settings.signs_in_per_viewer:
+        signin.add_to_pod(pod, name, port, access, settings)
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -79,7 +91,7 @@ def deployment(name: str, namespace: str, spec: model.SingleUserInstanceSpec, se
             "strategy": {"type": "Recreate"},
             "template": {
                 "metadata": template_meta,
-                "spec": policy.harden_pod(_mapping(template.get("spec")), settings, viewer.NONROOT_UID),
+                "spec": pod,
             },
         },
     }

@@ -8,7 +8,8 @@ from __future__ import annotations
 from typing import Any
 
 from cxg_on_k8s.api import model
-from cxg_on_k8s.render.viewer import APP_LABEL, NONROOT_UID, Manifest, container_security
+from cxg_on_k8s.render.security import NONROOT_UID, container_security
+from cxg_on_k8s.render.viewer import APP_LABEL, Manifest
 from cxg_on_k8s.settings import Settings
 
 OPERATOR_NAME = "sui-operator"
@@ -73,7 +74,13 @@ def operator_rbac(settings: Settings) -> list[Manifest]:
         {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": ["get", "create"]},
         {"apiGroups": [""], "resources": ["services"], "verbs": ["get", "create"]},
         {"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch"]},
-        {"apiGroups": ["networking.k8s.io"], "resources": ["ingresses", "networkpolicies"], "verbs": ["get", "create"]},
+        {"apiGroups": ["networking.k8s.io"], "resources": ["networkpolicies"], "verbs": ["get", "create"]},
+        # the instance's route: an HTTPRoute with edge gateway, else an Ingress
+        (
+            {"apiGroups": ["gateway.networking.k8s.io"], "resources": ["httproutes"], "verbs": ["get", "create"]}
+            if settings.edge == "gateway"
+            else {"apiGroups": ["networking.k8s.io"], "resources": ["ingresses"], "verbs": ["get", "create"]}
+        ),
         {"apiGroups": ["", "events.k8s.io"], "resources": ["events"], "verbs": ["create"]},
         {
             "apiGroups": [KOPF_GROUP],
@@ -111,7 +118,7 @@ def operator_rbac(settings: Settings) -> list[Manifest]:
         ),
     ]
     metrics_ns, _, _ = settings.metrics_service.partition("/")
-    if metrics_ns:
+    if metrics_ns and not settings.signs_in_per_viewer:
         metrics_meta = {"name": f"{OPERATOR_NAME}-metrics", "namespace": metrics_ns, "labels": {"app": OPERATOR_NAME}}
         objects += [
             {

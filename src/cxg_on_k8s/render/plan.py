@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from cxg_on_k8s.api import access as who
 from cxg_on_k8s.api import model, policy
-from cxg_on_k8s.render import embedded, viewer
+from cxg_on_k8s.render import embedded, signin, viewer
 from cxg_on_k8s.settings import Settings
 
 
@@ -68,13 +68,18 @@ def plan_instance(
     port = embedded.viewer_port(spec)
     if port is None:
         problems.append(embedded.NO_PORT)
+    if settings.signs_in_per_viewer:
+        template_spec = policy.pod_template(spec).get("spec")
+        problems += signin.conflicts(template_spec if isinstance(template_spec, dict) else {}, policy.POD)
     if problems or port is None:
         raise Refusal(name, namespace, problems)
     ingress = viewer.ingress(name, namespace, access, settings)
     children = [
         viewer.network_policy(name, namespace, settings, port=port),
-        embedded.deployment(name, namespace, spec, settings),
-        viewer.service(name, namespace, port=embedded.service_port(spec), target_port=port),
+        embedded.deployment(name, namespace, spec, settings, access, port),
+        viewer.service(
+            name, namespace, port=embedded.service_port(spec), target_port=viewer.service_target(settings, port)
+        ),
         ingress,
     ]
     return Plan(children, access, embedded.ignored(spec, ingress), open_access)

@@ -12,6 +12,8 @@ from urllib.parse import quote, urlsplit
 
 from cxg_on_k8s.api import model
 from cxg_on_k8s.api.access import Access, auth_url
+from cxg_on_k8s.render import signin
+from cxg_on_k8s.render.security import NONROOT_UID, container_security
 from cxg_on_k8s.settings import Settings
 
 Manifest = dict[str, Any]
@@ -33,9 +35,6 @@ ANNOTATIONS_FILE = f"{DATA_DIR}/annotations.csv"
 
 
 GENE_SETS_FILE = f"{DATA_DIR}/gene_sets.csv"
-
-
-NONROOT_UID = 1000
 
 
 NAME_PATTERN = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
@@ -111,16 +110,6 @@ def aws_env(settings: Settings) -> list[dict[str, Any]]:
     return env
 
 
-def container_security() -> dict[str, Any]:
-    return {
-        "runAsNonRoot": True,
-        "allowPrivilegeEscalation": False,
-        "readOnlyRootFilesystem": True,
-        "capabilities": {"drop": ["ALL"]},
-        "seccompProfile": {"type": "RuntimeDefault"},
-    }
-
-
 def resources(spec: model.SingleUserInstanceSpec, settings: Settings) -> dict[str, Any]:
     """Requests equal limits (Guaranteed QoS): a viewer is never evicted first under pressure."""
     asked = spec.resources or model.Resources()
@@ -147,10 +136,11 @@ def _data_container(name: str, args: list[str], settings: Settings, **extra: Any
     }
 
 
-def viewer_command(spec: model.SingleUserInstanceSpec) -> list[str]:
+def viewer_command(spec: model.SingleUserInstanceSpec, host: str = "0.0.0.0") -> list[str]:
     """The PoC's launch line, on the files the fetch step wrote; without cellxgene's upgrade check,
     an HTTPS call to a code host that fails in a pod without internet (many hospital and research
-    clusters) and took half the start time. The flag belongs to ``cellxgene``, not ``launch``."""
+    clusters) and took half the start time. The flag belongs to ``cellxgene``, not ``launch``.
+    Behind a sign-in sidecar ``host`` is 127.0.0.1: nothing reaches cellxgene around it."""
     command = [
         "cellxgene",
         "--no-upgrade-check",
@@ -159,7 +149,7 @@ def viewer_command(spec: model.SingleUserInstanceSpec) -> list[str]:
         "-p",
         str(VIEWER_PORT),
         "--host",
-        "0.0.0.0",
+        host,
         DATASET_FILE,
         "--annotations-file",
         ANNOTATIONS_FILE,
@@ -171,8 +161,34 @@ def viewer_command(spec: model.SingleUserInstanceSpec) -> list[str]:
     return command
 
 
-def deployment(name: str, namespace: str, spec: model.SingleUserInstanceSpec, settings: Settings) -> Manifest:
-    """One viewer pod: fetch (init), save (native sidecar, outlives the viewer), cellxgene."""
+def viewer_probes(settings: Settings) -> dict[str, Any]:
+    """cellxgene's /health. Behind the sign-in sidecar cellxgene listens on 127.0.0.1, which the
+    kubelet cannot reach, so the probe runs in the container; a probe through the sidecar would
+    count as the owner's activity. Frequent while cellxgene loads, rare once it answers."""
+    if not settings.signs_in_per_viewer:
+        return {
+            "readinessProbe": {
+                "httpGet": {"path": "/health", "port": "http"},
+                "periodSeconds": 5,
+                "failureThreshold": 3,
+            }
+        }
+    check = [
+        "python",
+        "-c",
+        f"import urllib.request; urllib.request.urlopen('http://127.0.0.1:{VIEWER_PORT}/health', timeout=4)",
+    ]
+    return {
+        "startupProbe": {"exec": {"command": check}, "periodSeconds": 2, "timeoutSeconds": 5, "failureThreshold": 1800},
+        "readinessProbe": {"exec": {"command": check}, "periodSeconds": 30, "timeoutSeconds": 5, "failureThreshold": 3},
+    }
+
+
+def deployment(
+    name: str, namespace: str, spec: model.SingleUserInstanceSpec, settings: Settings, access: Access
+) -> Manifest:
+    """One viewer pod: fetch (init), save (native sidecar, outlives the viewer), cellxgene, and
+    with every edge but ingress-nginx the sign-in (:mod:`cxg_on_k8s.render.signin`)."""
     user_data = user_data_url(spec, settings)
     image = settings.cellxgene_vip_image if spec.flavor == model.Flavor.CELLXGENE_VIP else settings.cellxgene_image
     legacy = legacy_user_data_url(spec, settings)
@@ -206,19 +222,37 @@ def deployment(name: str, namespace: str, spec: model.SingleUserInstanceSpec, se
         "imagePullPolicy": settings.image_pull_policy,
         # args, not command: the image's entrypoint is tini, which passes SIGTERM on to cellxgene
         # (as PID 1 cellxgene ignores it, so every stop waited the whole grace period).
-        "args": viewer_command(spec)[1:],
-        "ports": [{"name": "http", "containerPort": VIEWER_PORT}],
-        "readinessProbe": {
-            "httpGet": {"path": "/health", "port": "http"},
-            "periodSeconds": 5,
-            "failureThreshold": 3,
-        },
+        "args": viewer_command(spec, "127.0.0.1" if settings.signs_in_per_viewer else "0.0.0.0")[1:],
+        # Behind the sidecar the port is the pod's own business: nothing outside may name it.
+        **({} if settings.signs_in_per_viewer else {"ports": [{"name": "http", "containerPort": VIEWER_PORT}]}),
+        **viewer_probes(settings),
         "resources": resources(spec, settings),
         "volumeMounts": [{"name": "data", "mountPath": DATA_DIR}, {"name": "tmp", "mountPath": "/tmp"}],
         "securityContext": container_security(),
         # cellxgene's last log lines become the status message of a viewer that keeps exiting
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
+    pod: dict[str, Any] = {
+        # A viewer never talks to the API server: no token to steal.
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "terminationGracePeriodSeconds": settings.termination_grace_period,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": NONROOT_UID,
+            "runAsGroup": NONROOT_UID,
+            "fsGroup": NONROOT_UID,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "initContainers": [fetch, save],
+        "containers": [viewer],
+        "volumes": [
+            {"name": "data", "emptyDir": {"sizeLimit": settings.data_volume_limit}},
+            {"name": "tmp", "emptyDir": {"sizeLimit": settings.data_volume_limit}},
+        ],
+    }
+    if settings.signs_in_per_viewer:
+        signin.add_to_pod(pod, name, VIEWER_PORT, access, settings)
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -228,34 +262,19 @@ def deployment(name: str, namespace: str, spec: model.SingleUserInstanceSpec, se
             "selector": {"matchLabels": {"instance": name}},
             # Recreate: two viewers saving to one prefix at once would race each other.
             "strategy": {"type": "Recreate"},
-            "template": {
-                "metadata": {"labels": labels(name)},
-                "spec": {
-                    # A viewer never talks to the API server: no token to steal.
-                    "automountServiceAccountToken": False,
-                    "enableServiceLinks": False,
-                    "terminationGracePeriodSeconds": settings.termination_grace_period,
-                    "securityContext": {
-                        "runAsNonRoot": True,
-                        "runAsUser": NONROOT_UID,
-                        "runAsGroup": NONROOT_UID,
-                        "fsGroup": NONROOT_UID,
-                        "seccompProfile": {"type": "RuntimeDefault"},
-                    },
-                    "initContainers": [fetch, save],
-                    "containers": [viewer],
-                    "volumes": [
-                        {"name": "data", "emptyDir": {"sizeLimit": settings.data_volume_limit}},
-                        {"name": "tmp", "emptyDir": {"sizeLimit": settings.data_volume_limit}},
-                    ],
-                },
-            },
+            "template": {"metadata": {"labels": labels(name)}, "spec": pod},
         },
     }
 
 
+def service_target(settings: Settings, viewer_port: int | str = "http") -> int | str:
+    """Where the Service sends requests: the sign-in sidecar, else (ingress-nginx, which signs
+    users in at the edge) the viewer's own port."""
+    return signin.SIGNIN_PORT_NAME if settings.signs_in_per_viewer else viewer_port
+
+
 def service(name: str, namespace: str, port: int = 80, target_port: int | str = "http") -> Manifest:
-    """ClusterIP only, whatever a client asked: a viewer is reached through its Ingress alone."""
+    """ClusterIP only, whatever a client asked: a viewer is reached through its route alone."""
     return {
         "apiVersion": "v1",
         "kind": "Service",
@@ -281,6 +300,51 @@ def ingress_annotations(access: Access, settings: Settings) -> dict[str, str]:
 
 
 def ingress(name: str, namespace: str, access: Access, settings: Settings) -> Manifest:
+    """The edge's object for the instance: with edge ingress-nginx the PoC's Ingress
+    (:func:`nginx_ingress`), with ingress a plain one, with gateway an HTTPRoute. The plain ones
+    carry no annotation: the viewer's sidecar signs users in, strips the prefix and redirects
+    ``/<name>`` to ``/<name>/``, so any controller that knows a Prefix path will do."""
+    if settings.edge == "gateway":
+        return http_route(name, namespace, settings)
+    if settings.edge == "ingress":
+        return {
+            "apiVersion": "networking.k8s.io/v1",
+            "kind": "Ingress",
+            "metadata": _metadata(name, namespace),
+            "spec": ingress_spec(settings, f"/{name}", "Prefix", name),
+        }
+    return nginx_ingress(name, namespace, access, settings)
+
+
+def http_route(name: str, namespace: str, settings: Settings) -> Manifest:
+    """One PathPrefix rule to the Service, attached to the Gateway the settings name. A
+    PathPrefix matches whole path elements: ``/<name>`` and ``/<name>/...``, not ``/<name>x``."""
+    gateway_namespace, gateway_name = settings.gateway.split("/", 1)
+    return {
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": "HTTPRoute",
+        "metadata": _metadata(name, namespace),
+        "spec": {
+            "parentRefs": [
+                {
+                    "group": "gateway.networking.k8s.io",
+                    "kind": "Gateway",
+                    "namespace": gateway_namespace,
+                    "name": gateway_name,
+                }
+            ],
+            "hostnames": [ingress_host(settings)],
+            "rules": [
+                {
+                    "matches": [{"path": {"type": "PathPrefix", "value": f"/{name}"}}],
+                    "backendRefs": [{"name": name, "port": 80}],
+                }
+            ],
+        },
+    }
+
+
+def nginx_ingress(name: str, namespace: str, access: Access, settings: Settings) -> Manifest:
     """Path ``/<name>(/|$)(.*)`` rewritten to ``/$2``; ``/<name>`` is redirected to ``/<name>/``
     because cellxgene computes its API base from the page URL, which must end with a slash (the
     controller must allow snippet annotations, as the PoC's did)."""
@@ -317,8 +381,28 @@ def ingress_host(settings: Settings) -> str:
 
 
 def network_policy(name: str, namespace: str, settings: Settings, port: int = VIEWER_PORT) -> Manifest:
-    """Only the ingress controller's namespace reaches the viewer, on its port alone, so nobody
-    skips the sign-in."""
+    """Nobody skips the sign-in: with a sidecar, only its two ports are open (to everyone: the
+    sidecar is the check, and the operator reads its counters), which closes an embedded
+    client's own port; with ingress-nginx only the controller's namespace reaches the viewer's
+    port."""
+    if settings.signs_in_per_viewer:
+        return {
+            "apiVersion": "networking.k8s.io/v1",
+            "kind": "NetworkPolicy",
+            "metadata": _metadata(name, namespace),
+            "spec": {
+                "podSelector": {"matchLabels": {"instance": name}},
+                "policyTypes": ["Ingress"],
+                "ingress": [
+                    {
+                        "ports": [
+                            {"protocol": "TCP", "port": signin.SIGNIN_PORT},
+                            {"protocol": "TCP", "port": signin.SIGNIN_METRICS_PORT},
+                        ]
+                    }
+                ],
+            },
+        }
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
@@ -350,8 +434,8 @@ def children(
     built by :func:`cxg_on_k8s.plan.plan`.)"""
     return [
         network_policy(name, namespace, settings),
-        deployment(name, namespace, spec, settings),
-        service(name, namespace),
+        deployment(name, namespace, spec, settings, access),
+        service(name, namespace, target_port=service_target(settings)),
         ingress(name, namespace, access, settings),
     ]
 

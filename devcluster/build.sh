@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# Builds the Go programs the tests run (control plane, etcd, kwok, oauth2-proxy, helm, and the real
-# node's kubelet, kube-proxy and CoreDNS) from the module proxy, and the real node's pause program
-# (devcluster/pause/pause.c, gcc -static). Each binary lands in $CXG_BIN_DIR under a name that
-# carries its version, so a second run finds it and builds nothing; Go's own build and module
-# caches make a rebuild after a version bump incremental.
+# Builds the Go programs the tests run (control plane, etcd, kwok, oauth2-proxy, helm, Traefik,
+# and the real node's kubelet, kube-proxy and CoreDNS) from the module proxy, and the real node's
+# pause program (devcluster/pause/pause.c, gcc -static). Each binary lands in $CXG_BIN_DIR under
+# a name that carries its version, so a second run finds it and builds nothing; Go's own build and
+# module caches make a rebuild after a version bump incremental.
 # Usage: devcluster/build.sh [component ...]   (default: all; `node` = kubelet coredns pause)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -16,6 +16,9 @@ ETCD_VERSION=v3.6.16
 KWOK_VERSION=v0.8.0
 OAUTH2_PROXY_VERSION=v7.15.6
 HELM_VERSION=v3.22.0
+TRAEFIK_VERSION=v3.6.12
+# The Gateway API that Traefik's go.mod requires: its CRDs must be the ones its client speaks.
+GATEWAY_API_VERSION=v1.4.0
 COREDNS_VERSION=v1.15.0
 # The pause program's "version" is its source's digest, so an edit builds a new binary.
 PAUSE_VERSION=$(sha256sum "$here/pause/pause.c" | cut -c1-12)
@@ -53,6 +56,25 @@ kwok_stages() {
   mv "$out.tmp" "$out"
 }
 
+# Traefik's Gateway provider watches the Gateway API's kinds, which a cluster only has once their
+# CRDs are installed. The standard channel's CRDs ship inside the module Traefik is built with;
+# collect them from the module cache, so the tests apply exactly the version Traefik speaks.
+gateway_api_crds() {
+  local out="$bin_dir/gateway-api-crds-$GATEWAY_API_VERSION.yaml"
+  [ -s "$out" ] && return 0
+  local dir version
+  read -r dir version < <(cd "$here/go/traefik" && go list -m -f '{{.Dir}} {{.Version}}' sigs.k8s.io/gateway-api)
+  if [ "$version" != "$GATEWAY_API_VERSION" ]; then
+    echo "devcluster/go/traefik requires sigs.k8s.io/gateway-api $version, not $GATEWAY_API_VERSION:" \
+         "set GATEWAY_API_VERSION in devcluster/build.sh (and in tests/fixtures_edge.py)" >&2
+    exit 1
+  fi
+  for f in "$dir"/config/crd/standard/*.yaml; do
+    echo "---"; cat "$f"
+  done > "$out.tmp"
+  mv "$out.tmp" "$out"
+}
+
 # The pause program: static, so its image holds this one file and nothing else.
 build_pause() {
   local out="$bin_dir/pause-$PAUSE_VERSION"
@@ -62,12 +84,12 @@ build_pause() {
   echo "built pause $PAUSE_VERSION" >&2
 }
 
-components="kubernetes etcd kwok oauth2-proxy helm kubelet coredns pause (node = kubelet coredns pause)"
+components="kubernetes etcd kwok oauth2-proxy helm traefik kubelet coredns pause (node = kubelet coredns pause)"
 want=()
 for c in "$@"; do
   if [ "$c" = node ]; then want+=(kubelet coredns pause); else want+=("$c"); fi
 done
-[ ${#want[@]} -eq 0 ] && want=(kubernetes etcd kwok oauth2-proxy helm kubelet coredns pause)
+[ ${#want[@]} -eq 0 ] && want=(kubernetes etcd kwok oauth2-proxy helm traefik kubelet coredns pause)
 for c in "${want[@]}"; do
   case $c in
     kubernetes) build kubernetes "$K8S_VERSION" "$k8s_ldflags" \
@@ -83,6 +105,9 @@ for c in "${want[@]}"; do
     coredns) build coredns "$COREDNS_VERSION" "" coredns=. ;;  # main.go: only the plugins we use
     pause) build_pause ;;
     helm) build helm "$HELM_VERSION" "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" helm=helm.sh/helm/v3/cmd/helm ;;
+    traefik) build traefik "$TRAEFIK_VERSION" "-X github.com/traefik/traefik/v3/pkg/version.Version=$TRAEFIK_VERSION" \
+      traefik=github.com/traefik/traefik/v3/cmd/traefik
+      gateway_api_crds ;;
     *) echo "unknown component '$c': choose from $components" >&2; exit 2 ;;
   esac
 done

@@ -209,11 +209,11 @@ def test_an_embedded_pod_that_takes_a_name_or_port_of_the_sign_in_is_refused() -
         embedded(GATEWAY, pod)
     where = "spec.deployment.spec.template.spec"
     assert refused.value.problems == [
-        f"{where}.containers[0].name is 'signin', the name of a container the operator adds "
-        "(signin, signin-setup); rename it",
+        (f"{where}.containers[0].name is 'signin', the name of a container the operator adds "
+        "(signin, signin-setup); rename it"),
         f"{where}.containers[1].ports[0].containerPort is 4180, a port of the sign-in sidecar (4180, 44180); use another port",
-        f"{where}.volumes[0].name is 'cxg-signin', the name of a volume the operator adds "
-        "(cxg-signin, cxg-signin-client); rename it",
+        (f"{where}.volumes[0].name is 'cxg-signin', the name of a volume the operator adds "
+        "(cxg-signin, cxg-signin-client); rename it"),
     ]
 
 

@@ -247,8 +247,11 @@ def java_home() -> str:
     return found.stdout.strip()
 
 
-def launch_keycloak(dist: Path, home: Path, config: pytest.Config | None) -> tuple[Server, Keycloak]:
-    """Keycloak in dev mode on 127.0.0.1 with an in-memory database and a data dir of its own,
+def launch_keycloak(
+    dist: Path, home: Path, config: pytest.Config | None, host: str = "127.0.0.1"
+) -> tuple[Server, Keycloak]:
+    """Keycloak in dev mode on ``host`` (an address of this machine: loopback, or the real node's
+    own address, which its pods reach) with an in-memory database and a data dir of its own,
     answering; the caller stops the returned Server.
 
     kc.sh takes its home from its own location, so each launch gets a home of its own: bin/
@@ -267,12 +270,12 @@ def launch_keycloak(dist: Path, home: Path, config: pytest.Config | None) -> tup
     }
     command = [
         str(home / "bin" / "kc.sh"), "start-dev",
-        "--http-host", "127.0.0.1", "--http-port", str(port),
+        "--http-host", host, "--http-port", str(port),
         "--http-management-host", "127.0.0.1", "--http-management-port", str(management_port),
         "--db", "dev-mem",
     ]  # fmt: skip
-    progress(config, f"starting Keycloak {KEYCLOAK_VERSION} on 127.0.0.1:{port}")
-    server = start("keycloak", f"http://127.0.0.1:{port}", command, home / "keycloak.log", env=env, cwd=home)
+    progress(config, f"starting Keycloak {KEYCLOAK_VERSION} on {host}:{port}")
+    server = start("keycloak", f"http://{host}:{port}", command, home / "keycloak.log", env=env, cwd=home)
     try:
         took = server.wait_until_answers("/realms/master", config, timeout=300, ok=lambda s: s == 200)
     except BaseException:
@@ -282,11 +285,15 @@ def launch_keycloak(dist: Path, home: Path, config: pytest.Config | None) -> tup
     return server, Keycloak(server.url, ADMIN_USER, password)
 
 
+def keycloak_dist() -> Path:
+    """The unpacked Keycloak distribution (scripts/install-signin-deps.sh)."""
+    return require(KEYCLOAK_HOME / "bin" / "kc.sh", f"Keycloak {KEYCLOAK_VERSION}").parent.parent
+
+
 @pytest.fixture(scope="session")
 def keycloak(tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.Config) -> Iterator[Keycloak]:
     """One Keycloak for the session (see launch_keycloak)."""
-    dist = require(KEYCLOAK_HOME / "bin" / "kc.sh", f"Keycloak {KEYCLOAK_VERSION}").parent.parent
-    server, running = launch_keycloak(dist, tmp_path_factory.mktemp("keycloak"), pytestconfig)
+    server, running = launch_keycloak(keycloak_dist(), tmp_path_factory.mktemp("keycloak"), pytestconfig)
     try:
         yield running
     finally:
@@ -322,9 +329,12 @@ def signin_settings(keycloak: Keycloak) -> Settings:
 
 @pytest.fixture(scope="session")
 def signin_realm(keycloak: Keycloak, signin_settings: Settings) -> Realm:
-    """The realm with three users who have verified e-mails, names and passwords (so Keycloak
+    return create_realm(keycloak, signin_settings.keycloak_realm)
+
+
+def create_realm(keycloak: Keycloak, name: str) -> Realm:
+    """A realm with three users who have verified e-mails, names and passwords (so Keycloak
     asks for nothing else at first login), one of them in group ``lab-a``."""
-    name = signin_settings.keycloak_realm
     keycloak.admin().create_realm({"realm": name, "enabled": True})
     admin = keycloak.admin(name)
     group_id = admin.create_group({"name": GROUP})

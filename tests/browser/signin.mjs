@@ -2,7 +2,8 @@
 // cellxgene has drawn the dataset under the instance's path prefix. Driven by tests/test_signin.py.
 //
 // Usage: node signin.mjs '{"url": ..., "username": ..., "password": ..., "screenshot": ...,
-//                          "chromium": "/usr/bin/chromium", "timeoutMs": 60000}'
+//                          "chromium": "/usr/bin/chromium", "timeoutMs": 60000,
+//                          "secureOrigins": ["http://10.0.0.1:8080"]}'   (secureOrigins optional)
 // Prints one JSON object on stdout: what happened, every failed request and console error, so
 // that pytest asserts on facts rather than on this script's opinion.
 import { chromium } from "playwright-core";
@@ -15,6 +16,11 @@ const args = [
   "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
   "--disable-background-networking", "--disable-component-update", "--disable-sync",
 ];
+// Origins served over plain http on a test address (Keycloak on the real node's address) that
+// must count as secure, as loopback does, or Chromium drops Keycloak's Secure cookies.
+if (options.secureOrigins?.length) {
+  args.push(`--unsafely-treat-insecure-origin-as-secure=${options.secureOrigins.join(",")}`);
+}
 
 const result = {
   steps: [],

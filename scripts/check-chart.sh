@@ -43,14 +43,13 @@ image:
   tag: 1.2.3
 portal:
   enabled: false
-oauth2Proxy:
-  enabled: true
 settings:
   host_name: cellxgene.example.org
   url_scheme: http
-  metrics_service: ""
-  oauth2_proxy_namespace: auth
-  oauth2_proxy_port: 4180
+  edge: gateway
+  gateway: edge/public
+  activity: ingress-nginx
+  metrics_service: monitoring/nginx-metrics
   oidc_insecure_skip_verify: true
   keycloak_endpoint: https://keycloak.example.org//
   keycloak_realm: omics
@@ -75,14 +74,13 @@ echo "--- compare with the Python builders" >&2
 "$python" - "$out" <<'EOF'
 """The chart must render exactly the builders' objects; Helm's own labels aside."""
 
-import base64
 import sys
 from pathlib import Path
 
 import yaml
 
 from cxg_on_k8s.api.crd import definition
-from cxg_on_k8s.render import edge_signin, install
+from cxg_on_k8s.render import install
 from cxg_on_k8s.settings import Settings
 
 out = Path(sys.argv[1])
@@ -115,12 +113,6 @@ def normalise(doc, settings, problems):
                 diff = {k: (getattr(read, k), getattr(settings, k)) for k in Settings.model_fields
                         if getattr(read, k) != getattr(settings, k)}
                 problems.append(f"operator env reads as different settings (got, want): {diff}")
-    if doc["kind"] == "Secret" and doc["metadata"]["name"] == settings.oauth2_proxy_cookie_secret:
-        data = doc.pop("data", None) or {}
-        string_data = doc.pop("stringData", None) or {}
-        value = base64.b64decode(data["cookie-secret"]).decode() if "cookie-secret" in data else string_data.get("cookie-secret", "")
-        if len(value) not in (16, 24, 32):
-            problems.append(f"cookie secret has {len(value)} bytes; oauth2-proxy wants 16, 24 or 32")
     return doc
 
 
@@ -154,26 +146,26 @@ ok = compare(
     "default",
     load(out / "default.yaml"),
     [definition(), install.kopf_peering_crd(), *install.operator_rbac(s), *install.portal_rbac(s),
-     install.ingress_metrics_service(s), install.operator_deployment(s, "cxg-on-k8s:0.1.0")],
+     install.operator_deployment(s, "cxg-on-k8s:0.1.0")],
     s,
 )  # fmt: skip
 
 # Every option switched.
 image = "registry.example.org/cxg-on-k8s:1.2.3"
 s = Settings(
-    namespace="viewers", host_name="cellxgene.example.org", url_scheme="http", metrics_service="",
-    oauth2_proxy_namespace="auth", oauth2_proxy_port=4180, oidc_insecure_skip_verify=True,
+    namespace="viewers", host_name="cellxgene.example.org", url_scheme="http", edge="gateway",
+    gateway="edge/public", activity="ingress-nginx", metrics_service="monitoring/nginx-metrics",
+    oidc_insecure_skip_verify=True,
     keycloak_endpoint="https://keycloak.example.org//", keycloak_realm="omics", ingress_class="public",
     tick=15.5, max_lifespan=1209600, s3_endpoint_url="http://127.0.0.1:5000", userdata_image=image,
     image_pull_policy="Always",
 )  # fmt: skip
 deploy = install.operator_deployment(s, image)
-cookie = edge_signin.oauth2_proxy_cookie_secret(s, "x" * 32)
 ok &= compare(
     "all-options",
     load(out / "all-options.yaml"),
     [definition(), install.kopf_peering_crd(), install.namespace(s.namespace), *install.operator_rbac(s), deploy,
-     *edge_signin.oauth2_proxy(s), cookie],
+     install.ingress_metrics_service(s)],
     s,
 )
 sys.exit(0 if ok else 1)

@@ -66,40 +66,19 @@ def crd_text() -> str:
     return yaml.safe_dump(definition(), sort_keys=False)
 
 
-METRICS_FILE = "service_ingress-nginx-controller_metrics.yaml"
-
-
 def kustomization_header(settings: Settings) -> str:
-    """What `kubectl apply -k` needs and what it leaves out, said before anything else."""
-    metrics_ns = settings.metrics_service.partition("/")[0]
+    """What `kubectl apply -k` needs, said before anything else."""
     return (
         "# Install: kubectl apply -k manifests/\n"
         f"# Needs only a cluster: every object is cluster-scoped or in the namespace {settings.namespace},\n"
-        f"# which it creates. Left out on purpose: {METRICS_FILE},\n"
-        f"# the objects that live in the namespace {metrics_ns} (the metrics Service and the operator's Role\n"
-        f"# to find its endpoints), because that namespace is ingress-nginx's to create. Once ingress-nginx\n"
-        "# is installed, add them with\n"
-        f"#   kubectl apply -f manifests/{METRICS_FILE}\n"
-        "# Until then the operator cannot read activity: idle and never-visited viewers are not culled\n"
-        "# (a Warning Event says so); lifespans still end them.\n"
+        "# which it creates. Viewers are reached through an Ingress of class nginx each (setting\n"
+        "# CXG_EDGE, CXG_INGRESS_CLASS) and sign their users in themselves.\n"
     )
 
 
-def metrics_header(settings: Settings) -> str:
-    """The metrics file says first what it needs, as the kustomization does."""
-    metrics_ns = settings.metrics_service.partition("/")[0]
-    return (
-        f"# Needs the namespace {metrics_ns}, which installing ingress-nginx creates; apply it after that:\n"
-        f"#   kubectl apply -f manifests/{METRICS_FILE}\n"
-        "# Not in the kustomization, so that a cluster without ingress-nginx can apply it. This holds the\n"
-        "# Service in front of the controllers' metrics port and the operator's right to list its\n"
-        "# EndpointSlices, so that the operator reads the activity of every controller replica.\n"
-    )
-
-
-# The proof of concept's file names, <kind>_<name>.yaml, and what each holds. Not listed: the
-# metrics file (see kustomization_header), namespace_testing.yaml (tests), secret_aws-cred.yaml
-# (placeholders that would overwrite real credentials) and templates/ (sample instances).
+# The proof of concept's file names, <kind>_<name>.yaml, and what each holds. Not listed:
+# namespace_testing.yaml (tests), secret_aws-cred.yaml (placeholders that would overwrite real
+# credentials) and templates/ (sample instances).
 KUSTOMIZED = [
     "namespace_cellxgene.yaml",
     CRD_FILE,
@@ -114,20 +93,14 @@ def rendered(settings: Settings | None = None) -> dict[Path, str]:
     """Every generated file, by path, with its content."""
     settings = settings or Settings()
     aws_secrets = [install.aws_secret_template(ns, settings) for ns in (settings.namespace, TESTING_NAMESPACE)]
-    # The operator's Role in the ingress controller's namespace goes with the metrics Service.
-    operator_rbac = install.operator_rbac(settings)
-    at_home = [o for o in operator_rbac if o["metadata"].get("namespace", settings.namespace) == settings.namespace]
-    in_ingress_ns = [o for o in operator_rbac if o not in at_home]
     files = {
         "namespace_cellxgene.yaml": dump_all([install.namespace(settings.namespace)]),
         # The PoC's namespace for tests; not part of an install.
         "namespace_testing.yaml": dump_all([install.namespace(TESTING_NAMESPACE)]),
         "serviceaccount_omicsdm.yaml": dump_all(install.portal_rbac(settings)),
-        "serviceaccount_sui-operator.yaml": dump_all(at_home),
+        "serviceaccount_sui-operator.yaml": dump_all(install.operator_rbac(settings)),
         "secret_aws-cred.yaml": SECRET_HEADER + dump_all(aws_secrets),
         KOPF_CRD_FILE: dump_all([install.kopf_peering_crd()]),
-        METRICS_FILE: metrics_header(settings)
-        + dump_all([install.ingress_metrics_service(settings), *in_ingress_ns]),
         "deployment_sui_operator.yaml": dump_all([install.operator_deployment(settings, DEFAULT_OPERATOR_IMAGE)]),
         "templates/sui_portal-form.yaml": TEMPLATE_HEADER + dump_all([samples.sample_portal_instance(settings)]),
         "templates/sui_embedded-form.yaml": TEMPLATE_HEADER + dump_all([samples.sample_embedded_instance(settings)]),

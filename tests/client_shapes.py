@@ -16,6 +16,7 @@ from typing import Any
 
 from cxg_on_k8s.api import model
 from cxg_on_k8s.settings import Settings
+from tests.poc_form import POC_AUTH_ENDPOINT
 
 APP = {"app": "cellxgene"}
 
@@ -118,7 +119,7 @@ def portal_instance(
                 "name": name,
                 "labels": dict(user),
                 "annotations": {
-                    "nginx.ingress.kubernetes.io/auth-url": settings.oauth2_proxy_auth_endpoint,
+                    "nginx.ingress.kubernetes.io/auth-url": POC_AUTH_ENDPOINT,
                     "nginx.ingress.kubernetes.io/auth-signin": f"{settings.base_url}/oauth2/start?rd=$escaped_request_uri",
                     "nginx.ingress.kubernetes.io/rewrite-target": "/$2",
                 },

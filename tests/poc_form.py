@@ -7,9 +7,10 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from cxg_on_k8s.settings import Settings
-
-POC_AUTH_URL = f"{Settings().oauth2_proxy_auth_endpoint}?allowed_emails=alice@example.org"
+# The shared oauth2-proxy's auth endpoint that the proof of concept's clients write into their
+# Ingress (the operator no longer runs that proxy; it reads the lists from the query).
+POC_AUTH_ENDPOINT = "http://oauth2-proxy.ingress-nginx.svc.cluster.local:8091/oauth2/auth"
+POC_AUTH_URL = f"{POC_AUTH_ENDPOINT}?allowed_emails=alice@example.org"
 
 
 def poc_manifests(name: str) -> dict[str, dict[str, Any]]:

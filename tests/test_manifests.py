@@ -14,7 +14,7 @@ from pydantic import ValidationError
 
 from cxg_on_k8s.api import access, model, policy
 from cxg_on_k8s.controller.pod_status import pod_phase
-from cxg_on_k8s.render import edge_signin, install, viewer
+from cxg_on_k8s.render import install, signin, viewer
 from cxg_on_k8s.render.plan import plan_instance
 from cxg_on_k8s.settings import Settings, SettingsError
 from cxg_on_k8s.userdata.command import build_parser
@@ -28,8 +28,6 @@ DATASET = "s3://omics-data/projects/p1/pbmc3k.h5ad"
 SETTINGS = Settings(
     namespace=NS,
     host_name="cxg.example.org",
-    ingress_namespace="ingress-nginx",
-    oauth2_proxy_namespace="auth",
     s3_bucket="user-bucket",
     s3_endpoint_url="http://s3.example.org:9000",
     default_cpu="1",
@@ -51,7 +49,7 @@ def containers_by_name(pod_spec: dict[str, Any]) -> dict[str, dict[str, Any]]:
 # --- Service, NetworkPolicy, Ingress: literal expected objects ----------------------------------
 
 
-def test_service_selects_only_this_instances_pods() -> None:
+def test_service_selects_only_this_instances_pods_and_reaches_the_sidecar() -> None:
     assert viewer.service(NAME, NS) == {
         "apiVersion": "v1",
         "kind": "Service",
@@ -59,61 +57,29 @@ def test_service_selects_only_this_instances_pods() -> None:
         "spec": {
             "type": "ClusterIP",
             "selector": {"instance": NAME},
-            "ports": [{"name": "http", "port": 80, "targetPort": "http"}],
+            "ports": [{"name": "http", "port": 80, "targetPort": signin.SIGNIN_PORT_NAME}],
         },
     }
 
 
-def test_network_policy_lets_only_the_ingress_controller_reach_the_viewer() -> None:
-    assert viewer.network_policy(NAME, NS, SETTINGS) == {
+def test_network_policy_opens_only_the_sidecars_ports() -> None:
+    assert viewer.network_policy(NAME, NS) == {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
         "metadata": {"name": NAME, "namespace": NS, "labels": LABELS},
         "spec": {
             "podSelector": {"matchLabels": {"instance": NAME}},
             "policyTypes": ["Ingress"],
-            "ingress": [
-                {
-                    "from": [
-                        {
-                            "namespaceSelector": {
-                                "matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}
-                            }
-                        }
-                    ],
-                    "ports": [{"protocol": "TCP", "port": 5005}],
-                }
-            ],
+            "ingress": [{"ports": [{"protocol": "TCP", "port": 4180}, {"protocol": "TCP", "port": 44180}]}],
         },
     }
 
 
-def test_ingress_carries_the_pocs_annotations_and_the_owner_check() -> None:
-    assert viewer.ingress(NAME, NS, access.resolve(portal_spec(), {}), SETTINGS) == {
+def test_ingress_is_one_prefix_path_without_annotations() -> None:
+    assert viewer.route(NAME, NS, SETTINGS) == {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "Ingress",
-        "metadata": {
-            "name": NAME,
-            "namespace": NS,
-            "labels": LABELS,
-            "annotations": {
-                "nginx.ingress.kubernetes.io/use-regex": "true",
-                "nginx.ingress.kubernetes.io/rewrite-target": "/$2",
-                "nginx.ingress.kubernetes.io/auth-url": (
-                    "http://oauth2-proxy.auth.svc.cluster.local:8091/oauth2/auth"
-                    "?allowed_emails=alice%2Blab@example.org"
-                ),
-                "nginx.ingress.kubernetes.io/auth-signin": (
-                    "https://cxg.example.org/oauth2/sign_in?rd=$escaped_request_uri"
-                ),
-                "nginx.ingress.kubernetes.io/auth-response-headers": "Authorization",
-                "nginx.ingress.kubernetes.io/proxy-buffer-size": "64k",
-                # relative redirect: ingress-nginx would drop a non-standard port from an absolute one
-                "nginx.ingress.kubernetes.io/configuration-snippet": (
-                    f"absolute_redirect off; rewrite ^/{NAME}$ /{NAME}/ redirect;"
-                ),
-            },
-        },
+        "metadata": {"name": NAME, "namespace": NS, "labels": LABELS},
         "spec": {
             "ingressClassName": "nginx",
             "rules": [
@@ -122,8 +88,8 @@ def test_ingress_carries_the_pocs_annotations_and_the_owner_check() -> None:
                     "http": {
                         "paths": [
                             {
-                                "path": f"/{NAME}(/|$)(.*)",
-                                "pathType": "ImplementationSpecific",
+                                "path": f"/{NAME}",
+                                "pathType": "Prefix",
                                 "backend": {"service": {"name": NAME, "port": {"name": "http"}}},
                             }
                         ]
@@ -136,51 +102,28 @@ def test_ingress_carries_the_pocs_annotations_and_the_owner_check() -> None:
 
 def test_host_name_with_a_port_keeps_it_in_urls_but_not_in_the_ingress_rule() -> None:
     settings = Settings(host_name="localhost:8080", url_scheme="http")
-    ing = viewer.ingress(NAME, NS, access.resolve(portal_spec(), {}), settings)
+    ing = viewer.route(NAME, NS, settings)
     assert ing["spec"]["rules"][0]["host"] == "localhost"
     assert viewer.instance_url(NAME, settings) == f"http://localhost:8080/{NAME}/"
-    assert ing["metadata"]["annotations"]["nginx.ingress.kubernetes.io/auth-signin"].startswith(
-        "http://localhost:8080/oauth2/sign_in?"
-    )
-
-
-# --- auth_url: only the owner (or the named groups) get in ------------------------------------
-
-
-AUTH_BASE = "http://oauth2-proxy.auth.svc.cluster.local:8091/oauth2/auth"
-
-
-@pytest.mark.parametrize(
-    ("owner", "query"),
-    [
-        ("bob@example.org", "allowed_emails=bob@example.org"),
-        ("alice+lab@example.org", "allowed_emails=alice%2Blab@example.org"),
-        ("eve&allowed_groups=admins@x.org", "allowed_emails=eve%26allowed_groups%3Dadmins@x.org"),
-        ("hash#and%percent@x.org", "allowed_emails=hash%23and%25percent@x.org"),
-        ("Bob@Example.ORG", "allowed_emails=bob@example.org"),
-    ],
-    ids=["plain", "plus-is-encoded", "no-query-injection", "hash-and-percent", "lower-cased-as-keycloak-stores-it"],
-)
-def test_auth_url_names_the_owner_url_encoded(owner: str, query: str) -> None:
-    spec = model.SingleUserInstanceSpec(owner=owner, dataset=DATASET)
-    assert access.auth_url(access.resolve(spec, {}), SETTINGS) == f"{AUTH_BASE}?{query}"
-
-
-def test_auth_url_with_groups_lists_the_owner_as_a_group_too() -> None:
-    # oauth2-proxy ANDs allowed_emails and allowed_groups, so the owner rides in the group list
-    # (keycloak-setup's groups-own-email mapper puts each user's e-mail into their groups claim).
-    spec = portal_spec(allowed_groups=["lab members", "/omics/admins", OWNER])
-    assert (
-        access.auth_url(access.resolve(spec, {}), SETTINGS)
-        == f"{AUTH_BASE}?allowed_groups=alice%2Blab@example.org,lab%20members,/omics/admins"
-    )
+    who = access.resolve(portal_spec(), {})
+    assert f"--redirect-url=http://localhost:8080/{NAME}/oauth2/callback" in signin.signin_args(NAME, who, settings)
 
 
 @pytest.mark.parametrize("field", ["owner", "allowedGroups"])
-def test_a_comma_cannot_smuggle_a_second_identity_into_the_auth_url(field: str) -> None:
+def test_a_comma_cannot_smuggle_a_second_identity_into_a_list(field: str) -> None:
     fields = {"owner": "a@x.org,b@x.org"} if field == "owner" else {"allowedGroups": ["lab-a,admins"]}
     with pytest.raises(ValidationError, match="pattern"):
         model.SingleUserInstanceSpec(**{"owner": OWNER, "dataset": DATASET, **fields})
+
+
+def test_owner_and_groups_reach_the_sidecar_as_keycloak_signs_them() -> None:
+    # Keycloak stores e-mails in lower case; with groups the owner rides in the group list, where
+    # keycloak-setup's groups-own-email mapper puts each user's own e-mail.
+    spec = portal_spec(allowed_groups=["lab members", "/omics/admins", OWNER])
+    assert access.resolve(spec, {}).groups == ("alice+lab@example.org", "lab members", "/omics/admins")
+    assert access.resolve(model.SingleUserInstanceSpec(owner="Bob@Example.ORG", dataset=DATASET), {}).emails == (
+        "bob@example.org",
+    )
 
 
 # --- Deployment: the properties that matter --------------------------------------------------------
@@ -211,18 +154,19 @@ def test_deployment_pod_is_locked_down() -> None:
         assert "privileged" not in security or security["privileged"] is False, name
 
 
-def test_viewer_has_readiness_probe_and_the_pocs_launch_line_on_data_files() -> None:
+def test_viewer_is_probed_in_its_container_and_runs_the_pocs_launch_line_on_loopback() -> None:
     pod = viewer.deployment(NAME, NS, portal_spec(title="PBMC 3k"), SETTINGS, access.resolve(portal_spec(title="PBMC 3k"), {}))["spec"][
         "template"
     ]["spec"]
     cellxgene = containers_by_name(pod)["cellxgene"]
     assert cellxgene["image"] == SETTINGS.cellxgene_image
-    assert cellxgene["readinessProbe"]["httpGet"] == {"path": "/health", "port": "http"}
-    assert cellxgene["ports"] == [{"name": "http", "containerPort": 5005}]
+    for probe in ("startupProbe", "readinessProbe"):
+        assert "http://127.0.0.1:5005/health" in cellxgene[probe]["exec"]["command"][-1]
+    assert "ports" not in cellxgene
     # args to the image's entrypoint (tini -- cellxgene), which passes SIGTERM on
     assert "command" not in cellxgene
     assert cellxgene["args"] == [
-        "--no-upgrade-check", "launch", "--verbose", "-p", "5005", "--host", "0.0.0.0",
+        "--no-upgrade-check", "launch", "--verbose", "-p", "5005", "--host", "127.0.0.1",
         "/data/dataset.h5ad",
         "--annotations-file", "/data/annotations.csv",
         "--gene-sets-file", "/data/gene_sets.csv",
@@ -262,8 +206,8 @@ def test_viewer_resources_come_from_spec_else_settings_with_requests_equal_limit
 
 def test_fetch_is_an_init_container_and_save_a_native_sidecar_with_the_same_prefix() -> None:
     pod = viewer.deployment(NAME, NS, portal_spec(), SETTINGS, access.resolve(portal_spec(), {}))["spec"]["template"]["spec"]
-    assert [c["name"] for c in pod["initContainers"]] == ["fetch", "save"]
-    fetch, save = pod["initContainers"]
+    assert [c["name"] for c in pod["initContainers"]] == [signin.SETUP_CONTAINER, "fetch", "save"]
+    _, fetch, save = pod["initContainers"]
     # The owner kept exactly (percent-encoded), the dataset's id with its URL's hash.
     prefix = "s3://user-bucket/cxg_on_k8/alice%2Blab@example.org/pbmc3k-dcad764d647e/"
     assert fetch["args"] == [
@@ -301,7 +245,7 @@ def test_fetch_is_an_init_container_and_save_a_native_sidecar_with_the_same_pref
 
 def test_data_container_args_are_what_the_userdata_command_accepts() -> None:
     pod = viewer.deployment(NAME, NS, portal_spec(), SETTINGS, access.resolve(portal_spec(), {}))["spec"]["template"]["spec"]
-    fetch, save = pod["initContainers"]
+    _, fetch, save = pod["initContainers"]
     assert fetch["command"] == save["command"] == ["python", "-m", "cxg_on_k8s.userdata"]
     parsed = build_parser().parse_args(fetch["args"])
     assert (parsed.command, parsed.dataset, str(parsed.dest)) == ("fetch", DATASET, "/data")
@@ -357,9 +301,8 @@ def test_embedded_form_keeps_the_pod_template_and_renders_the_rest() -> None:
     spec = model.SingleUserInstanceSpec(lifespan=600, **poc_manifests(NAME))
     plan = plan_instance(NAME, NS, {}, spec, SETTINGS)
     netpol, deploy, svc, ing = plan.children
-    # The NetworkPolicy comes first for this form too, open to the ingress namespace on the
-    # viewer's port (the client's Service's targetPort).
-    assert netpol == viewer.network_policy(NAME, NS, SETTINGS, port=5005)
+    # The NetworkPolicy comes first for this form too, open on the sidecar's ports only.
+    assert netpol == viewer.network_policy(NAME, NS)
     for child in (netpol, deploy, svc, ing):
         assert child["metadata"]["labels"] == LABELS
         assert child["metadata"]["namespace"] == NS
@@ -367,9 +310,9 @@ def test_embedded_form_keeps_the_pod_template_and_renders_the_rest() -> None:
     assert deploy["spec"]["selector"] == {"matchLabels": {"instance": NAME}}
     assert deploy["spec"]["template"]["metadata"]["labels"] == LABELS
     assert deploy["spec"]["template"]["spec"]["containers"][0]["image"] == "cellxgene:1.1.2"
-    # The Service and Ingress are the portal form's builders' own.
-    assert svc == viewer.service(NAME, NS, port=5005, target_port=5005)
-    assert ing == viewer.ingress(NAME, NS, access.owner_access("alice@example.org", None, "x"), SETTINGS)
+    # The Service and the route are the portal form's builders' own.
+    assert svc == viewer.service(NAME, NS, port=5005)
+    assert ing == viewer.route(NAME, NS, SETTINGS)
     # the client's dicts are not modified in place
     assert spec.deployment["spec"]["selector"] == {"matchLabels": {"app": "cellxgene"}}
 
@@ -633,38 +576,7 @@ def test_still_starting_says_nothing(status: dict[str, Any]) -> None:
     assert pod_phase(pod(**status)) == (None, "")
 
 
-# --- oauth2-proxy and RBAC builders ------------------------------------------------------------------
-
-
-def test_oauth2_proxy_keeps_secrets_out_of_args_and_listens_on_the_pocs_port() -> None:
-    deploy, svc, ing = edge_signin.oauth2_proxy(SETTINGS)
-    assert [o["kind"] for o in (deploy, svc, ing)] == ["Deployment", "Service", "Ingress"]
-    assert {o["metadata"]["namespace"] for o in (deploy, svc, ing)} == {"auth"}
-    container = deploy["spec"]["template"]["spec"]["containers"][0]
-    args = container["args"]
-    assert "--provider=keycloak-oidc" in args
-    assert "--http-address=0.0.0.0:8091" in args
-    assert "--redirect-url=https://cxg.example.org/oauth2/callback" in args
-    assert "--cookie-secure=true" in args
-    assert f"--cookie-expire={7 * 24 * 3600}s" in args  # sign_in_lifetime's default
-    assert not any("secret" in a.lower() for a in args), args
-    env = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container["env"]}
-    assert env["OAUTH2_PROXY_COOKIE_SECRET"] == {
-        "name": "oauth2-proxy-cookie",
-        "key": "cookie-secret",
-    }
-    assert env["OAUTH2_PROXY_CLIENT_SECRET"] == {
-        "name": "oauth2-proxy-client",
-        "key": "client-secret",
-    }
-    assert deploy["spec"]["template"]["spec"]["automountServiceAccountToken"] is False
-    assert svc["spec"]["ports"][0] == {"name": "http", "port": 8091, "targetPort": "http"}
-    path = ing["spec"]["rules"][0]["http"]["paths"][0]
-    assert (ing["spec"]["rules"][0]["host"], path["path"], path["pathType"]) == (
-        "cxg.example.org",
-        "/oauth2",
-        "Prefix",
-    )
+# --- RBAC builders ------------------------------------------------------------------------------------
 
 
 def test_operator_rbac_grants_no_deletion_of_children_no_secrets_no_pod_creation() -> None:
@@ -672,7 +584,7 @@ def test_operator_rbac_grants_no_deletion_of_children_no_secrets_no_pod_creation
     kinds = [(o["kind"], o["metadata"].get("namespace"), o["metadata"]["name"]) for o in objects]
     assert ("ServiceAccount", NS, "sui-operator") in kinds
     assert ("Role", NS, "sui-operator") in kinds
-    assert ("Role", "ingress-nginx", "sui-operator-metrics") in kinds
+    assert not any(namespace not in (None, NS) for _, namespace, _ in kinds)  # activity from the sidecars
     role = next(o for o in objects if o["kind"] == "Role" and o["metadata"]["namespace"] == NS)
     grants = {(group, resource, verb) for rule in role["rules"] for group in rule["apiGroups"]
               for resource in rule["resources"] for verb in rule["verbs"]}  # fmt: skip
@@ -692,11 +604,15 @@ def test_operator_rbac_grants_no_deletion_of_children_no_secrets_no_pod_creation
         ]
 
 
-def test_no_metrics_role_without_a_metrics_service() -> None:
-    settings = Settings(namespace=NS, metrics_service="")
-    assert not any(
-        o["metadata"]["name"].endswith("-metrics") for o in install.operator_rbac(settings)
-    )
+def test_a_metrics_role_only_with_activity_from_ingress_nginx_and_a_metrics_service() -> None:
+    def metrics_roles(**fields: Any) -> list[str]:
+        settings = Settings(namespace=NS, **fields)
+        return [o["metadata"]["namespace"] for o in install.operator_rbac(settings) if o["kind"] == "Role"
+                and o["metadata"]["name"].endswith("-metrics")]  # fmt: skip
+
+    assert metrics_roles() == []
+    assert metrics_roles(activity="ingress-nginx") == ["ingress-nginx"]
+    assert metrics_roles(activity="ingress-nginx", metrics_service="") == []
 
 
 def test_operator_deployment_passes_only_non_default_settings() -> None:

@@ -29,7 +29,7 @@ LEGACY_ENV = {
 
 IN_CLUSTER_METRICS_URL = "http://metrics.ingress-nginx.svc.cluster.local/metrics"
 LOCAL_METRICS_URL = "http://localhost:10254/metrics"
-OAUTH2_PROXY_NAME = "oauth2-proxy"  # its Deployment, Service and Ingress (as in the PoC)
+OAUTH2_PROXY_NAME = "oauth2-proxy"  # the label of the client Secret (the PoC's proxy's name)
 # This package's image: the operator runs it, and its data containers are it too by default.
 DEFAULT_OPERATOR_IMAGE = "cxg-on-k8s:0.1.0"
 # kopf peering priorities: the higher one works, the lower one pauses.
@@ -65,15 +65,13 @@ class Settings(BaseModel):
         description="Scheme of instance URLs and of the sign-in redirect (http only for local tests).",
     )
     edge: str = Field(
-        "ingress-nginx",
-        pattern=r"^(ingress-nginx|ingress|gateway)$",
-        description="How requests reach a viewer. ingress-nginx: the proof of concept's edge (an "
-        "Ingress with auth-url and snippet annotations, the shared oauth2-proxy, activity from "
-        "ingress-nginx's metrics page); it stays the default until existing installations have "
-        "moved. ingress: an Ingress of ingress_class with one Prefix path and no annotations. "
-        "gateway: an HTTPRoute (Gateway API v1) attached to the Gateway named by gateway. With "
-        "ingress and gateway every viewer pod signs its users in itself (an oauth2-proxy sidecar) "
-        "and its activity is read from that sidecar.",
+        "ingress",
+        pattern=r"^(ingress|gateway)$",
+        description="The object that routes /<name> to a viewer, with no annotation (each viewer "
+        "pod signs its users in itself, in an oauth2-proxy sidecar): ingress, an Ingress of "
+        "ingress_class with one Prefix path; gateway, an HTTPRoute (Gateway API v1) attached to "
+        "the Gateway named by gateway. Default ingress: every cluster with an Ingress controller "
+        "serves it, ingress-nginx of an existing installation included, with no CRDs to add.",
     )
     gateway: str = Field(
         "cellxgene/cellxgene",
@@ -82,11 +80,8 @@ class Settings(BaseModel):
         "gateway). The default is a Gateway beside the instances, which accepts their routes "
         "without any allowedRoutes setting.",
     )
-    ingress_class: str = Field("nginx", description="IngressClass of every instance Ingress.")
-    ingress_namespace: str = Field(
-        "ingress-nginx",
-        description="Namespace of the ingress controller: the only namespace the NetworkPolicy "
-        "lets reach a viewer, so nobody bypasses the sign-in.",
+    ingress_class: str = Field(
+        "nginx", description="IngressClass of every instance Ingress (edge ingress); nginx, as in the PoC."
     )
 
     # --- culling ---------------------------------------------------------------------------
@@ -115,7 +110,7 @@ class Settings(BaseModel):
     )
     metrics_url: str = Field(
         "",
-        description="ingress-nginx metrics URL. Empty: the in-cluster Service "
+        description="ingress-nginx metrics URL (activity ingress-nginx). Empty: the in-cluster Service "
         f"({IN_CLUSTER_METRICS_URL}) when running in a pod, else {LOCAL_METRICS_URL}.",
     )
     metrics_service: str = Field(
@@ -127,11 +122,18 @@ class Settings(BaseModel):
     metrics_timeout: float = Field(
         5.0, gt=0, description="Seconds to wait for one metrics endpoint before the scrape fails."
     )
+    activity: str = Field(
+        "sidecar",
+        pattern=r"^(sidecar|ingress-nginx)$",
+        description="Where activity is read: sidecar, each viewer pod's sign-in sidecar (its "
+        "request counters), whatever the edge; ingress-nginx, that controller's metrics page "
+        "(metrics_url, metrics_service), for an installation that still runs it.",
+    )
     activity_concurrency: int = Field(
         64,
         ge=1,
-        description="Viewer pods whose sign-in sidecar is read at once per tick (edge ingress or "
-        "gateway); each read waits at most metrics_timeout seconds.",
+        description="Viewer pods whose sign-in sidecar is read at once per tick (activity "
+        "sidecar); each read waits at most metrics_timeout seconds.",
     )
     delete_rate: float = Field(
         20.0,
@@ -215,16 +217,13 @@ class Settings(BaseModel):
     keycloak_endpoint: str = Field("http://localhost:8080", description="Keycloak base URL (PoC: KEYCLOAK_ENDPOINT).")
     keycloak_realm: str = Field("cellxgene", description="Keycloak realm (PoC: KEYCLOAK_REALM).")
     oidc_client_id: str = Field("cellxgene", description="OIDC client id oauth2-proxy signs in with.")
-    oauth2_proxy_namespace: str = Field("ingress-nginx", description="Namespace of oauth2-proxy (as in the PoC).")
-    oauth2_proxy_image: str = Field("quay.io/oauth2-proxy/oauth2-proxy:v7.15.6", description="oauth2-proxy image.")
-    oauth2_proxy_port: int = Field(8091, description="oauth2-proxy's HTTP port (as in the PoC).")
+    oauth2_proxy_image: str = Field(
+        "quay.io/oauth2-proxy/oauth2-proxy:v7.15.6", description="Image of every viewer's sign-in sidecar."
+    )
     oauth2_proxy_client_secret: str = Field(
         "oauth2-proxy-client",
-        description="Secret (keys client-id, client-secret) that keycloak-setup writes.",
-    )
-    oauth2_proxy_cookie_secret: str = Field(
-        "oauth2-proxy-cookie",
-        description="Secret (key cookie-secret) generated once by the deploy command; never in code or args.",
+        description="Secret in namespace (keys client-id, client-secret) that keycloak-setup writes and "
+        "every sign-in sidecar mounts.",
     )
     sign_in_lifetime: int = Field(
         7 * 24 * 3600,
@@ -236,15 +235,6 @@ class Settings(BaseModel):
         False,
         description="Development only: skip TLS verification towards Keycloak. Off by default.",
     )
-
-    @property
-    def oauth2_proxy_auth_endpoint(self) -> str:
-        """oauth2-proxy's /oauth2/auth as ingress-nginx reaches it: every viewer's auth-url starts
-        with it (the portal form's are rendered, the embedded form's are checked against it)."""
-        return (
-            f"http://{OAUTH2_PROXY_NAME}.{self.oauth2_proxy_namespace}.svc.cluster.local:"
-            f"{self.oauth2_proxy_port}/oauth2/auth"
-        )
 
     def effective_metrics_url(self, environ: Mapping[str, str] | None = None) -> str:
         """The PoC's two defaults: the Service inside a cluster, a port-forward outside."""
@@ -266,14 +256,8 @@ class Settings(BaseModel):
 
     @property
     def signs_in_per_viewer(self) -> bool:
-        """Whether each viewer pod carries its own sign-in (every edge but ingress-nginx)."""
-        return self.edge != "ingress-nginx"
-
-    @property
-    def client_secret_namespace(self) -> str:
-        """Where the OIDC client's Secret lives: beside the viewers, whose sidecars mount it (a
-        pod reads Secrets of its own namespace only), or beside the shared oauth2-proxy."""
-        return self.namespace if self.signs_in_per_viewer else self.oauth2_proxy_namespace
+        """Whether activity comes from the viewers' sidecars (the culler's choice of source)."""
+        return self.activity == "sidecar"
 
     @property
     def base_url(self) -> str:

@@ -46,10 +46,10 @@ null is printed as the empty string.
 {{- end }}
 
 {{/* The namespace part of settings.metrics_service ("namespace/name"); empty when unset. */}}
-{{/* The ingress-nginx metrics Service's namespace; empty with any other edge, which reads
-activity from each viewer's sign-in sidecar instead. */}}
+{{/* The ingress-nginx metrics Service's namespace with activity ingress-nginx; empty when the
+operator reads activity from each viewer's sign-in sidecar. */}}
 {{- define "cxg.metricsNamespace" -}}
-{{- if eq .Values.settings.edge "ingress-nginx" -}}
+{{- if eq .Values.settings.activity "ingress-nginx" -}}
 {{- splitList "/" .Values.settings.metrics_service | first -}}
 {{- end -}}
 {{- end }}

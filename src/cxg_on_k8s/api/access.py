@@ -1,9 +1,10 @@
-"""Who may open an instance, and the oauth2-proxy auth URL that says so.
+"""Who may open an instance.
 
 Both forms end in one :class:`Access`: the portal form names its ``spec.owner``; the embedded form
 names ``spec.owner``, else the ``user`` label the portal already sets (a Keycloak username), else
-the lists the client wrote into its own auth-url. Whatever the source, the operator renders the
-auth URL itself, so a client can no longer ask another server or an empty list.
+the lists the client wrote into its own auth-url (the proof of concept's clients still render
+one). Whatever the source, the viewer's sign-in sidecar is told by the operator
+(:mod:`cxg_on_k8s.render.signin`), so a client can no longer name another server or an empty list.
 """
 
 from __future__ import annotations
@@ -12,10 +13,9 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote, unquote_plus
+from urllib.parse import unquote_plus
 
 from cxg_on_k8s.api import model
-from cxg_on_k8s.settings import Settings
 
 # The label a data portal puts on every object it renders: the Keycloak username of the user.
 USER_LABEL = "user"
@@ -67,22 +67,6 @@ def oauth2_proxy_lists(query: str) -> dict[str, tuple[str, ...]]:
         if key in found:
             found[key] += [entity for entity in unquote_plus(value).split(",") if entity]
     return {key: tuple(dict.fromkeys(values)) for key, values in found.items()}
-
-
-def _quoted(items: tuple[str, ...]) -> str:
-    return ",".join(quote(item, safe="@/") for item in items)
-
-
-def auth_url(access: Access, settings: Settings) -> str:
-    """oauth2-proxy's /oauth2/auth, narrowed to ``access``; the spec refuses commas in owners and
-    group names, because oauth2-proxy splits both lists on commas after decoding the query."""
-    base = settings.oauth2_proxy_auth_endpoint
-    query = []
-    if access.emails:
-        query.append(f"{EMAILS_PARAMETER}={_quoted(access.emails)}")
-    if access.groups:
-        query.append(f"{GROUPS_PARAMETER}={_quoted(access.groups)}")
-    return f"{base}?{'&'.join(query)}" if query else base
 
 
 def owner_access(owner: str, groups: list[str] | None, source: str) -> Access:

@@ -31,7 +31,7 @@ CRD_WAIT = 30.0  # seconds for a new CRD to be Established (`install --crd-only`
 def install_objects(settings: Settings, image: str) -> list[dict[str, Any]]:
     """What `install` applies, in order: namespace, the CRDs (this project's and kopf's peering
     CRD), RBAC, the ingress-nginx metrics Service (when metrics_service names one), operator."""
-    metrics = [builders.ingress_metrics_service(settings)] if settings.metrics_service and not settings.signs_in_per_viewer else []
+    metrics = [builders.ingress_metrics_service(settings)] if builders.uses_ingress_nginx_metrics(settings) else []
     return [
         builders.namespace(settings.namespace),
         crd.definition(),
@@ -173,7 +173,7 @@ def keycloak_setup(
         secret = signin.client_secret(settings, report.client_id, report.client_secret)
         _apply_secret(handler, secret)
         console.print(
-            f"client secret stored in Secret {settings.client_secret_namespace}/{settings.oauth2_proxy_client_secret}",
+            f"client secret stored in Secret {settings.namespace}/{settings.oauth2_proxy_client_secret}",
             markup=False,
         )
 

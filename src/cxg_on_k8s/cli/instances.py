@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import secrets
 import sys
 import time
 from pathlib import Path
@@ -38,9 +37,8 @@ from cxg_on_k8s.cli.common import (
     yaml_text,
 )
 from cxg_on_k8s.k8s.client import ApiError, K8ApiHandler
-from cxg_on_k8s.render import edge_signin, viewer
+from cxg_on_k8s.render import viewer
 from cxg_on_k8s.render.plan import Refusal, plan_instance
-from cxg_on_k8s.settings import Settings
 
 Owner = Annotated[str | None, typer.Option(help="the user's OIDC identity (e-mail); portal form.")]
 Dataset = Annotated[str | None, typer.Option(help="s3://bucket/key.h5ad or https://...; portal form.")]
@@ -140,9 +138,6 @@ def deploy(
     ] = None,
     wait: Annotated[bool, typer.Option(help="wait with live progress until Ready.")] = True,
     timeout: Annotated[float, typer.Option(help="seconds to wait for Ready.")] = 300,
-    with_oauth2_proxy: Annotated[
-        bool, typer.Option(help="create the shared oauth2-proxy first if absent (edge ingress-nginx only).")
-    ] = True,
     output: Annotated[Output, typer.Option("--output", "-o", help=f"table (the URL), {OUTPUT_HELP}")] = Output.table,
     namespace: Namespace = None,
     kubeconfig: Kubeconfig = None,
@@ -168,8 +163,6 @@ def deploy(
         raise fail(f"cannot read --template {template}: {exc}", EXIT_USAGE) from None
     handler = connect(kubeconfig, context, settings)  # only once the input is known to be good
     try:
-        if with_oauth2_proxy and not settings.signs_in_per_viewer:
-            ensure_oauth2_proxy(handler, settings)
         handler.create_custom_resource(body)
     except ApiError as exc:
         raise fail(str(exc), EXIT_USAGE if exc.status == 422 else EXIT_FAILED) from None
@@ -182,14 +175,6 @@ def deploy(
         emit(final, output)
     if wait and status.get("phase") != model.Phase.READY.value:
         raise typer.Exit(EXIT_FAILED)
-
-
-def ensure_oauth2_proxy(handler: K8ApiHandler, settings: Settings) -> None:
-    """Create oauth2-proxy (and its cookie secret, generated once) when absent, as the PoC did."""
-    cookie = edge_signin.oauth2_proxy_cookie_secret(settings, secrets.token_urlsafe(32)[:32])
-    created = [handler.create_if_absent(obj) for obj in [cookie, *edge_signin.oauth2_proxy(settings)]]
-    if any(created):
-        console.print(f"created oauth2-proxy in namespace {settings.oauth2_proxy_namespace}", markup=False)
 
 
 def watch_until_ready(handler: K8ApiHandler, name: str, timeout: float) -> dict[str, Any]:

@@ -12,8 +12,7 @@ that applies them change together, and this is the only module that talks to Key
 What oauth2-proxy needs from the realm, and why each piece exists:
 - a confidential client with the standard (authorization code) flow and PKCE S256 required,
   because oauth2-proxy runs with ``--code-challenge-method=S256`` and holds a client secret;
-- redirect URI ``<base_url>/oauth2/callback`` (the shared oauth2-proxy's ``--redirect-url``), or
-  with a sign-in sidecar per viewer ``<base_url>/*``, which covers every instance's
+- redirect URI ``<base_url>/*``, which covers every viewer's sign-in sidecar's
   ``/<name>/oauth2/callback`` (Keycloak allows a wildcard only at the end; the host serves
   nothing but viewers, each behind its sidecar, and PKCE makes a code useless to anyone but the
   sidecar that asked for it); the base URL as web origin;
@@ -99,7 +98,7 @@ def desired_client(settings: Settings) -> dict[str, Any]:
         "implicitFlowEnabled": False,
         "directAccessGrantsEnabled": False,
         "serviceAccountsEnabled": False,
-        "redirectUris": [f"{base}/*" if settings.signs_in_per_viewer else f"{base}/oauth2/callback"],
+        "redirectUris": [f"{base}/*"],
         "webOrigins": [base],
         "attributes": {"pkce.code.challenge.method": "S256"},
     }

@@ -3,8 +3,9 @@
 Kept: the pod template (policed by :mod:`cxg_on_k8s.policy`, then hardened), the viewer's
 container port, and the labels the client looks its objects up by. Rendered by the operator, with
 the portal form's builders: the Deployment's envelope (named after the instance, one replica, a
-per-instance selector), the Service (ClusterIP) and the Ingress (its path, host, class, backend
-and annotations). So nothing a client writes into the Service or the Ingress reaches the cluster.
+per-instance selector), the sign-in sidecar in front of the client's port, the Service (ClusterIP,
+to the sidecar) and the route (an Ingress or HTTPRoute without annotations). So nothing a client
+writes into the Service or the Ingress reaches the cluster.
 """
 
 from __future__ import annotations
@@ -70,7 +71,7 @@ def deployment(
     """The client's pod template in the operator's Deployment: named after the instance (so
     ``kubectl rollout status deploy/<name>`` and ``read_deployment(name)`` find it), one replica,
     Recreate (two viewers saving to one prefix would race), selected by the instance label only;
-    with a sign-in sidecar in front of the client's ``port`` on every edge but ingress-nginx."""
+    with the sign-in sidecar in front of the client's ``port``."""
     client = _mapping(spec.deployment)
     client_meta = _mapping(client.get("metadata"))
     template = copy.deepcopy(policy.pod_template(spec))
@@ -79,8 +80,7 @@ def deployment(
     meta = {k: copy.deepcopy(v) for k, v in client_meta.items() if k in DEPLOYMENT_METADATA}
     meta.update(name=name, namespace=namespace, labels={**_mapping(meta.get("labels")), **viewer.labels(name)})
     pod = policy.harden_pod(_mapping(template.get("spec")), settings, viewer.NONROOT_UID)
-    if settings.signs_in_per_viewer:
-        signin.add_to_pod(pod, name, port, access, settings)
+    signin.add_to_pod(pod, name, port, access, settings)
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -97,13 +97,12 @@ def deployment(
     }
 
 
-def ignored(spec: model.SingleUserInstanceSpec, rendered_ingress: viewer.Manifest) -> list[str]:
+def ignored(spec: model.SingleUserInstanceSpec) -> list[str]:
     """What of the client's Service and Ingress the operator did not apply, for the Event that
-    tells the client so: each annotation the operator's Ingress does not carry with the same
-    value, and a Service type other than ClusterIP."""
-    ours = rendered_ingress["metadata"].get("annotations", {})
+    tells the client so: every annotation of its Ingress (the operator's route carries none: the
+    viewer's sidecar does what they did), and a Service type other than ClusterIP."""
     theirs = _mapping(_mapping(_mapping(spec.ingress).get("metadata")).get("annotations"))
-    found = [f"spec.ingress annotation {key}" for key, value in theirs.items() if ours.get(key) != value]
+    found = [f"spec.ingress annotation {key}" for key in theirs]
     service_type = _mapping(_mapping(spec.service).get("spec")).get("type")
     if service_type not in (None, "ClusterIP"):
         found.append(f"spec.service.spec.type {service_type} (viewers get a ClusterIP Service)")

@@ -118,7 +118,7 @@ def operator_rbac(settings: Settings) -> list[Manifest]:
         ),
     ]
     metrics_ns, _, _ = settings.metrics_service.partition("/")
-    if metrics_ns and not settings.signs_in_per_viewer:
+    if uses_ingress_nginx_metrics(settings) and metrics_ns:
         metrics_meta = {"name": f"{OPERATOR_NAME}-metrics", "namespace": metrics_ns, "labels": {"app": OPERATOR_NAME}}
         objects += [
             {
@@ -264,15 +264,17 @@ def aws_secret_template(namespace: str, settings: Settings) -> Manifest:
     }
 
 
+def uses_ingress_nginx_metrics(settings: Settings) -> bool:
+    """Whether the installation reads activity from ingress-nginx through a metrics Service."""
+    return settings.activity == "ingress-nginx" and bool(settings.metrics_service)
+
+
 def ingress_metrics_service(settings: Settings) -> Manifest:
-    """A Service in front of the ingress-nginx controllers' Prometheus port, so that the operator
-    finds every replica (its EndpointSlices) and a port-forward reaches one:
-    ``kubectl -n ingress-nginx port-forward svc/metrics 10254:80``. Its namespace/name is the
-    setting metrics_service (default ``ingress-nginx/metrics``); when that is empty, ``metrics``
-    in ingress_namespace."""
+    """A Service in front of the ingress-nginx controllers' Prometheus port (activity
+    ingress-nginx), so that the operator finds every replica (its EndpointSlices) and a
+    port-forward reaches one: ``kubectl -n ingress-nginx port-forward svc/metrics 10254:80``. Its
+    namespace/name is the setting metrics_service (default ``ingress-nginx/metrics``)."""
     ns, _, name = settings.metrics_service.partition("/")
-    if not name:
-        ns, name = settings.ingress_namespace, "metrics"
     return {
         "apiVersion": "v1",
         "kind": "Service",

@@ -68,18 +68,14 @@ def plan_instance(
     port = embedded.viewer_port(spec)
     if port is None:
         problems.append(embedded.NO_PORT)
-    if settings.signs_in_per_viewer:
-        template_spec = policy.pod_template(spec).get("spec")
-        problems += signin.conflicts(template_spec if isinstance(template_spec, dict) else {}, policy.POD)
+    template_spec = policy.pod_template(spec).get("spec")
+    problems += signin.conflicts(template_spec if isinstance(template_spec, dict) else {}, policy.POD)
     if problems or port is None:
         raise Refusal(name, namespace, problems)
-    ingress = viewer.ingress(name, namespace, access, settings)
     children = [
-        viewer.network_policy(name, namespace, settings, port=port),
+        viewer.network_policy(name, namespace),
         embedded.deployment(name, namespace, spec, settings, access, port),
-        viewer.service(
-            name, namespace, port=embedded.service_port(spec), target_port=viewer.service_target(settings, port)
-        ),
-        ingress,
+        viewer.service(name, namespace, port=embedded.service_port(spec)),
+        viewer.route(name, namespace, settings),
     ]
-    return Plan(children, access, embedded.ignored(spec, ingress), open_access)
+    return Plan(children, access, embedded.ignored(spec), open_access)

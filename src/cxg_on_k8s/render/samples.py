@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from cxg_on_k8s.api.access import owner_access
 from cxg_on_k8s.render.viewer import (
     ANNOTATIONS_FILE,
     APP_LABEL,
@@ -15,7 +14,7 @@ from cxg_on_k8s.render.viewer import (
     VIEWER_PORT,
     Manifest,
     aws_env,
-    ingress,
+    ingress_spec,
     instance,
     instance_body,
 )
@@ -40,8 +39,11 @@ def poc_embedded_spec(
 ) -> dict[str, Any]:
     """The embedded form as the proof of concept's client rendered it: an aws-cli init container
     syncs ``s3://<bucket>/cxg_on_k8/<user>/<dataset>/`` to /data, cellxgene serves it on 5005, a
-    preStop hook uploads the annotations and gene sets back; the Ingress carries the sign-in
-    annotations. The operator relabels the three so that each instance selects only its own pods."""
+    preStop hook uploads the annotations and gene sets back. Two changes a client should make
+    now: ``spec.owner`` names the user (the PoC named them in its Ingress's auth-url, which the
+    operator still reads) and the Ingress is a plain one (the operator renders its own route and
+    reports a client's annotations as ignored). The operator relabels the three so that each
+    instance selects only its own pods."""
     prefix = f"s3://{settings.s3_bucket}/{settings.user_data_prefix}/{owner}/{dataset_id}/"
 
     def poc_labels() -> dict[str, str]:  # the PoC's one shared label (fresh dicts: no YAML anchors)
@@ -105,12 +107,22 @@ def poc_embedded_spec(
         "metadata": {"name": name, "namespace": namespace, "labels": poc_labels()},
         "spec": {"selector": poc_labels(), "ports": [{"port": VIEWER_PORT, "targetPort": VIEWER_PORT}]},
     }
-    ingress_doc = ingress(name, namespace, owner_access(owner, None, "spec.owner"), settings)
-    ingress_doc["metadata"]["labels"] = poc_labels()
+    ingress_doc: Manifest = {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "Ingress",
+        "metadata": {"name": name, "namespace": namespace, "labels": poc_labels()},
+        "spec": ingress_spec(settings, f"/{name}", "Prefix", name),
+    }
     ingress_doc["spec"]["rules"][0]["http"]["paths"][0]["backend"] = {
         "service": {"name": name, "port": {"number": VIEWER_PORT}}
     }
-    return {"lifespan": lifespan, "deployment": deployment, "service": service, "ingress": ingress_doc}
+    return {
+        "lifespan": lifespan,
+        "owner": owner,
+        "deployment": deployment,
+        "service": service,
+        "ingress": ingress_doc,
+    }
 
 
 def sample_embedded_instance(settings: Settings, name: str = "cellxgene-example-embedded") -> Manifest:

@@ -93,7 +93,10 @@ def files(name: str, viewer_port: int, access: Access, settings: Settings) -> di
     instance names e-mails, the list oauth2-proxy checks them against (it has no flag for one)."""
     written = {ALPHA_CONFIG_FILE: json.dumps(alpha_config(name, viewer_port, access, settings), sort_keys=True)}
     if access.emails:
-        written[EMAILS_FILE] = "".join(f"{email}\n" for email in access.emails)
+        # One per line: an entry with whitespace (a client's auth-url may decode to one) matched
+        # nobody in oauth2-proxy's auth-url check and would be two lines here, so it is left out.
+        kept = [email for email in access.emails if not any(c.isspace() for c in email)]
+        written[EMAILS_FILE] = "".join(f"{email}\n" for email in kept)
     return written
 
 
@@ -222,14 +225,14 @@ def conflicts(pod: dict[str, Any], where: str) -> list[str]:
 
 
 def client_secret(settings: Settings, client_id: str, secret: str) -> dict[str, Any]:
-    """The Secret that holds the OIDC client (keycloak-setup writes it): beside the viewers,
-    whose sidecars mount it, or with ingress-nginx beside the shared oauth2-proxy."""
+    """The Secret that holds the OIDC client (keycloak-setup writes it), beside the viewers: a
+    pod mounts Secrets of its own namespace only."""
     return {
         "apiVersion": "v1",
         "kind": "Secret",
         "metadata": {
             "name": settings.oauth2_proxy_client_secret,
-            "namespace": settings.client_secret_namespace,
+            "namespace": settings.namespace,
             "labels": {"app": OAUTH2_PROXY_NAME},
         },
         "type": "Opaque",

@@ -1,5 +1,6 @@
 """One viewer's objects, as pure functions of the instance's name, spec and settings: its
-Deployment (fetch init container, cellxgene, save sidecar), Service, Ingress and NetworkPolicy.
+Deployment (fetch init container, cellxgene, save sidecar, sign-in sidecar), Service, route
+(Ingress or HTTPRoute) and NetworkPolicy.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 
 from cxg_on_k8s.api import model
-from cxg_on_k8s.api.access import Access, auth_url
+from cxg_on_k8s.api.access import Access
 from cxg_on_k8s.render import signin
 from cxg_on_k8s.render.security import NONROOT_UID, container_security
 from cxg_on_k8s.settings import Settings
@@ -136,11 +137,11 @@ def _data_container(name: str, args: list[str], settings: Settings, **extra: Any
     }
 
 
-def viewer_command(spec: model.SingleUserInstanceSpec, host: str = "0.0.0.0") -> list[str]:
+def viewer_command(spec: model.SingleUserInstanceSpec) -> list[str]:
     """The PoC's launch line, on the files the fetch step wrote; without cellxgene's upgrade check,
     an HTTPS call to a code host that fails in a pod without internet (many hospital and research
     clusters) and took half the start time. The flag belongs to ``cellxgene``, not ``launch``.
-    Behind a sign-in sidecar ``host`` is 127.0.0.1: nothing reaches cellxgene around it."""
+    On 127.0.0.1: behind the sign-in sidecar, so nothing reaches cellxgene around it."""
     command = [
         "cellxgene",
         "--no-upgrade-check",
@@ -149,7 +150,7 @@ def viewer_command(spec: model.SingleUserInstanceSpec, host: str = "0.0.0.0") ->
         "-p",
         str(VIEWER_PORT),
         "--host",
-        host,
+        "127.0.0.1",
         DATASET_FILE,
         "--annotations-file",
         ANNOTATIONS_FILE,
@@ -161,18 +162,10 @@ def viewer_command(spec: model.SingleUserInstanceSpec, host: str = "0.0.0.0") ->
     return command
 
 
-def viewer_probes(settings: Settings) -> dict[str, Any]:
+def viewer_probes() -> dict[str, Any]:
     """cellxgene's /health. Behind the sign-in sidecar cellxgene listens on 127.0.0.1, which the
     kubelet cannot reach, so the probe runs in the container; a probe through the sidecar would
     count as the owner's activity. Frequent while cellxgene loads, rare once it answers."""
-    if not settings.signs_in_per_viewer:
-        return {
-            "readinessProbe": {
-                "httpGet": {"path": "/health", "port": "http"},
-                "periodSeconds": 5,
-                "failureThreshold": 3,
-            }
-        }
     check = [
         "python",
         "-c",
@@ -188,7 +181,7 @@ def deployment(
     name: str, namespace: str, spec: model.SingleUserInstanceSpec, settings: Settings, access: Access
 ) -> Manifest:
     """One viewer pod: fetch (init), save (native sidecar, outlives the viewer), cellxgene, and
-    with every edge but ingress-nginx the sign-in (:mod:`cxg_on_k8s.render.signin`)."""
+    the sign-in in front of it (:mod:`cxg_on_k8s.render.signin`)."""
     user_data = user_data_url(spec, settings)
     image = settings.cellxgene_vip_image if spec.flavor == model.Flavor.CELLXGENE_VIP else settings.cellxgene_image
     legacy = legacy_user_data_url(spec, settings)
@@ -222,10 +215,9 @@ def deployment(
         "imagePullPolicy": settings.image_pull_policy,
         # args, not command: the image's entrypoint is tini, which passes SIGTERM on to cellxgene
         # (as PID 1 cellxgene ignores it, so every stop waited the whole grace period).
-        "args": viewer_command(spec, "127.0.0.1" if settings.signs_in_per_viewer else "0.0.0.0")[1:],
-        # Behind the sidecar the port is the pod's own business: nothing outside may name it.
-        **({} if settings.signs_in_per_viewer else {"ports": [{"name": "http", "containerPort": VIEWER_PORT}]}),
-        **viewer_probes(settings),
+        # No port: behind the sidecar it is the pod's own business, nothing outside may name it.
+        "args": viewer_command(spec)[1:],
+        **viewer_probes(),
         "resources": resources(spec, settings),
         "volumeMounts": [{"name": "data", "mountPath": DATA_DIR}, {"name": "tmp", "mountPath": "/tmp"}],
         "securityContext": container_security(),
@@ -251,8 +243,7 @@ def deployment(
             {"name": "tmp", "emptyDir": {"sizeLimit": settings.data_volume_limit}},
         ],
     }
-    if settings.signs_in_per_viewer:
-        signin.add_to_pod(pod, name, VIEWER_PORT, access, settings)
+    signin.add_to_pod(pod, name, VIEWER_PORT, access, settings)
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -267,14 +258,9 @@ def deployment(
     }
 
 
-def service_target(settings: Settings, viewer_port: int | str = "http") -> int | str:
-    """Where the Service sends requests: the sign-in sidecar, else (ingress-nginx, which signs
-    users in at the edge) the viewer's own port."""
-    return signin.SIGNIN_PORT_NAME if settings.signs_in_per_viewer else viewer_port
-
-
-def service(name: str, namespace: str, port: int = 80, target_port: int | str = "http") -> Manifest:
-    """ClusterIP only, whatever a client asked: a viewer is reached through its route alone."""
+def service(name: str, namespace: str, port: int = 80) -> Manifest:
+    """ClusterIP only, whatever a client asked, to the sign-in sidecar: a viewer is reached
+    through its route alone, and the route reaches the sidecar alone."""
     return {
         "apiVersion": "v1",
         "kind": "Service",
@@ -282,38 +268,23 @@ def service(name: str, namespace: str, port: int = 80, target_port: int | str = 
         "spec": {
             "type": "ClusterIP",
             "selector": {"instance": name},
-            "ports": [{"name": "http", "port": port, "targetPort": target_port}],
+            "ports": [{"name": "http", "port": port, "targetPort": signin.SIGNIN_PORT_NAME}],
         },
     }
 
 
-def ingress_annotations(access: Access, settings: Settings) -> dict[str, str]:
-    """The PoC's annotations, with who may pass carried into the auth check."""
-    return {
-        "nginx.ingress.kubernetes.io/use-regex": "true",
-        "nginx.ingress.kubernetes.io/rewrite-target": "/$2",
-        model.AUTH_URL_ANNOTATION: auth_url(access, settings),
-        "nginx.ingress.kubernetes.io/auth-signin": (f"{settings.base_url}/oauth2/sign_in?rd=$escaped_request_uri"),
-        "nginx.ingress.kubernetes.io/auth-response-headers": "Authorization",
-        "nginx.ingress.kubernetes.io/proxy-buffer-size": "64k",
-    }
-
-
-def ingress(name: str, namespace: str, access: Access, settings: Settings) -> Manifest:
-    """The edge's object for the instance: with edge ingress-nginx the PoC's Ingress
-    (:func:`nginx_ingress`), with ingress a plain one, with gateway an HTTPRoute. The plain ones
-    carry no annotation: the viewer's sidecar signs users in, strips the prefix and redirects
-    ``/<name>`` to ``/<name>/``, so any controller that knows a Prefix path will do."""
+def route(name: str, namespace: str, settings: Settings) -> Manifest:
+    """The edge's object for the instance: an Ingress (edge ingress) or an HTTPRoute (edge
+    gateway), with no annotation: the viewer's sidecar signs users in, strips the prefix and
+    redirects ``/<name>`` to ``/<name>/``, so any controller that knows a Prefix path will do."""
     if settings.edge == "gateway":
         return http_route(name, namespace, settings)
-    if settings.edge == "ingress":
-        return {
-            "apiVersion": "networking.k8s.io/v1",
-            "kind": "Ingress",
-            "metadata": _metadata(name, namespace),
-            "spec": ingress_spec(settings, f"/{name}", "Prefix", name),
-        }
-    return nginx_ingress(name, namespace, access, settings)
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "Ingress",
+        "metadata": _metadata(name, namespace),
+        "spec": ingress_spec(settings, f"/{name}", "Prefix", name),
+    }
 
 
 def http_route(name: str, namespace: str, settings: Settings) -> Manifest:
@@ -344,23 +315,6 @@ def http_route(name: str, namespace: str, settings: Settings) -> Manifest:
     }
 
 
-def nginx_ingress(name: str, namespace: str, access: Access, settings: Settings) -> Manifest:
-    """Path ``/<name>(/|$)(.*)`` rewritten to ``/$2``; ``/<name>`` is redirected to ``/<name>/``
-    because cellxgene computes its API base from the page URL, which must end with a slash (the
-    controller must allow snippet annotations, as the PoC's did)."""
-    annotations = ingress_annotations(access, settings)
-    annotations["nginx.ingress.kubernetes.io/configuration-snippet"] = (
-        # Relative redirect: ingress-nginx drops a non-standard port from absolute ones.
-        f"absolute_redirect off; rewrite ^/{name}$ /{name}/ redirect;"
-    )
-    return {
-        "apiVersion": "networking.k8s.io/v1",
-        "kind": "Ingress",
-        "metadata": _metadata(name, namespace, annotations=annotations),
-        "spec": ingress_spec(settings, f"/{name}(/|$)(.*)", "ImplementationSpecific", name),
-    }
-
-
 def ingress_spec(settings: Settings, path: str, path_type: str, service_name: str) -> dict[str, Any]:
     """One host, one path, to a Service's port named http: every Ingress this project makes."""
     backend = {"service": {"name": service_name, "port": {"name": "http"}}}
@@ -380,29 +334,10 @@ def ingress_host(settings: Settings) -> str:
     return urlsplit(settings.base_url).hostname or settings.host_name
 
 
-def network_policy(name: str, namespace: str, settings: Settings, port: int = VIEWER_PORT) -> Manifest:
-    """Nobody skips the sign-in: with a sidecar, only its two ports are open (to everyone: the
-    sidecar is the check, and the operator reads its counters), which closes an embedded
-    client's own port; with ingress-nginx only the controller's namespace reaches the viewer's
-    port."""
-    if settings.signs_in_per_viewer:
-        return {
-            "apiVersion": "networking.k8s.io/v1",
-            "kind": "NetworkPolicy",
-            "metadata": _metadata(name, namespace),
-            "spec": {
-                "podSelector": {"matchLabels": {"instance": name}},
-                "policyTypes": ["Ingress"],
-                "ingress": [
-                    {
-                        "ports": [
-                            {"protocol": "TCP", "port": signin.SIGNIN_PORT},
-                            {"protocol": "TCP", "port": signin.SIGNIN_METRICS_PORT},
-                        ]
-                    }
-                ],
-            },
-        }
+def network_policy(name: str, namespace: str) -> Manifest:
+    """Only the sidecar's two ports are open (to everyone: the sidecar is the check, and the
+    operator reads its counters): this closes an embedded client's own port, which may listen on
+    every address, wherever the CNI enforces NetworkPolicies."""
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
@@ -412,14 +347,10 @@ def network_policy(name: str, namespace: str, settings: Settings, port: int = VI
             "policyTypes": ["Ingress"],
             "ingress": [
                 {
-                    "from": [
-                        {
-                            "namespaceSelector": {
-                                "matchLabels": {"kubernetes.io/metadata.name": settings.ingress_namespace}
-                            }
-                        }
-                    ],
-                    "ports": [{"protocol": "TCP", "port": port}],
+                    "ports": [
+                        {"protocol": "TCP", "port": signin.SIGNIN_PORT},
+                        {"protocol": "TCP", "port": signin.SIGNIN_METRICS_PORT},
+                    ]
                 }
             ],
         },
@@ -433,10 +364,10 @@ def children(
     viewer never runs, even briefly, reachable around the sign-in. (The embedded form's are
     built by :func:`cxg_on_k8s.plan.plan`.)"""
     return [
-        network_policy(name, namespace, settings),
+        network_policy(name, namespace),
         deployment(name, namespace, spec, settings, access),
-        service(name, namespace, target_port=service_target(settings)),
-        ingress(name, namespace, access, settings),
+        service(name, namespace),
+        route(name, namespace, settings),
     ]
 
 

@@ -6,12 +6,14 @@
 #                             cellxgene venv (the demo's dataset is generated with it) and the
 #                             container images (podman, FROM a debootstrapped stand-in base)
 #   scripts/setup.sh --all    plus what the full test suite needs: Debian's nginx and chromium,
-#                             Keycloak, oauth2-proxy, helm, hadolint and the browser test's npm
-#                             packages (by install-signin-deps.sh)
+#                             Keycloak, oauth2-proxy, helm, Traefik (the Gateway API and Ingress
+#                             edge), hadolint and the browser test's npm packages (by
+#                             install-signin-deps.sh)
 # The Go builds use both cores; everything that mostly waits on downloads (Debian packages, the
 # debootstrap base, pip in the cellxgene venv and in the images, Keycloak, npm) runs beside them.
 # Measured cold on 2 cores: the Go builds 19 min, the background steps 12 min, all hidden behind
 # the builds; the whole setup about 21 min instead of about 33 one after the other.
+# --all's Traefik adds about 10 min to the Go builds (612 s with empty Go caches, downloads included).
 # Caches: ~/.cache/cxg-on-k8s (binaries keyed by version, venvs, Keycloak, images), Go's and pip's caches.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -48,7 +50,7 @@ trap 'kill $background 2>/dev/null || true' EXIT
 
 step "building the control plane and the real node from Go modules (15-25 min the first time, seconds after)"
 if $all; then
-  devcluster/build.sh kubernetes etcd kwok kubelet coredns oauth2-proxy helm
+  devcluster/build.sh kubernetes etcd kwok kubelet coredns oauth2-proxy helm traefik
 else
   devcluster/build.sh kubernetes etcd kwok kubelet coredns
 fi

@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# Installs what tests/test_signin.py runs, idempotently; a second run only checks and takes seconds.
+# Installs what the sign-in tests run (tests/test_keycloak_setup.py, tests/test_signin_on_node.py),
+# idempotently; a second run only checks and takes seconds.
 #   - Keycloak 26.7.3 (Maven Central org.keycloak:keycloak-quarkus-dist zip), unpacked under
 #     ${XDG_CACHE_HOME:-~/.cache}/cxg-on-k8s/keycloak-26.7.3/ (a stamp marks a complete unpack);
-#   - oauth2-proxy v7.15.6, built from its Go module by devcluster/build.sh if the binary is absent;
+#   - oauth2-proxy v7.15.6 (the viewers' sign-in sidecar), built from its Go module by
+#     devcluster/build.sh if the binary is absent;
 #   - the browser test's npm packages (playwright-core, no browser download) by `npm ci`;
-#   - Debian packages, only those missing: nginx-light, chromium, chromium-driver, and
-#     libnginx-mod-http-set-misc, whose set_escape_uri gives nginx ingress-nginx's $escaped_request_uri.
+#   - Debian packages, only those missing: chromium, chromium-driver, unzip, iptables (the
+#     activity test makes one pod's sidecar unreachable with a rule of this host).
 # Installs mvn and node/npm from Debian when missing. Needs a JDK 21+ under /usr/lib/jvm (or
 # CXG_JAVA_HOME; scripts/find-jdk.sh) to run Keycloak.
 # Usage: scripts/install-signin-deps.sh [--no-go]   (--no-go: leave oauth2-proxy to a
@@ -21,7 +23,7 @@ KEYCLOAK_ZIP=$KEYCLOAK_DIR/keycloak-quarkus-dist-$KEYCLOAK_VERSION.zip
 KEYCLOAK_STAMP=$KEYCLOAK_DIR/.unpacked
 OAUTH2_PROXY=${CXG_BIN_DIR:-$CACHE/bin}/oauth2-proxy-v7.15.6
 
-packages=(nginx-light chromium chromium-driver libnginx-mod-http-set-misc unzip)
+packages=(chromium chromium-driver unzip iptables)
 command -v mvn >/dev/null || packages+=(maven)        # fetches the Keycloak zip from Maven Central
 command -v npm >/dev/null || packages+=(nodejs npm)   # the browser test's packages
 scripts/apt-install-missing.sh "${packages[@]}"

@@ -1,16 +1,14 @@
-"""The sign-in chain as real processes on 127.0.0.1: Keycloak -> oauth2-proxy -> nginx -> cellxgene.
+"""Keycloak for the sign-in tests, as a real process: its distribution, a realm with users, and
+the client ``cxg-k8s keycloak-setup`` makes.
 
-Loaded with ``pytest_plugins = ["tests.fixtures_signin"]``. Every server is the real program:
-Keycloak 26.7.3 from Maven Central in dev mode (in-memory database, fresh per session), the
-oauth2-proxy binary built from its Go module and started with exactly the arguments and
-environment the Deployment renders, Debian's nginx configured from the rendered Ingresses by
-``tests/nginx_conf.py``, and cellxgene 1.3.0 launched with the pod's command line on a generated
-.h5ad. The realm is prepared by ``cxg-k8s keycloak-setup`` itself.
+Loaded with ``pytest_plugins = ["tests.fixtures_signin"]``. Keycloak 26.7.3 from Maven Central runs
+in dev mode (in-memory database, fresh per session) on 127.0.0.1, or on the real node's address
+for tests whose pods must reach it (:func:`launch_keycloak`'s ``host``). The oauth2-proxy binary
+built from its Go module (:data:`OAUTH2_PROXY`) is what the viewers' sidecar image holds.
 
 Each server logs to a file; when a test that uses them fails, the last lines of every log are
 attached to its report. ``scripts/install-signin-deps.sh`` installs what these fixtures need.
 """
-
 from __future__ import annotations
 
 import base64
@@ -33,12 +31,8 @@ import pytest
 from cxg_devcluster.cluster import free_port
 from keycloak import KeycloakAdmin
 
-from cxg_on_k8s.api import access, model
 from cxg_on_k8s.cli.keycloak_setup import SetupReport, setup_keycloak
-from cxg_on_k8s.render import edge_signin, signin, viewer
-from cxg_on_k8s.render.plan import plan_instance
-from cxg_on_k8s.settings import OAUTH2_PROXY_NAME, Settings
-from tests import client_shapes, nginx_conf
+from cxg_on_k8s.settings import Settings
 from tests.conftest import REPO
 
 CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "cxg-on-k8s"
@@ -55,14 +49,7 @@ CELLS = 500  # cells in the test dataset; the browser test expects to see them a
 ADMIN_USER = "admin"
 
 # Fixtures whose tests get the servers' logs attached when they fail.
-SIGNIN_FIXTURES = {
-    "keycloak",
-    "signin_realm",
-    "signin_client",
-    "oauth2_proxy",
-    "signin_cellxgene",
-    "signin_edge",
-}
+SIGNIN_FIXTURES = {"keycloak", "signin_realm", "signin_client"}
 
 
 def progress(config: pytest.Config | None, message: str) -> None:
@@ -323,7 +310,6 @@ def signin_settings(keycloak: Keycloak) -> Settings:
         host_name=f"127.0.0.1:{free_port()}",
         keycloak_endpoint=keycloak.url,
         keycloak_realm="cellxgene",
-        oauth2_proxy_port=free_port(),
     )
 
 
@@ -370,7 +356,7 @@ def signin_client(keycloak: Keycloak, signin_realm: Realm, signin_settings: Sett
         "KEYCLOAK_ADMIN_PASSWORD": keycloak.admin_password,
         **signin_settings.as_env(),
     }
-    cluster.kubectl("create", "namespace", signin_settings.oauth2_proxy_namespace, check=False)
+    cluster.kubectl("create", "namespace", signin_settings.namespace, check=False)
     run = subprocess.run(
         [sys.executable, "-m", "cxg_on_k8s", "keycloak-setup", "--admin-user", keycloak.admin_user],
         env=env, capture_output=True, text=True, timeout=120,
@@ -383,7 +369,7 @@ def signin_client(keycloak: Keycloak, signin_realm: Realm, signin_settings: Sett
             verbs[verb].append(item)
     assert verbs["created"] and not verbs["unchanged"] and not verbs["updated"], run.stdout
     secret = json.loads(
-        cluster.kubectl("get", "secret", "-n", signin_settings.oauth2_proxy_namespace,
+        cluster.kubectl("get", "secret", "-n", signin_settings.namespace,
                         signin_settings.oauth2_proxy_client_secret, "-o", "json").stdout
     )["data"]  # fmt: skip
     return SetupReport(
@@ -393,220 +379,3 @@ def signin_client(keycloak: Keycloak, signin_realm: Realm, signin_settings: Sett
         base64.b64decode(secret["client-secret"]).decode(),
         created=tuple(verbs["created"]),
     )
-
-
-# --- oauth2-proxy --------------------------------------------------------------------------------
-
-
-def resolve_env(env: list[dict[str, Any]], secrets_: list[dict[str, Any]]) -> dict[str, str]:
-    """Fill the container's env from the rendered Secrets, as the kubelet does for secretKeyRef."""
-    data = {(s["metadata"]["name"], key): value for s in secrets_ for key, value in s["stringData"].items()}
-    out = {}
-    for var in env:
-        if "value" in var:
-            out[var["name"]] = var["value"]
-            continue
-        ref = var["valueFrom"]["secretKeyRef"]
-        assert (ref["name"], ref["key"]) in data, (
-            f"env {var['name']}: no Secret {ref['name']} with key {ref['key']}"
-        )
-        out[var["name"]] = data[ref["name"], ref["key"]]
-    return out
-
-
-def local_args(args: list[str], http_address: str, metrics_address: str) -> list[str]:
-    """The rendered args with the listen addresses moved from 0.0.0.0 (pod) to loopback ports."""
-    flags = {"--http-address": http_address, "--metrics-address": metrics_address}
-    out = []
-    for arg in args:
-        flag = arg.split("=", 1)[0]
-        if flag in flags:
-            out.append(f"{flag}={flags.pop(flag)}")
-        else:
-            out.append(arg)
-    assert not flags, f"oauth2_proxy_args no longer renders {sorted(flags)}: update tests/fixtures_signin.py"
-    return out
-
-
-@pytest.fixture(scope="session")
-def signin_cookie_secret() -> str:
-    """32 random bytes, URL-safe base64: what the deploy command generates."""
-    return secrets.token_urlsafe(32)
-
-
-@pytest.fixture(scope="session")
-def oauth2_proxy(
-    signin_settings: Settings,
-    signin_client: SetupReport,
-    signin_cookie_secret: str,
-    tmp_path_factory: pytest.TempPathFactory,
-    pytestconfig: pytest.Config,
-) -> Iterator[Server]:
-    """oauth2-proxy with the Deployment's arguments and environment: the args from
-    ``oauth2_proxy_args`` (only the listen addresses moved to loopback), the env from
-    ``oauth2_proxy_env`` filled from the rendered Secrets with the client keycloak-setup made."""
-    binary = require(OAUTH2_PROXY, "oauth2-proxy v7.15.6 (devcluster/build.sh oauth2-proxy)")
-    workdir = tmp_path_factory.mktemp("oauth2-proxy")
-    port, metrics_port = signin_settings.oauth2_proxy_port, free_port()
-    args = local_args(
-        edge_signin.oauth2_proxy_args(signin_settings), f"127.0.0.1:{port}", f"127.0.0.1:{metrics_port}"
-    )
-    env = resolve_env(
-        edge_signin.oauth2_proxy_env(signin_settings),
-        [
-            signin.client_secret(
-                signin_settings, signin_client.client_id, signin_client.client_secret
-            ),
-            edge_signin.oauth2_proxy_cookie_secret(signin_settings, signin_cookie_secret),
-        ],
-    )
-    clean_env = {k: v for k, v in os.environ.items() if not k.startswith("OAUTH2_PROXY_")}
-    server = start(
-        "oauth2-proxy",
-        f"http://127.0.0.1:{port}",
-        [str(binary), *args],
-        workdir / "oauth2-proxy.log",
-        env={**clean_env, **env},
-    )
-    try:
-        server.wait_until_answers("/ping", pytestconfig, timeout=60, ok=lambda s: s == 200)
-        yield server
-    finally:
-        server.stop()
-
-
-# --- cellxgene -----------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="session")
-def signin_cellxgene(
-    tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.Config
-) -> Iterator[Server]:
-    """cellxgene 1.3.0 started with the pod's command line (manifests.viewer_command), its port,
-    host and /data paths moved to loopback and a tmp dir, on a generated .h5ad."""
-    progress(pytestconfig, "preparing the cellxgene venv (scripts/cellxgene-venv.sh; minutes the first time)")
-    made = subprocess.run(
-        ["bash", str(REPO / "scripts" / "cellxgene-venv.sh")], capture_output=True, text=True, timeout=1800
-    )
-    assert made.returncode == 0, f"scripts/cellxgene-venv.sh failed:\n{made.stderr}"
-    venv = Path(made.stdout.strip().splitlines()[-1])
-    data = tmp_path_factory.mktemp("cellxgene-data")
-    dataset = data / Path(viewer.DATASET_FILE).name
-    subprocess.run(
-        [str(venv / "bin" / "python"), str(REPO / "scripts" / "make_h5ad.py"), str(dataset),
-         "--cells", str(CELLS), "--genes", "60"],
-        check=True,
-        timeout=600,
-    )  # fmt: skip
-    port = free_port()
-    spec = model.SingleUserInstanceSpec(
-        owner="owner@example.org", dataset="s3://cellxgene/datasets/pbmc.h5ad", title="Sign-in test"
-    )
-    command = []
-    for token in viewer.viewer_command(spec):
-        if token == "cellxgene":
-            token = str(venv / "bin" / "cellxgene")
-        elif token == str(viewer.VIEWER_PORT):
-            token = str(port)
-        elif token == "0.0.0.0":
-            token = "127.0.0.1"
-        elif token.startswith(viewer.DATA_DIR + "/"):
-            token = str(data / token[len(viewer.DATA_DIR) + 1 :])
-        command.append(token)
-    server = start("cellxgene", f"http://127.0.0.1:{port}", command, data / "cellxgene.log", cwd=data)
-    try:
-        server.wait_until_answers("/health", pytestconfig, timeout=180, ok=lambda s: s == 200)
-        yield server
-    finally:
-        server.stop()
-
-
-# --- nginx as ingress-nginx ----------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Instance:
-    name: str
-    spec: model.SingleUserInstanceSpec
-    url: str
-
-
-@dataclass(frozen=True)
-class Edge:
-    """The public side: nginx in front of everything, and the two instances it routes."""
-
-    base_url: str
-    settings: Settings
-    realm: Realm
-    keycloak_url: str
-    owner_only: Instance  # no allowedGroups: only realm.owner gets in
-    group: Instance  # allowedGroups [lab-a]: realm.member gets in
-    portal_shape: Instance  # embedded form as a data portal renders it, labelled user: <realm.owner's username>
-    cookie_secret: str  # oauth2-proxy's, to sign a session cookie with another age
-
-
-@pytest.fixture(scope="session")
-def signin_edge(
-    signin_settings: Settings,
-    signin_realm: Realm,
-    keycloak: Keycloak,
-    oauth2_proxy: Server,
-    signin_cookie_secret: str,
-    signin_cellxgene: Server,
-    tmp_path_factory: pytest.TempPathFactory,
-    pytestconfig: pytest.Config,
-) -> Iterator[Edge]:
-    """nginx configured by tests/nginx_conf.py from the Ingresses the operator would create."""
-    require(NGINX, "nginx (Debian nginx-light)")
-    settings = signin_settings
-    dataset = "s3://cellxgene/datasets/pbmc.h5ad"
-    # The portal may spell the owner's e-mail with capitals; Keycloak signs it in lower case.
-    owner, group = (
-        Instance(
-            name,
-            model.SingleUserInstanceSpec(owner=spelled, dataset=dataset, **extra),
-            viewer.instance_url(name, settings),
-        )
-        for name, spelled, extra in (
-            (viewer.new_instance_name(), signin_realm.owner.email.capitalize(), {}),
-            (viewer.new_instance_name(), signin_realm.owner.email.upper(), {"allowedGroups": [GROUP]}),
-        )
-    )
-    ingresses = [viewer.ingress(i.name, settings.namespace, access.resolve(i.spec, {}), settings) for i in (owner, group)]
-    # The portal's embedded form, through the operator's own code path: its Ingress names the
-    # owner by the user label alone (the client's auth-url names nobody).
-    portal_name = viewer.new_instance_name()
-    portal_body = client_shapes.portal_instance(portal_name, settings.namespace, signin_realm.owner.username, "pbmc.h5ad", settings)
-    portal_spec = model.SingleUserInstanceSpec.model_validate(portal_body["spec"])
-    portal_plan = plan_instance(portal_name, settings.namespace, portal_body["metadata"]["labels"], portal_spec, settings)
-    ingresses.append(portal_plan.children[3])
-    portal = Instance(portal_name, portal_spec, viewer.instance_url(portal_name, settings))
-    ingresses += [m for m in edge_signin.oauth2_proxy(settings) if m["kind"] == "Ingress"]
-    # Where the Services of those Ingresses really listen, and where the auth URL's host does.
-    backends = {(settings.namespace, i.name, "http"): signin_cellxgene.address for i in (owner, group, portal)}
-    backends[settings.oauth2_proxy_namespace, OAUTH2_PROXY_NAME, "http"] = oauth2_proxy.address
-    auth_host = (
-        f"{OAUTH2_PROXY_NAME}.{settings.oauth2_proxy_namespace}.svc.cluster.local:"
-        f"{settings.oauth2_proxy_port}"
-    )
-    workdir = tmp_path_factory.mktemp("nginx")
-    (workdir / "temp").mkdir()
-    conf = nginx_conf.render(
-        ingresses,
-        listen=settings.host_name,
-        backends=backends,
-        auth_hosts={auth_host: oauth2_proxy.address},
-        workdir=workdir,
-    )
-    conf_path = workdir / "nginx.conf"
-    conf_path.write_text(conf)
-    base = [str(NGINX), "-p", str(workdir), "-c", str(conf_path), "-e", str(workdir / "error.log")]
-    checked = subprocess.run([*base, "-t"], capture_output=True, text=True, timeout=30)
-    assert checked.returncode == 0, f"nginx -t rejected {conf_path}:\n{checked.stderr}\n{conf}"
-    server = start("nginx", settings.base_url, [*base, "-g", "daemon off;"], workdir / "nginx.log")
-    server.extra_logs += [workdir / "error.log", workdir / "access.log"]
-    try:
-        server.wait_until_answers("/", pytestconfig, timeout=30, ok=lambda s: s == 404)
-        yield Edge(settings.base_url, settings, signin_realm, keycloak.url, owner, group, portal, signin_cookie_secret)
-    finally:
-        server.stop()

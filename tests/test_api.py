@@ -44,7 +44,7 @@ def child_bodies(namespace: str, name: str) -> dict[str, dict[str, Any]]:
     return {
         "deployment": viewer.deployment(name, namespace, parsed, settings, access.resolve(parsed, {})),
         "service": viewer.service(name, namespace),
-        "ingress": viewer.ingress(name, namespace, access.resolve(parsed, {}), settings),
+        "ingress": viewer.route(name, namespace, settings),
     }
 
 
@@ -133,7 +133,7 @@ def test_children_are_created_read_listed_and_deleted(k8s: K8ApiHandler, namespa
     assert k8s.create_ingress(bodies["ingress"]).metadata.name == name
     assert k8s.read_deployment(name).spec.selector.match_labels == {"instance": name}
     assert k8s.read_service(name).spec.selector == {"instance": name}
-    assert k8s.read_ingress(name).spec.rules[0].http.paths[0].path == f"/{name}(/|$)(.*)"
+    assert k8s.read_ingress(name).spec.rules[0].http.paths[0].path == f"/{name}"
     assert [s.metadata.name for s in k8s.list_services().items] == [name]
     assert k8s.list_services("app=nothing").items == []
     # The Deployment's one pod (made by the controller-manager a moment later), listed by its label;

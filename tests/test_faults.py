@@ -161,7 +161,7 @@ def test_operator_sigkilled_three_times_during_100_creates(k8s: K8ApiHandler, cl
 
 def test_flapping_metrics_cull_nobody_wrongly(cluster: DevCluster, k8s: K8ApiHandler, start_operator: StartOperator) -> None:
     with metrics_server() as metrics:
-        operator = start_operator(metrics_url=metrics.url, tick=1)
+        operator = start_operator(activity="ingress-nginx", metrics_url=metrics.url, tick=1)
         busy = instance_body(k8s.namespace, idleTimeout=3, unvisitedTimeout=0)  # used throughout
         late = instance_body(k8s.namespace, idleTimeout=0, unvisitedTimeout=4)  # first visit during the outage
         never = instance_body(k8s.namespace, idleTimeout=0, unvisitedTimeout=4)  # the control: never visited
@@ -222,7 +222,7 @@ def test_hundreds_of_expired_instances_are_all_culled_each_with_its_reason(
     ``bench/culling.py --expiries 1000`` prints it. The wait below only ends a broken run."""
     tick, rate, n, lifespan = 40.0, 50.0, 300, 60
     with metrics_server() as metrics:  # answers, with no visits: no ActivityUnknown Event storm
-        start_operator(tick=tick, delete_rate=rate, metrics_url=metrics.url)
+        start_operator(tick=tick, delete_rate=rate, activity="ingress-nginx", metrics_url=metrics.url)
         deletions = DeletionWatch(k8s)
         try:
             names = create_all(cluster.kubeconfig, [instance_body(k8s.namespace, lifespan=lifespan) for _ in range(n)], 16)

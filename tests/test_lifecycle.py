@@ -133,7 +133,7 @@ def test_a_viewer_visited_then_left_is_culled_as_idle(
     namespace: str, k8s: K8ApiHandler, start_operator: Any, metrics: MetricsServer,
     instance_watch: InstanceWatch,
 ) -> None:  # fmt: skip
-    start_operator(metrics_url=metrics.url, tick=1)
+    start_operator(activity="ingress-nginx", metrics_url=metrics.url, tick=1)
     name = create_instance(k8s, idleTimeout=3, unvisitedTimeout=60)
     wait_ready(k8s, name)
 
@@ -160,7 +160,7 @@ def test_a_viewer_in_use_outlives_its_idle_timeout(
     namespace: str, k8s: K8ApiHandler, start_operator: Any, metrics: MetricsServer,
     instance_watch: InstanceWatch,
 ) -> None:  # fmt: skip
-    start_operator(metrics_url=metrics.url, tick=1)
+    start_operator(activity="ingress-nginx", metrics_url=metrics.url, tick=1)
     name = create_instance(k8s, idleTimeout=3, unvisitedTimeout=60)
     wait_ready(k8s, name)
 
@@ -184,7 +184,7 @@ def test_a_viewer_never_visited_is_culled_after_the_unvisited_timeout_from_ready
     namespace: str, k8s: K8ApiHandler, start_operator: Any, metrics: MetricsServer,
     instance_watch: InstanceWatch,
 ) -> None:  # fmt: skip
-    start_operator(metrics_url=metrics.url, tick=1)
+    start_operator(activity="ingress-nginx", metrics_url=metrics.url, tick=1)
     name = create_instance(k8s, idleTimeout=60, unvisitedTimeout=3)
     # Still fetching its dataset: its pod can never be scheduled, so it never becomes Ready.
     starting = f"cellxgene-{uuid.uuid4()}"
@@ -266,7 +266,7 @@ def test_a_metrics_outage_pauses_idle_and_unvisited_culling_but_not_the_lifespan
 ) -> None:  # fmt: skip
     """The one long test: it waits out the 60 s minimum lifespan while the metrics are broken."""
     metrics_port = free_port()
-    operator = start_operator(metrics_url=metrics.url, tick=1, operator_metrics_port=metrics_port)
+    operator = start_operator(activity="ingress-nginx", metrics_url=metrics.url, tick=1, operator_metrics_port=metrics_port)
     visited = create_instance(k8s, idleTimeout=2, unvisitedTimeout=60)
     wait_ready(k8s, visited)
     metrics.visit(namespace, visited)
@@ -384,7 +384,7 @@ def test_replicas_behind_an_endpointslice_are_added_up(
 def test_an_operator_restart_keeps_last_activity(
     namespace: str, k8s: K8ApiHandler, start_operator: Any, metrics: MetricsServer
 ) -> None:
-    first = start_operator(metrics_url=metrics.url, tick=1)
+    first = start_operator(activity="ingress-nginx", metrics_url=metrics.url, tick=1)
     used = create_instance(k8s, idleTimeout=120, unvisitedTimeout=120)
     unvisited = create_instance(k8s, idleTimeout=120, unvisitedTimeout=120)
     wait_ready(k8s, used)
@@ -397,7 +397,7 @@ def test_an_operator_restart_keeps_last_activity(
     # reset or an advance of lastActivity would show in its whole seconds.
     metrics.visit(namespace, unvisited, 2)
     time.sleep(2)
-    second = start_operator(metrics_url=metrics.url, tick=1)
+    second = start_operator(activity="ingress-nginx", metrics_url=metrics.url, tick=1)
     wait_for(lambda: second.text().count(f"{namespace}/{used} kept:") >= 4, 30, "four passes of the new operator")
     assert status(k8s, used)["lastActivity"] == last_activity
     # The visit made while it was down is news for the viewer that had none recorded.
@@ -415,7 +415,7 @@ def test_a_culling_pass_with_a_fake_clock(namespace: str, k8s: K8ApiHandler, met
     """Culler.cull_once(now=...) against the real API server and a real metrics endpoint: hours
     pass in no time, and the messages carry exact ages. No operator process: the test plays the
     watch (the instance cache) and the pod handler (status.readyAt)."""
-    settings = Settings(namespace=namespace, metrics_service="", metrics_url=metrics.url, tick=1)
+    settings = Settings(namespace=namespace, activity="ingress-nginx", metrics_service="", metrics_url=metrics.url, tick=1)
     used = create_instance(k8s, lifespan=3600, idleTimeout=300, unvisitedTimeout=120)
     unvisited = create_instance(k8s, lifespan=3600, idleTimeout=300, unvisitedTimeout=120)
     short = create_instance(k8s, lifespan=60, idleTimeout=300, unvisitedTimeout=120)

@@ -35,7 +35,7 @@ from cxg_on_k8s.settings import Settings
 from tests import client_shapes, service_accounts
 from tests.conftest import REPO, StartOperator, wait_for
 from tests.instances import CHILD_KINDS, DATASET, OWNER, create, get_or_none, instance_body, list_children, wait_phase
-from tests.poc_form import POC_AUTH_URL, poc_manifests, set_path
+from tests.poc_form import POC_AUTH_ENDPOINT, POC_AUTH_URL, poc_manifests, set_path
 from tests.service_accounts import can_i
 
 # --- helpers ---------------------------------------------------------------------------------------
@@ -605,7 +605,7 @@ def test_cli_deploy_list_describe_delete(
 ) -> None:
     start_operator()
     name = viewer.new_instance_name()
-    deployed = cli("deploy", "--owner", OWNER, "--dataset", DATASET, "--name", name, "--no-with-oauth2-proxy",
+    deployed = cli("deploy", "--owner", OWNER, "--dataset", DATASET, "--name", name,
                    "--timeout", "60")  # fmt: skip
     assert deployed.returncode == 0, deployed.stderr
     assert deployed.stdout.strip().splitlines()[-1] == f"http://cxg.localtest/{name}/"
@@ -634,7 +634,7 @@ def test_cli_deploy_list_describe_delete(
 def test_cli_deploy_with_a_bad_dataset_exits_2_and_names_the_field(
     cli: Callable[..., subprocess.CompletedProcess[str]], k8s: K8ApiHandler
 ) -> None:
-    result = cli("deploy", "--owner", OWNER, "--dataset", "ftp://x", "--no-with-oauth2-proxy", "--timeout", "5")
+    result = cli("deploy", "--owner", OWNER, "--dataset", "ftp://x", "--timeout", "5")
     assert result.returncode == 2
     assert "spec.dataset" in result.stderr
     assert k8s.list_instances() == []
@@ -645,11 +645,11 @@ def test_cli_deploy_shares_with_groups_and_refuses_a_comma(
 ) -> None:
     name = viewer.new_instance_name()
     shared = cli("deploy", "--owner", OWNER, "--dataset", DATASET, "--name", name, "--allowed-group", "lab-a",
-                 "--allowed-group", "lab-b", "--no-with-oauth2-proxy", "--no-wait")  # fmt: skip
+                 "--allowed-group", "lab-b", "--no-wait")  # fmt: skip
     assert shared.returncode == 0, shared.stderr
     assert k8s.get_instance(name)["spec"]["allowedGroups"] == ["lab-a", "lab-b"]
     refused = cli("deploy", "--owner", OWNER, "--dataset", DATASET, "--allowed-group", "lab-a,admins",
-                  "--no-with-oauth2-proxy", "--no-wait")  # fmt: skip
+                  "--no-wait")  # fmt: skip
     assert refused.returncode == 2
     assert "spec.allowedGroups[0] = 'lab-a,admins'" in refused.stderr and "^[^,]+$" in refused.stderr
     assert [i["metadata"]["name"] for i in k8s.list_instances()] == [name]
@@ -759,7 +759,7 @@ INVALID = [
     ("unbounded memory", False, {f"{CONTAINER}.resources": {"limits": {"memory": "1Ti"}}}, "operator",
      [f"{POD}.containers[0].resources.limits.memory 1Ti exceeds the maximum"]),
     ("an auth-url naming nobody", False,
-     {"ingress.metadata.annotations": {"nginx.ingress.kubernetes.io/auth-url": f"{Settings().oauth2_proxy_auth_endpoint}?allowed_emails=,"}},
+     {"ingress.metadata.annotations": {"nginx.ingress.kubernetes.io/auth-url": f"{POC_AUTH_ENDPOINT}?allowed_emails=,"}},
      "operator", ["names nobody", "CXG_REQUIRE_OWNER=false"]),
     ("the instance named oauth2", False, {"name": "oauth2"}, "api", ["metadata.name", "oauth2"]),
 ]  # fmt: skip

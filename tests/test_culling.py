@@ -1,19 +1,31 @@
-"""The culling decision, with the clock passed in: each case reads as a user's situation."""
+"""The culling decision, with the clock passed in: each case reads as a user's situation. Then the
+pass over the viewer pods' sign-in sidecars (real oauth2-proxy processes, the real API server):
+an instance whose pod cannot be read is not culled as idle, while the others are decided."""
 
 from __future__ import annotations
 
 import asyncio
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
+import kubernetes.client
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cxg_on_k8s.culling import culler
-from cxg_on_k8s.culling.culler import RateLimiter, instance_times
+from cxg_on_k8s.culling import culler, pod_activity
+from cxg_on_k8s.culling.activity import MetricsSource
+from cxg_on_k8s.culling.culler import Culler, RateLimiter, instance_times
 from cxg_on_k8s.culling.decision import CullReason, Decision, InstanceTimes, decide, expires_at, format_age
+from cxg_on_k8s.culling.pod_activity import PodActivitySource, pod_targets
+from cxg_on_k8s.k8s.client import K8ApiHandler, parse_time, rfc3339
+from cxg_on_k8s.render.signin import SIGNIN_CONTAINER, SIGNIN_METRICS_PATH, SIGNIN_METRICS_PORT
 from cxg_on_k8s.settings import Settings
+from tests.conftest import wait_for
+from tests.instances import create, get_or_none, instance_body
+from tests.test_activity import Sidecar
 
 NOW = datetime(2024, 5, 17, 12, 0, 0, tzinfo=timezone.utc)
 MINUTE, HOUR, DAY = 60, 3600, 86400
@@ -352,3 +364,127 @@ def test_the_delete_rate_spaces_deletions_evenly_and_saves_up_no_burst(monkeypat
     # so no window of a second holds more than rate tokens (+1 for its closed ends)
     times = burst + after
     assert max(sum(1 for u in times if t <= u < t + 1.0) for t in times) == 5
+
+
+# --- the pass over the viewer pods' sidecars (edge ingress or gateway) ----------------------------
+
+
+@pytest.mark.parametrize("settings", [Settings(), Settings(edge="gateway")], ids=["default", "gateway"])
+def test_the_culler_reads_the_sidecars_when_each_viewer_signs_in(settings: Settings) -> None:
+    handler = K8ApiHandler(client=kubernetes.client.ApiClient(), namespace="cellxgene")
+    expected = PodActivitySource if settings.signs_in_per_viewer else MetricsSource
+    assert isinstance(Culler(settings, handler, {}).source, expected)
+
+
+def bare_pod(name: str, instance: str, sidecar: bool) -> dict[str, Any]:
+    """A pod as the viewer's Deployment labels it, with or without the sign-in container (kwok
+    runs whatever it is given: the images are never pulled)."""
+    containers = [{"name": "cellxgene", "image": "cellxgene:test"}]
+    if sidecar:
+        containers.append({"name": SIGNIN_CONTAINER, "image": "oauth2-proxy:test"})
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "labels": {"app": "cellxgene", "instance": instance}},
+        "spec": {"containers": containers},
+    }
+
+
+@pytest.mark.cluster
+def test_the_viewer_pods_are_listed_from_the_api_server(
+    namespace: str, k8s: K8ApiHandler, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(pod_activity, "LIST_PAGE", 2)  # two pages for the four viewer pods
+    pods = [("x-1", "cellxgene-x", True), ("x-2", "cellxgene-x", True), ("w-1", "cellxgene-w", True),
+            ("y-1", "cellxgene-y", False)]  # fmt: skip
+    for name, instance, sidecar in pods:
+        k8s.core.create_namespaced_pod(namespace, bare_pod(name, instance, sidecar))
+    other = bare_pod("z-1", "cellxgene-z", True)
+    other["metadata"]["labels"]["app"] = "something-else"
+    k8s.core.create_namespaced_pod(namespace, other)
+
+    def address(name: str) -> str | None:
+        pod = k8s.core.read_namespaced_pod(name, namespace)
+        return pod.status.pod_ip if pod.status.phase == "Running" else None
+
+    ips = {name: wait_for(lambda n=name: address(n), 60, f"pod {name} Running") for name in ("x-1", "x-2", "w-1", "y-1", "z-1")}
+    url = f"http://{{}}:{SIGNIN_METRICS_PORT}{SIGNIN_METRICS_PATH}"
+    assert sorted(pod_targets(k8s, namespace)()) == sorted([
+        ((namespace, "cellxgene-x"), url.format(ips["x-1"])),
+        ((namespace, "cellxgene-x"), url.format(ips["x-2"])),
+        ((namespace, "cellxgene-w"), url.format(ips["w-1"])),
+    ])  # fmt: skip
+
+
+def ready_instance(k8s: K8ApiHandler, namespace: str) -> str:
+    """A Ready instance (the test plays the pod handler) that has a sidecar of its own below."""
+    name = create(k8s, instance_body(namespace, lifespan=3600, idleTimeout=300, unvisitedTimeout=120))
+    created = k8s.get_instance(name)["metadata"]["creationTimestamp"]
+    k8s.patch_instance_status(name, {"phase": "Ready", "readyAt": created})
+    return name
+
+
+@pytest.mark.cluster
+def test_an_unreadable_viewer_is_not_culled_as_idle_while_a_readable_idle_one_is(
+    namespace: str, k8s: K8ApiHandler, tmp_path: Path
+) -> None:
+    """Culler.cull_once(now=...) with a fake clock, real sidecars and the real API server: the
+    owner works on three viewers, then leaves; one sidecar stops answering meanwhile."""
+    idle, unread, used = (ready_instance(k8s, namespace) for _ in range(3))
+    sidecars = {}
+    for name in (idle, unread, used):
+        (tmp_path / name).mkdir()
+        sidecars[name] = Sidecar(name, tmp_path / name).start()
+    created = max(parse_time(k8s.get_instance(n)["metadata"]["creationTimestamp"]) for n in sidecars)  # type: ignore[type-var]
+    t0 = created + timedelta(seconds=10)
+    settings = Settings(namespace=namespace, edge="gateway", tick=1)
+    targets = [((namespace, name), sidecar.metrics_url) for name, sidecar in sidecars.items()]
+
+    def cache() -> dict[tuple[str, str], dict[str, Any]]:
+        return {(namespace, i["metadata"]["name"]): i for i in k8s.list_instances()}
+
+    def at(seconds: float) -> datetime:
+        return t0 + timedelta(seconds=seconds)
+
+    def last_activity(name: str) -> str | None:
+        return k8s.get_instance(name).get("status", {}).get("lastActivity")
+
+    async def scenario() -> None:
+        pass_ = Culler(settings, k8s, cache(), PodActivitySource(lambda: targets, timeout=2, concurrency=4))
+        for sidecar in sidecars.values():
+            sidecar.owner_works()
+        assert await pass_.cull_once(now=at(0)) == []
+        assert {last_activity(n) for n in sidecars} == {rfc3339(at(0))}
+
+        sidecars[unread].stop()  # its pod stops answering: unknown, tick after tick
+        sidecars[idle].outsiders_knock()  # refusals and sign-in redirects are nobody working
+        sidecars[used].owner_works()
+        assert await pass_.cull_once(now=at(200)) == []
+        assert last_activity(used) == rfc3339(at(200))
+        assert last_activity(idle) == last_activity(unread) == rfc3339(at(0))
+
+        culled = await pass_.cull_once(now=at(301))
+        assert [(n, d.message) for n, d in culled] == [(f"{namespace}/{idle}", "idle for 5m01s > idle timeout 5m00s")]
+        assert get_or_none(k8s, unread) is not None and get_or_none(k8s, used) is not None
+
+        # Back, restarted: its counters start over at 0, and its owner did not come back.
+        sidecars[unread].start()
+        culled = await pass_.cull_once(now=at(302))
+        assert [(n, d.message) for n, d in culled] == [(f"{namespace}/{unread}", "idle for 5m02s > idle timeout 5m00s")]
+
+        # Every sidecar silent (say, a NetworkPolicy keeps the operator out): nobody is culled
+        # as idle, although the last one left is past its idle timeout by now.
+        for sidecar in sidecars.values():
+            sidecar.stop()
+        assert await pass_.cull_once(now=at(600)) == []
+        assert pass_.metrics_failing
+        assert any(e.reason == "ActivityUnknown" for e in k8s.list_events(used))
+        await pass_.stop()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        for sidecar in sidecars.values():
+            sidecar.stop()
+    assert get_or_none(k8s, used) is not None
+    assert [e.reason for e in k8s.list_events(idle) if e.reason == "Culled"] == ["Culled"]

@@ -6,6 +6,11 @@ N requests to the controller). Here one :class:`MetricsSource` scrape per tick y
 "these Ingresses were used since the last tick". The culling decision lives in ``culling``; this
 module only says who was active, or raises :class:`MetricsError` when it cannot tell.
 
+When the viewers sign their users in themselves, each pod counts its own answers (its sidecar), read by
+``culling.pod_activity`` into the same :data:`Snapshot`, per pod (``Counters.by_pod``), and with a
+:class:`Reading` that also names the instances whose pods could not be read this tick: those are
+"unknown", kept out of the idle and never-visited rules one by one, while the others are decided.
+
 Signals, both per ``(namespace, ingress)``:
 
 * ``nginx_ingress_controller_requests`` summed over series whose ``status`` is 2xx or 304 (or
@@ -21,7 +26,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 import requests
@@ -51,19 +56,39 @@ class MetricsError(RuntimeError):
 
 @dataclass(frozen=True)
 class Counters:
-    """Cumulative per-Ingress counts; only their growth between scrapes means anything."""
+    """Cumulative per-Ingress counts; only their growth between scrapes means anything.
+
+    ``by_pod`` is set by sources whose counters live in the instance's own pods: the owner's
+    answers of each pod, by the URL it was read at, with ``requests`` their sum. One process
+    counts each of them, so unlike a sum over controller replicas a lower value means that very
+    process started over (see :class:`ActivityTracker`).
+    """
 
     requests: float = 0.0
     upstream_latency_count: float = 0.0
+    by_pod: tuple[tuple[str, float], ...] = ()
 
     def __add__(self, other: Counters) -> Counters:
         return Counters(
             self.requests + other.requests,
             self.upstream_latency_count + other.upstream_latency_count,
+            self.by_pod + other.by_pod,
         )
 
 
 Snapshot = dict[IngressKey, Counters]
+
+
+@dataclass(frozen=True)
+class Reading:
+    """One tick's activity: the counters read, and the instances that could not be read.
+
+    An instance in ``unknown`` (with the reason, for the log) is neither active nor idle this
+    tick: one unreadable pod must not get its viewer culled, nor stop the others being decided.
+    """
+
+    counters: Snapshot
+    unknown: Mapping[IngressKey, str] = field(default_factory=dict)
 
 
 @runtime_checkable
@@ -72,6 +97,19 @@ class ActivitySource(Protocol):
 
     def scrape(self) -> Snapshot:
         """All Ingresses' counters now; raises MetricsError when they cannot be read."""
+        ...
+
+
+@runtime_checkable
+class AsyncActivitySource(Protocol):
+    """A source read on the event loop itself, which may leave some instances unknown."""
+
+    async def read(self) -> Reading:
+        """Every instance's counters now, or why not; MetricsError when nothing could be read."""
+        ...
+
+    def close(self) -> None:
+        """Let go of what the reads keep between ticks (connections)."""
         ...
 
 
@@ -98,7 +136,7 @@ def parse_metrics(text: str) -> Snapshot:
             seen_controller |= family.name.startswith(CONTROLLER_PREFIX)
             for sample in family.samples:
                 if sample.name in REQUESTS_SAMPLES:
-                    owner = _owner_status(sample.labels.get("status", ""))
+                    owner = is_owner_status(sample.labels.get("status", ""))
                     _add(snapshot, sample.labels, requests=sample.value if owner else 0.0)
                 elif sample.name == LATENCY_COUNT_SAMPLE:
                     _add(snapshot, sample.labels, upstream_latency_count=sample.value)
@@ -127,11 +165,14 @@ def _without_buckets(text: str) -> str:
     return "\n".join(kept) + "\n"
 
 
-def _owner_status(status: str) -> bool:
+def is_owner_status(status: str) -> bool:
+    """2xx (or the class ``2xx``) and 304: answers that only someone let in gets (module docstring)."""
     return status in OWNER_STATUSES or (len(status) == 3 and status[0] == "2" and status.isdigit())
 
 
-def _add(snapshot: Snapshot, labels: Mapping[str, str], **counts: float) -> None:
+def _add(
+    snapshot: Snapshot, labels: Mapping[str, str], requests: float = 0.0, upstream_latency_count: float = 0.0
+) -> None:
     """Add one series to its Ingress's counters; series of no Ingress are skipped.
 
     Requests that matched no Ingress (the default backend) carry empty labels and concern no
@@ -140,11 +181,11 @@ def _add(snapshot: Snapshot, labels: Mapping[str, str], **counts: float) -> None
     namespace, ingress = labels.get("namespace", ""), labels.get("ingress", "")
     if not namespace or not ingress:
         return
-    for value in counts.values():
+    for value in (requests, upstream_latency_count):
         if not math.isfinite(value) or value < 0:
             raise MetricsError(f"counter for ingress {namespace}/{ingress} has impossible value {value}")
     key = (namespace, ingress)
-    snapshot[key] = snapshot.get(key, Counters()) + Counters(**counts)
+    snapshot[key] = snapshot.get(key, Counters()) + Counters(requests, upstream_latency_count)
 
 
 class MetricsSource:
@@ -263,14 +304,15 @@ def _slice_port(endpoint_slice: V1EndpointSlice, wanted: str | int) -> int | Non
 class ActivityTracker:
     """Turns successive snapshots into "used since the last scrape"; no Kubernetes calls here.
 
-    Feed it only snapshots that were read in full (after a MetricsError, skip the tick): a
-    baseline taken from a partial read would make the next full one look like activity.
+    Feed it only snapshots that were read in full (after a MetricsError, skip the tick), or
+    name what was not read in ``unknown``: a baseline taken from a partial read would make the
+    next full one look like activity.
     """
 
     def __init__(self) -> None:
         self._previous: Snapshot = {}
 
-    def update(self, snapshot: Snapshot) -> set[IngressKey]:
+    def update(self, snapshot: Snapshot, unknown: Iterable[IngressKey] = ()) -> set[IngressKey]:
         """The Ingresses whose requests or upstream count grew since the previous snapshot.
 
         * Any counter lower than before: a controller replica restarted (or left) and its
@@ -283,13 +325,27 @@ class ActivityTracker:
           timeout and never culls anyone by mistake.
         * Ingresses missing from the snapshot are forgotten: deleted instances, or series
           removed with their Ingress, must not pin memory or baselines.
+        * Counts per pod (``by_pod``): a pod is active when its count is above 0 and differs
+          from the one before. Higher: it was used. Lower: that pod's sidecar started over (a
+          new container, or a new pod at a reused address) after the previous read, so every
+          answer it counts came since, and they are the owner's. A pod first seen (the
+          instance's replacement pod) is the same case from 0. At worst a restarted pod that
+          happens to count exactly as many as its predecessor misses one tick.
+        * ``unknown`` keys (not read this tick) keep their previous baseline and are not
+          active: the next read is compared with the last one that worked, so a pod that
+          could not be read for a while neither looks used nor loses what it had counted.
         """
-        active = {key for key, now in snapshot.items() if _grew(self._previous.get(key), now)}
-        self._previous = dict(snapshot)
+        held = set(unknown)
+        active = {key for key, now in snapshot.items() if key not in held and _grew(self._previous.get(key), now)}
+        kept = {key: self._previous[key] for key in held if key in self._previous}
+        self._previous = {**{key: now for key, now in snapshot.items() if key not in held}, **kept}
         return active
 
 
 def _grew(before: Counters | None, now: Counters) -> bool:
+    if now.by_pod:
+        seen = dict(before.by_pod) if before is not None else {}
+        return any(count > 0 and count != seen.get(pod) for pod, count in now.by_pod)
     if before is None:
         return now.requests > 0 or now.upstream_latency_count > 0
     pairs = (

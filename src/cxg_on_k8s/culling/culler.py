@@ -4,6 +4,12 @@ The loop only gathers facts and enforces verdicts; the verdict itself is
 :func:`cxg_on_k8s.culling.decide`. Activity is recorded in ``status.lastActivity`` so that an
 operator restart resets nobody's idle clock. API calls are bounded (a semaphore) and deletions
 rate-limited, so a thousand expiries at once do not flood the API server.
+
+Activity comes from ingress-nginx's metrics page, or, when every viewer signs its users in
+itself (``Settings.signs_in_per_viewer``), from each viewer pod's sidecar. A failed scrape leaves
+every instance's activity unknown; the pods' reading can also leave single instances unknown.
+Either way an unknown instance is decided with ``activity_reliable=False``: never culled as idle
+or unvisited that tick, its lifespan still enforced.
 """
 
 from __future__ import annotations
@@ -14,25 +20,29 @@ import datetime as dt
 import functools
 import logging
 import time
-from collections.abc import Callable, MutableMapping
+from collections.abc import Callable, Mapping, MutableMapping
 from typing import Any
 
 from cxg_on_k8s.api import model
 from cxg_on_k8s.culling.activity import (
     ActivitySource,
     ActivityTracker,
+    AsyncActivitySource,
     IngressKey,
     MetricsError,
     MetricsSource,
+    Reading,
     endpointslice_urls,
 )
 from cxg_on_k8s.culling.decision import Decision, InstanceTimes, decide
+from cxg_on_k8s.culling.pod_activity import PodActivitySource, pod_targets
 from cxg_on_k8s.k8s.client import ApiError, K8ApiHandler, parse_time, rfc3339, utcnow
 from cxg_on_k8s.settings import Settings
 
 log = logging.getLogger("cxg_on_k8s.culler")
 Instances = MutableMapping[tuple[str, str], dict[str, Any]]
 API_CONCURRENCY = 8
+UNKNOWN_SHOWN = 3  # instances named in the tick's "activity unknown" line; the rest are counted
 
 
 def instance_times(body: dict[str, Any], settings: Settings) -> InstanceTimes:
@@ -98,7 +108,7 @@ class Culler:
         settings: Settings,
         handler: K8ApiHandler,
         instances: Instances,
-        source: ActivitySource | None = None,
+        source: ActivitySource | AsyncActivitySource | None = None,
         standby: Callable[[], str | None] | None = None,
     ) -> None:
         self.settings = settings
@@ -108,7 +118,11 @@ class Culler:
         self.standing_by: str | None = None
         self.api = handler
         self.instances = instances
-        self.source = source or MetricsSource(metrics_urls_provider(settings, handler), settings.metrics_timeout)
+        # Threads of its own: behind a burst of creations in the shared executor, culling (and
+        # the liveness it reports) would wait for minutes. One more than the API slots: the scrape
+        # (or the pods' listing).
+        self._threads = concurrent.futures.ThreadPoolExecutor(API_CONCURRENCY + 1, thread_name_prefix="culler")
+        self.source = source or self._default_source(settings, handler)
         self.tracker = ActivityTracker()
         # Instances that were in the cache at the last good scrape: only their counters have a
         # baseline taken by this process. For the others, counts seen now may predate a restart.
@@ -121,11 +135,19 @@ class Culler:
         self.last_pass: str | None = None
         self._task: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
-        # Threads of its own: behind a burst of creations in the shared executor, culling (and
-        # the liveness it reports) would wait for minutes. One more than the API slots: the scrape.
-        self._threads = concurrent.futures.ThreadPoolExecutor(API_CONCURRENCY + 1, thread_name_prefix="culler")
         self._api_slots = asyncio.Semaphore(API_CONCURRENCY)
         self._deletes = RateLimiter(settings.delete_rate)
+
+    def _default_source(self, settings: Settings, handler: K8ApiHandler) -> ActivitySource | AsyncActivitySource:
+        """The viewer pods' sidecars when they sign users in, else ingress-nginx's metrics."""
+        if settings.signs_in_per_viewer:
+            return PodActivitySource(
+                pod_targets(handler, settings.namespace),
+                settings.metrics_timeout,
+                settings.activity_concurrency,
+                run=self._call,
+            )
+        return MetricsSource(metrics_urls_provider(settings, handler), settings.metrics_timeout)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="culler")
@@ -134,6 +156,8 @@ class Culler:
         self._stop.set()
         if self._task:
             await self._task
+        if isinstance(self.source, AsyncActivitySource):
+            self.source.close()
         self._threads.shutdown(wait=False)
 
     async def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
@@ -167,17 +191,24 @@ class Culler:
             self.standing_by = reason
         return bool(reason)
 
-    async def _scrape(self) -> tuple[bool, set[IngressKey]]:
-        """(reliable, active ingresses). A failure is 'unknown', never 'nobody came'."""
+    async def _read(self) -> Reading:
+        """This tick's reading: an async source reads on the loop, a blocking one in a thread."""
+        if isinstance(self.source, AsyncActivitySource):
+            return await self.source.read()
+        return Reading(await self._call(self.source.scrape))
+
+    async def _scrape(self) -> tuple[bool, set[IngressKey], Mapping[IngressKey, str]]:
+        """(reliable, active ingresses, unknown ones with why). A failure is 'unknown', never
+        'nobody came': of everyone when the scrape fails, else of the instances in the third."""
         try:
-            snapshot = await self._call(self.source.scrape)
+            reading = await self._read()
         except Exception as exc:  # MetricsError, or any other source's failure: both are "unknown"
             if not isinstance(exc, MetricsError):
                 log.exception("activity source %r failed unexpectedly", self.source)
             log.warning("activity unknown this tick, no idle or never-visited culls: %s", exc)
             self.metrics_failing = True
             await self._warn_unwarned("ActivityUnknown", f"activity scrape failed, idle culling paused: {exc}")
-            return False, set()
+            return False, set(), {}
         if self.metrics_failing:
             log.info("activity scrape works again")
         self.metrics_failing = False
@@ -185,20 +216,27 @@ class Culler:
         # Baselines only for instances the cache knows: counts of one that the watch has not
         # delivered yet (just after a start) must still read as news once it arrives.
         cached = set(self.instances)
-        active = self.tracker.update({key: c for key, c in snapshot.items() if key in cached})
+        unknown = {key: why for key, why in reading.unknown.items() if key in cached}
+        if unknown:
+            shown = "; ".join(f"{key[0]}/{key[1]}: {why}" for key, why in list(unknown.items())[:UNKNOWN_SHOWN])
+            more = f" (and {len(unknown) - UNKNOWN_SHOWN} more)" if len(unknown) > UNKNOWN_SHOWN else ""
+            log.warning("activity unknown this tick for %d instances (no idle culls): %s%s", len(unknown), shown, more)
+        counts = {key: c for key, c in reading.counters.items() if key in cached}
+        active = self.tracker.update(counts, unknown)
         # Counts without a baseline of this process (first scrape after a start) say someone came
         # at some time, which is news only for instances never seen visited: a restart must not
         # advance lastActivity.
         active = {key for key in active if key in self._baselined or not self._status(key).get("lastActivity")}
-        self._baselined = cached
-        return True, active
+        # An unknown instance keeps the standing it had: unread, it took no baseline this tick.
+        self._baselined = {key for key in cached if key not in unknown or key in self._baselined}
+        return True, active, unknown
 
     def _status(self, key: tuple[str, str]) -> dict[str, Any]:
         return self.instances.get(key, {}).get("status", {})
 
     async def cull_once(self, now: dt.datetime | None = None) -> list[tuple[str, Decision]]:
         """One pass over every known instance; returns the deletions it made."""
-        reliable, active = await self._scrape()
+        reliable, active, unknown = await self._scrape()
         now = now or utcnow()
         deleted: list[tuple[str, Decision]] = []
         jobs = []
@@ -214,8 +252,9 @@ class Culler:
             if key in active:
                 status["lastActivity"] = rfc3339(now)
                 jobs.append(self._patch(key, {"lastActivity": status["lastActivity"]}))
-            decision = decide(instance_times(body, self.settings), reliable, now)
-            log.info("%s/%s %s", key[0], key[1], decision.message)
+            decision = decide(instance_times(body, self.settings), reliable and key not in unknown, now)
+            why = f" ({unknown[key]})" if key in unknown else ""
+            log.info("%s/%s %s%s", key[0], key[1], decision.message, why)
             if decision.delete:
                 # The cache says it at once, as the status write will: the same dict for both.
                 terminating = {

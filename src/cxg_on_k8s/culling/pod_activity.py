@@ -1,0 +1,445 @@
+"""Who is using their viewer when each pod signs its users in: its sidecar's request counters.
+
+When each viewer pod signs its users in itself (``Settings.signs_in_per_viewer``) it runs
+oauth2-proxy in front of cellxgene, and oauth2-proxy counts every answer it gives by status code
+(``oauth2_proxy_requests_total{code=...}`` on its metrics port). :class:`PodActivitySource`
+reads that counter of every viewer pod once a tick, on the event loop, into the
+:data:`~cxg_on_k8s.culling.activity.Snapshot` that :class:`~cxg_on_k8s.culling.activity.
+ActivityTracker` already turns into "used since the last tick", per pod.
+
+What counts as the owner working: 2xx and 304 (``activity.is_owner_status``), as with
+ingress-nginx. In front of its upstream oauth2-proxy answers outsiders itself, with 302 (to the
+sign-in), 401 (AJAX without a session), 403 (signed in, not allowed) and 301 (trailing-slash
+redirects); 304 only comes from cellxgene, and 202 only from ``/oauth2/auth`` for a user it lets
+in. Its health checks (``/ping``, ``/ready``) are answered before the counting middleware, so
+the kubelet's probes count nothing. One exception, which a counter with a ``code`` label alone
+cannot tell apart: oauth2-proxy's own files (``<prefix>/static/...``, and the sign-in page when
+a provider button is shown) are 200 for anybody, and the 403 error page a refused user's
+browser gets links two stylesheets there. A refused visit in a browser therefore counts as
+activity, and keeps the owner's viewer one idle timeout longer (never beyond its lifespan); the
+sidecar can avoid it with templates whose pages load nothing from ``/static/``.
+
+Unknown, per instance: a pod that cannot be read (refused, timed out, a wrong answer) makes its
+instance's activity unknown this tick (``Reading.unknown``): it is neither culled as idle or
+unvisited nor made active, and keeps its baseline, while every other instance is decided. When
+nothing can be read (the pod list fails, or not one of the pods answers: a NetworkPolicy
+that keeps the operator out, the wrong port) the read fails as a whole (MetricsError, counted in
+``cxg_metrics_scrape_failures_total``) and nobody is culled as idle, as with ingress-nginx.
+
+Which pods: Running, with an address, not being deleted (a terminating pod no longer gets
+requests: its last answers are at worst one tick of use missed), with the sign-in container.
+An instance without such a pod (starting, or replaced) has no counters: nobody can be using it.
+
+Cost: one connection per pod, kept open between ticks (oauth2-proxy's server has no idle
+timeout), so a steady tick is one small request and answer per pod. bench/activity.py measured
+the choices at 5000 pods, in operator CPU per tick: aiohttp with its kept connections ~1.7 s, a
+new connection per read ~1.5 s (the TCP handshake and teardown are most of it), kept
+connections on the loop's own sockets ~0.6 s. The counter's page is asked for alone
+(``name[]``: client_golang ≥ 1.24, oauth2-proxy v7.15.6 has 1.25; an older one sends the whole
+page, ~10 kB, which reads the same), a few hundred bytes that one regular expression reads in
+~10 µs: prometheus_client's parser takes ~170 µs a page, more than the request itself, for one
+family whose shape oauth2-proxy fixes (one label, ``code``). What the reading does not cover is
+``pod_targets``' listing, which costs more than the reading (bench/activity.py: "pod list").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import logging
+import math
+import re
+import resource
+import socket
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from prometheus_client import Counter
+
+from cxg_on_k8s.culling.activity import (
+    SCRAPE_FAILURES,
+    Counters,
+    IngressKey,
+    MetricsError,
+    Reading,
+    Snapshot,
+    is_owner_status,
+)
+from cxg_on_k8s.k8s.client import K8ApiHandler, call
+from cxg_on_k8s.render.signin import SIGNIN_CONTAINER, SIGNIN_METRICS_PATH, SIGNIN_METRICS_PORT
+from cxg_on_k8s.render.viewer import APP_LABEL
+
+log = logging.getLogger("cxg_on_k8s.culler")
+
+Target = tuple[IngressKey, str]
+"""An instance and the URL of one of its pods' request counters."""
+
+REQUESTS_PREFIX = "oauth2_proxy_requests_total{"
+# The only headers read (HTTP framing, the page's type): one scan of the head, not a dict of all.
+HEAD_FIELDS = re.compile(
+    rb"^(content-length|content-type|transfer-encoding|connection)[ \t]*:[ \t]*(.*?)[ \t]*\r?$",
+    re.IGNORECASE | re.MULTILINE,
+)
+SERIES = re.compile(r'^oauth2_proxy_requests_total\{code="(\d+)"\} (\S+)$', re.MULTILINE)
+MAX_ANSWER_BYTES = 1 << 20  # the filtered page is ~300 bytes, the whole one ~10 kB
+RECEIVE_BYTES = 65536
+LIST_PAGE = 500  # pods per list request (pod_targets)
+
+POD_READ_FAILURES = Counter(
+    "cxg_activity_pod_read_failures",
+    "Viewer pods whose sign-in sidecar could not be read; each left its instance's activity unknown for a tick.",
+)
+
+
+def requests_by_code(text: str) -> dict[str, float]:
+    """``oauth2_proxy_requests_total`` per status code from a sidecar's metrics page.
+
+    Other lines (``# HELP``, other families when the page is not filtered) are skipped; a page
+    without the family is a sidecar that has answered nothing yet. The series are matched as
+    oauth2-proxy writes them, ``{code="200"} 12``, by one regular expression over the page (the
+    scan runs in C: a loop over the lines cost more than the request itself): a line of the
+    family in another shape means another oauth2-proxy (or not one), which must be looked at
+    rather than read as silence.
+    """
+    counts: dict[str, float] = {}
+    series = SERIES.findall(text)
+    if len(series) != text.count(REQUESTS_PREFIX):
+        odd = next(line for line in text.splitlines() if line.startswith(REQUESTS_PREFIX) and not SERIES.match(line))
+        raise MetricsError(f"unexpected series {odd!r}: oauth2_proxy_requests_total should have one label, code")
+    for code, value in series:
+        try:
+            count = float(value)
+        except ValueError:
+            raise MetricsError(f"not a Prometheus sample value: {value!r} (code {code})") from None
+        if not math.isfinite(count) or count < 0:
+            raise MetricsError(f"impossible counter value {value} (code {code})")
+        counts[code] = counts.get(code, 0.0) + count
+    return counts
+
+
+def owner_answers(text: str) -> float:
+    """The page's answers that only a user let in gets (module docstring): 2xx and 304."""
+    return sum(count for code, count in requests_by_code(text).items() if _is_owner_code(code))
+
+
+# The few codes a sidecar answers with, decided once each rather than on every page.
+_is_owner_code = functools.cache(is_owner_status)
+
+
+def targets_from_pods(pods: Iterable[Mapping[str, Any]]) -> list[Target]:
+    """The counters' URL of every viewer pod that may be serving, from pods as the API lists them.
+
+    Pods are plain JSON (``_preload_content=False``): the client's models cost ~5 ms a pod to
+    build (bench/activity.py's listed pod), five times ``json.loads``.
+    """
+    targets = []
+    for pod in pods:
+        meta, status = pod.get("metadata") or {}, pod.get("status") or {}
+        instance = (meta.get("labels") or {}).get("instance")
+        address = status.get("podIP")
+        if not instance or not address or status.get("phase") != "Running" or meta.get("deletionTimestamp"):
+            continue
+        if not any(c.get("name") == SIGNIN_CONTAINER for c in (pod.get("spec") or {}).get("containers") or []):
+            continue  # rendered for ingress-nginx: it signs nobody in and counts nothing
+        host = f"[{address}]" if ":" in address else address
+        targets.append(((meta["namespace"], instance), f"http://{host}:{SIGNIN_METRICS_PORT}{SIGNIN_METRICS_PATH}"))
+    return targets
+
+
+def pod_targets(handler: K8ApiHandler, namespace: str) -> Callable[[], list[Target]]:
+    """The operator's targets: the viewer pods of ``namespace``, listed anew every tick.
+
+    A blocking call (run it in a thread). K8ApiHandler.list_pods has no field selector and
+    builds models; this is the same call through the handler's error translation, in pages of
+    LIST_PAGE pods: a listed viewer pod is ~20 kB of JSON (its spec, status and managedFields),
+    so the whole list at a few thousand viewers would hold ~100 MB of text and ten times that
+    in parsed objects at once. The CPU it costs is bench/activity.py's "pod list".
+    """
+    selector = f"app={APP_LABEL}"
+    what = f"listing the Running viewer pods ({selector}) in namespace {namespace}"
+
+    def targets() -> list[Target]:
+        found: list[Target] = []
+        token = None
+        while True:
+            response = call(
+                what,
+                handler.core.list_namespaced_pod,
+                namespace,
+                label_selector=selector,
+                field_selector="status.phase=Running",
+                limit=LIST_PAGE,
+                _continue=token,
+                _preload_content=False,
+            )
+            try:
+                page = json.loads(response.data)
+            finally:
+                response.release_conn()
+            found += targets_from_pods(page.get("items") or [])
+            token = (page.get("metadata") or {}).get("continue")
+            if not token:
+                return found
+
+    return targets
+
+
+class _StaleConnection(ConnectionError):
+    """A kept connection was closed by the other end while idle (the sidecar restarted)."""
+
+
+@dataclass
+class _Endpoint:
+    """One pod's counters: where, the request's bytes, and the connection kept between ticks."""
+
+    family: socket.AddressFamily
+    address: tuple[str, int]
+    request: bytes
+    idle: socket.socket | None = None
+
+
+class PodActivitySource:
+    """Reads every viewer pod's request counters, ``concurrency`` at a time, on the event loop.
+
+    ``targets`` is asked once per read, through ``run`` (a blocking call in a thread: the
+    operator lists pods; tests pass 127.0.0.1 URLs). Each read of a pod, connection and retry
+    included, ends after ``timeout`` seconds. Reads are not concurrent: one per tick.
+    """
+
+    def __init__(
+        self,
+        targets: Callable[[], list[Target]],
+        timeout: float,
+        concurrency: int,
+        run: Callable[[Callable[[], list[Target]]], Awaitable[list[Target]]] | None = None,
+    ) -> None:
+        self._targets = targets
+        self._timeout = timeout
+        self._concurrency = concurrency
+        self._run = run or asyncio.to_thread
+        self._endpoints: dict[str, _Endpoint] = {}
+        # Kept connections hold a file descriptor each: at most half of the soft limit, so the
+        # rest of the operator (API connections, the reads in flight) never runs out.
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        self._budget = (1 << 30) if soft == resource.RLIM_INFINITY else soft // 2
+        self._kept = 0
+        self._told_budget = False
+
+    async def read(self) -> Reading:
+        try:
+            targets = await self._run(self._targets)
+        except Exception as exc:  # any provider (an ApiError, mostly): its cause is chained and named
+            SCRAPE_FAILURES.inc()
+            raise MetricsError(f"could not list the viewer pods: {exc}") from exc
+        self._forget_all_but({url for _, url in targets})
+        answers = await self._read_all(list(self._endpoints))
+        counters: Snapshot = {}
+        unknown: dict[IngressKey, str] = {}
+        for key, url in targets:
+            answer = answers[url]
+            if isinstance(answer, str):
+                unknown.setdefault(key, answer)
+            else:
+                pod = Counters(answer, by_pod=((url, answer),))
+                counters[key] = counters[key] + pod if key in counters else pod
+        failed = sum(1 for answer in answers.values() if isinstance(answer, str))
+        POD_READ_FAILURES.inc(failed)
+        if answers and failed == len(answers):
+            SCRAPE_FAILURES.inc()
+            first = next(iter(unknown.values()))
+            raise MetricsError(
+                f"no viewer pod's sign-in sidecar could be read ({failed} pods; first: {first}); check that the "
+                f"operator may reach the pods' port {SIGNIN_METRICS_PORT} (NetworkPolicy) and that the sidecar "
+                f"runs with --metrics-address=0.0.0.0:{SIGNIN_METRICS_PORT}"
+            )
+        return Reading({key: c for key, c in counters.items() if key not in unknown}, unknown)
+
+    def close(self) -> None:
+        self._forget_all_but(set())
+
+    def _forget_all_but(self, urls: set[str]) -> None:
+        """Endpoints of this tick's pods only: a gone pod's connection must not stay open."""
+        for url in [url for url in self._endpoints if url not in urls]:
+            self._drop_idle(self._endpoints.pop(url))
+        for url in urls - self._endpoints.keys():
+            parts = urlsplit(url)
+            host, port = parts.hostname or "", parts.port or 80
+            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            path = parts.path + (f"?{parts.query}" if parts.query else "")
+            request = f"GET {path} HTTP/1.1\r\nHost: {parts.netloc}\r\nUser-Agent: cxg-on-k8s-culler\r\n\r\n"
+            self._endpoints[url] = _Endpoint(family, (host, port), request.encode("ascii"))
+        if len(urls) > self._budget and not self._told_budget:
+            log.warning(
+                "%d viewer pods but only %d connections kept between ticks (half the open-file soft limit): "
+                "the others connect anew every tick, which costs ~2.5x the CPU; raise the operator's open-file "
+                "limit (RLIMIT_NOFILE) to at least %d",
+                len(urls),
+                self._budget,
+                2 * len(urls) + 256,
+            )
+            self._told_budget = True
+
+    def _drop_idle(self, endpoint: _Endpoint) -> None:
+        sock, endpoint.idle = endpoint.idle, None
+        if sock is not None:
+            self._kept -= 1
+            sock.close()
+
+    async def _read_all(self, urls: list[str]) -> dict[str, float | str]:
+        """Each URL's owner answers, or why it could not be read; ``concurrency`` reads at once."""
+        answers: dict[str, float | str] = {}
+        pending = iter(urls)
+
+        async def worker() -> None:
+            for url in pending:
+                answers[url] = await self._read_one(url)
+
+        await asyncio.gather(*(worker() for _ in range(min(self._concurrency, len(urls)))))
+        return answers
+
+    async def _read_one(self, url: str) -> float | str:
+        endpoint = self._endpoints[url]
+        try:
+            async with asyncio.timeout(self._timeout):
+                body = await self._get(endpoint)
+            return owner_answers(body)
+        except TimeoutError:
+            return f"{url}: no answer within {self._timeout:g} s"
+        except OSError as exc:  # refused, reset, unreachable
+            return f"{url}: {exc.strerror or exc or type(exc).__name__}"
+        except MetricsError as exc:
+            return f"{url}: {exc}"
+
+    async def _get(self, endpoint: _Endpoint) -> str:
+        """The counters page, on the kept connection if there is one, else on a new one.
+
+        A kept connection that the sidecar closed meanwhile fails before any byte of the answer
+        comes back; the request is then sent once more, on a new connection.
+        """
+        loop = asyncio.get_running_loop()
+        sock, endpoint.idle = endpoint.idle, None
+        if sock is not None:
+            self._kept -= 1
+        try:
+            if sock is not None:
+                try:
+                    status, headers, body, reusable = await _exchange(loop, sock, endpoint.request, reused=True)
+                except _StaleConnection:
+                    sock.close()
+                    sock = None
+            if sock is None:
+                sock = socket.socket(endpoint.family, socket.SOCK_STREAM)
+                sock.setblocking(False)
+                await loop.sock_connect(sock, endpoint.address)
+                status, headers, body, reusable = await _exchange(loop, sock, endpoint.request, reused=False)
+        except BaseException:
+            if sock is not None:
+                sock.close()
+            raise
+        if reusable and self._kept < self._budget:
+            endpoint.idle = sock
+            self._kept += 1
+        else:
+            sock.close()
+        if status != 200:
+            raise MetricsError(
+                f"answered HTTP {status}: not the sidecar's metrics port ({SIGNIN_METRICS_PORT}, --metrics-address)"
+            )
+        if not headers.get("content-type", "").startswith("text/plain"):
+            raise MetricsError(
+                f"answered {headers.get('content-type') or 'no content type'}, not Prometheus text: "
+                f"not the sidecar's metrics port ({SIGNIN_METRICS_PORT})"
+            )
+        try:
+            return body.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise MetricsError(f"sent non-UTF-8 text: {exc}") from None
+
+
+async def _exchange(
+    loop: asyncio.AbstractEventLoop, sock: socket.socket, request: bytes, reused: bool
+) -> tuple[int, dict[str, str], bytes, bool]:
+    """Send ``request`` and read one HTTP/1.1 answer (see :func:`_answer`). On a reused
+    connection, a close or reset before any byte of the answer means it had gone stale."""
+    try:
+        await loop.sock_sendall(sock, request)
+    except (BrokenPipeError, ConnectionResetError):
+        if reused:
+            raise _StaleConnection() from None
+        raise
+    received = bytearray()
+    while True:
+        try:
+            data = await loop.sock_recv(sock, RECEIVE_BYTES)
+        except ConnectionResetError:
+            if reused and not received:
+                raise _StaleConnection() from None
+            raise
+        if not data and reused and not received:
+            raise _StaleConnection()
+        received += data
+        if len(received) > MAX_ANSWER_BYTES:
+            raise MetricsError(f"answer over {MAX_ANSWER_BYTES} bytes: not the sidecar's request counters")
+        answer = _answer(received, ended=not data)
+        if answer is not None:
+            return answer
+
+
+def _answer(received: bytearray, ended: bool) -> tuple[int, dict[str, str], bytes, bool] | None:
+    """(status, headers lower-cased, body, whether the connection may carry the next request)
+    once ``received`` holds a whole answer, None while more is to come; ``ended``: the other end
+    closed the connection after these bytes.
+
+    Framed by Content-Length (Go's server sets it for any body it has whole under 2 kB: the
+    filtered page), chunked (bigger pages), or the connection's end (a server that is not Go's).
+    """
+    end = received.find(b"\r\n\r\n")
+    if end < 0:
+        if ended:
+            raise ConnectionError("the connection closed before the answer's headers")
+        return None
+    version, status, headers = _head(bytes(received[:end]))
+    persistent = version == "HTTP/1.1" and headers.get("connection", "").lower() != "close"
+    start = end + 4
+    if "content-length" in headers:
+        stop = start + _number(headers["content-length"], 10)
+        body = bytes(received[start:stop]) if len(received) >= stop else None
+    elif headers.get("transfer-encoding") == "chunked":
+        body = _unchunk(bytes(received[start:])) if received.endswith(b"0\r\n\r\n") else None
+    else:
+        return (status, headers, bytes(received[start:]), False) if ended else None
+    if body is None and ended:
+        raise ConnectionError("the connection closed in the middle of the answer")
+    return None if body is None else (status, headers, body, persistent)
+
+
+def _head(raw: bytes) -> tuple[str, int, dict[str, str]]:
+    """(version, status, the headers read here by lower-case name) of an answer's head."""
+    first = raw.split(b"\r\n", 1)[0].decode("latin-1")
+    version, _, rest = first.partition(" ")
+    if not version.startswith("HTTP/"):
+        raise MetricsError(f"not an HTTP answer: {first[:80]!r}")
+    headers = {name.decode().lower(): value.decode("latin-1") for name, value in HEAD_FIELDS.findall(raw)}
+    return version, _number(rest[:3], 10), headers
+
+
+def _unchunk(data: bytes) -> bytes:
+    """The body of a chunked answer that ends with its last (empty) chunk and no trailers."""
+    body, position = bytearray(), 0
+    while (end := data.find(b"\r\n", position)) >= 0:
+        size = _number(data[position:end].split(b";", 1)[0].decode("latin-1"), 16)
+        if size == 0:
+            return bytes(body)
+        body += data[end + 2 : end + 2 + size]
+        position = end + 2 + size + 2
+    raise MetricsError("a chunked answer without its last chunk")
+
+
+def _number(text: str, base: int) -> int:
+    try:
+        return int(text, base)
+    except ValueError:
+        raise MetricsError(f"malformed HTTP framing: {text[:40]!r} is not a number") from None

@@ -7,9 +7,10 @@ the simulated endpoints run in a process of their own, whose CPU is not counted)
 * pods: :class:`~cxg_on_k8s.culling.pod_activity.PodActivitySource` reading N simulated
   sidecars, ``activity_concurrency`` (64) at a time. The first pass connects to every pod;
   the next ``--passes`` reuse the kept connections (the operator's steady state).
-* pod list: what the operator does with the answers of the per-tick pod list (``json.loads`` and
-  :func:`~cxg_on_k8s.culling.pod_activity.targets_from_pods`, page by page) for N viewer pods as
-  the API server sends them: the rendered pod (edge gateway) with a Running status, the API's
+* pod list: what a per-tick pod list would cost the operator (``json.loads`` and
+  :func:`~cxg_on_k8s.culling.pod_activity.targets_from_pods`, page by page), the reason it does
+  not list: its pod watch keeps the addresses (``PodAddresses``) at no cost per tick. N viewer
+  pods as the API server would send them: the rendered pod (edge gateway) with a Running status, the API's
   defaults and managedFields. The API server itself is not run (no cluster here), nor TLS.
 * ingress-nginx: today's :class:`~cxg_on_k8s.culling.activity.MetricsSource` scrape (fetch and
   parse) of one controller page with N Ingresses (bench/spawn.py's page: four request series
@@ -56,7 +57,7 @@ sys.path.insert(0, str(REPO))
 from bench.spawn import metrics_page
 from cxg_on_k8s.api import model
 from cxg_on_k8s.culling.activity import MetricsSource
-from cxg_on_k8s.culling.pod_activity import LIST_PAGE, PodActivitySource, Target, owner_answers, targets_from_pods
+from cxg_on_k8s.culling.pod_activity import PodActivitySource, Target, owner_answers, targets_from_pods
 from cxg_on_k8s.render import viewer
 from cxg_on_k8s.render.plan import plan_instance
 from cxg_on_k8s.render.signin import SIGNIN_METRICS_PATH, SIGNIN_METRICS_PORT
@@ -228,9 +229,12 @@ def without_kept_connections(n: int) -> PodActivitySource:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
+LIST_PAGE = 500  # pods per page of the per-tick list the operator does not make
+
+
 def listed_pod_pages(n: int) -> list[bytes]:
     """The pages (LIST_PAGE pods each) of a PodList of n viewer pods (edge gateway), as the API
-    server serializes them for pod_targets."""
+    server would serialize them for a per-tick list."""
     settings = Settings(edge="gateway")
     name = viewer.new_instance_name()
     body = viewer.instance(name, NAMESPACE, "ada@example.org", "s3://omics-data/projects/p1/pbmc3k.h5ad")

@@ -15,11 +15,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cxg_on_k8s.culling import culler, pod_activity
+from cxg_on_k8s.culling import culler
 from cxg_on_k8s.culling.activity import MetricsSource
 from cxg_on_k8s.culling.culler import Culler, RateLimiter, instance_times
 from cxg_on_k8s.culling.decision import CullReason, Decision, InstanceTimes, decide, expires_at, format_age
-from cxg_on_k8s.culling.pod_activity import PodActivitySource, pod_targets
+from cxg_on_k8s.culling.pod_activity import PodActivitySource, PodAddresses
 from cxg_on_k8s.k8s.client import K8ApiHandler, parse_time, rfc3339
 from cxg_on_k8s.render.signin import SIGNIN_CONTAINER, SIGNIN_METRICS_PATH, SIGNIN_METRICS_PORT
 from cxg_on_k8s.settings import Settings
@@ -391,29 +391,33 @@ def bare_pod(name: str, instance: str, sidecar: bool) -> dict[str, Any]:
 
 
 @pytest.mark.cluster
-def test_the_viewer_pods_are_listed_from_the_api_server(
-    namespace: str, k8s: K8ApiHandler, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(pod_activity, "LIST_PAGE", 2)  # two pages for the four viewer pods
+def test_the_viewer_pods_addresses_follow_their_watch_events(namespace: str, k8s: K8ApiHandler) -> None:
+    """PodAddresses fed with the API server's own pod objects, as the operator's pod watch gets
+    them: Running viewer pods with the sign-in container count; others, gone or going, do not."""
     pods = [("x-1", "cellxgene-x", True), ("x-2", "cellxgene-x", True), ("w-1", "cellxgene-w", True),
             ("y-1", "cellxgene-y", False)]  # fmt: skip
     for name, instance, sidecar in pods:
         k8s.core.create_namespaced_pod(namespace, bare_pod(name, instance, sidecar))
-    other = bare_pod("z-1", "cellxgene-z", True)
-    other["metadata"]["labels"]["app"] = "something-else"
-    k8s.core.create_namespaced_pod(namespace, other)
 
-    def address(name: str) -> str | None:
-        pod = k8s.core.read_namespaced_pod(name, namespace)
-        return pod.status.pod_ip if pod.status.phase == "Running" else None
+    def running(name: str) -> dict[str, Any] | None:
+        pod = k8s.core.api_client.sanitize_for_serialization(k8s.core.read_namespaced_pod(name, namespace))
+        return pod if pod["status"].get("phase") == "Running" else None
 
-    ips = {name: wait_for(lambda n=name: address(n), 60, f"pod {name} Running") for name in ("x-1", "x-2", "w-1", "y-1", "z-1")}
+    found = {name: wait_for(lambda n=name: running(n), 60, f"pod {name} Running") for name, _, _ in pods}
+    addresses = PodAddresses()
+    for pod in found.values():
+        addresses.update("ADDED", pod)
     url = f"http://{{}}:{SIGNIN_METRICS_PORT}{SIGNIN_METRICS_PATH}"
-    assert sorted(pod_targets(k8s, namespace)()) == sorted([
-        ((namespace, "cellxgene-x"), url.format(ips["x-1"])),
-        ((namespace, "cellxgene-x"), url.format(ips["x-2"])),
-        ((namespace, "cellxgene-w"), url.format(ips["w-1"])),
+    ip = {name: pod["status"]["podIP"] for name, pod in found.items()}
+    assert sorted(addresses.targets()) == sorted([
+        ((namespace, "cellxgene-x"), url.format(ip["x-1"])),
+        ((namespace, "cellxgene-x"), url.format(ip["x-2"])),
+        ((namespace, "cellxgene-w"), url.format(ip["w-1"])),
     ])  # fmt: skip
+    addresses.update("DELETED", found["x-2"])
+    going = {**found["w-1"], "metadata": {**found["w-1"]["metadata"], "deletionTimestamp": "2026-01-01T00:00:00Z"}}
+    addresses.update("MODIFIED", going)
+    assert addresses.targets() == [((namespace, "cellxgene-x"), url.format(ip["x-1"]))]
 
 
 def ready_instance(k8s: K8ApiHandler, namespace: str) -> str:

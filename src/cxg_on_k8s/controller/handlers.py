@@ -27,6 +27,7 @@ from cxg_on_k8s.controller.peering import ensure_peering_object, standby_check
 from cxg_on_k8s.controller.pod_record import PodRecord, already_shown, carry_pod_state
 from cxg_on_k8s.controller.pod_status import pod_phase
 from cxg_on_k8s.culling.culler import API_CONCURRENCY, Culler
+from cxg_on_k8s.culling.pod_activity import PodAddresses
 from cxg_on_k8s.k8s.client import ApiError, K8ApiHandler, load_client, parse_time, rfc3339, utcnow, with_pool
 from cxg_on_k8s.render import viewer
 from cxg_on_k8s.render.install import PEERING_NAME
@@ -98,7 +99,8 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: ko
     memo.instances = {}
     memo.pod_records = {}  # (namespace, name) -> PodRecord
     memo.user_data = {}  # user-data URL -> (namespace, name) of the instance saving there
-    memo.culler = Culler(config, handler, memo.instances, standby=standby)
+    memo.pod_addresses = PodAddresses()  # where each viewer pod's sidecar counts, for the culler
+    memo.culler = Culler(config, handler, memo.instances, standby=standby, pods=memo.pod_addresses)
     memo.culler.start()
     logger.info("operator configured for namespace %s, tick %.0f s", config.namespace, config.tick)
 
@@ -342,7 +344,9 @@ def _expires_at(meta: kopf.Meta, lifespan: int | None, config: Settings) -> str:
 
 @kopf.on.event("", "v1", "pods", labels={"app": viewer.APP_LABEL})
 async def pod_changed(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
-    """Carry the viewer pod's state to its instance: Ready, or Failed with the cause."""
+    """Carry the viewer pod's state to its instance: Ready, or Failed with the cause; and keep
+    where its sidecar counts requests, for the culler."""
+    memo.pod_addresses.update(event.get("type"), body)
     instance_name = body["metadata"].get("labels", {}).get("instance")
     key = (body["metadata"]["namespace"], instance_name)
     if event.get("type") == "DELETED":

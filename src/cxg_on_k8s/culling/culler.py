@@ -35,7 +35,7 @@ from cxg_on_k8s.culling.activity import (
     endpointslice_urls,
 )
 from cxg_on_k8s.culling.decision import Decision, InstanceTimes, decide
-from cxg_on_k8s.culling.pod_activity import PodActivitySource, pod_targets
+from cxg_on_k8s.culling.pod_activity import PodActivitySource, PodAddresses
 from cxg_on_k8s.k8s.client import ApiError, K8ApiHandler, parse_time, rfc3339, utcnow
 from cxg_on_k8s.settings import Settings
 
@@ -110,6 +110,7 @@ class Culler:
         instances: Instances,
         source: ActivitySource | AsyncActivitySource | None = None,
         standby: Callable[[], str | None] | None = None,
+        pods: PodAddresses | None = None,
     ) -> None:
         self.settings = settings
         # kopf pauses its handlers in favour of a higher-priority peer, but not this loop: it asks
@@ -122,7 +123,7 @@ class Culler:
         # the liveness it reports) would wait for minutes. One more than the API slots: the scrape
         # (or the pods' listing).
         self._threads = concurrent.futures.ThreadPoolExecutor(API_CONCURRENCY + 1, thread_name_prefix="culler")
-        self.source = source or self._default_source(settings, handler)
+        self.source = source or self._default_source(settings, handler, pods or PodAddresses())
         self.tracker = ActivityTracker()
         # Instances that were in the cache at the last good scrape: only their counters have a
         # baseline taken by this process. For the others, counts seen now may predate a restart.
@@ -138,11 +139,14 @@ class Culler:
         self._api_slots = asyncio.Semaphore(API_CONCURRENCY)
         self._deletes = RateLimiter(settings.delete_rate)
 
-    def _default_source(self, settings: Settings, handler: K8ApiHandler) -> ActivitySource | AsyncActivitySource:
-        """The viewer pods' sidecars when they sign users in, else ingress-nginx's metrics."""
+    def _default_source(
+        self, settings: Settings, handler: K8ApiHandler, pods: PodAddresses
+    ) -> ActivitySource | AsyncActivitySource:
+        """The viewer pods' sidecars (``pods``, kept by the operator's pod watch), else
+        ingress-nginx's metrics (setting activity)."""
         if settings.signs_in_per_viewer:
             return PodActivitySource(
-                pod_targets(handler, settings.namespace),
+                pods.targets,
                 settings.metrics_timeout,
                 settings.activity_concurrency,
                 run=self._call,

@@ -38,15 +38,14 @@ connections on the loop's own sockets ~0.6 s. The counter's page is asked for al
 (``name[]``: client_golang ≥ 1.24, oauth2-proxy v7.15.6 has 1.25; an older one sends the whole
 page, ~10 kB, which reads the same), a few hundred bytes that one regular expression reads in
 ~10 µs: prometheus_client's parser takes ~170 µs a page, more than the request itself, for one
-family whose shape oauth2-proxy fixes (one label, ``code``). What the reading does not cover is
-``pod_targets``' listing, which costs more than the reading (bench/activity.py: "pod list").
+family whose shape oauth2-proxy fixes (one label, ``code``). Which pods to read comes from the
+pod events the operator watches anyway (:class:`PodAddresses`), not from a list per tick.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
-import json
 import logging
 import math
 import re
@@ -68,9 +67,7 @@ from cxg_on_k8s.culling.activity import (
     Snapshot,
     is_owner_status,
 )
-from cxg_on_k8s.k8s.client import K8ApiHandler, call
 from cxg_on_k8s.render.signin import SIGNIN_CONTAINER, SIGNIN_METRICS_PATH, SIGNIN_METRICS_PORT
-from cxg_on_k8s.render.viewer import APP_LABEL
 
 log = logging.getLogger("cxg_on_k8s.culler")
 
@@ -86,7 +83,6 @@ HEAD_FIELDS = re.compile(
 SERIES = re.compile(r'^oauth2_proxy_requests_total\{code="(\d+)"\} (\S+)$', re.MULTILINE)
 MAX_ANSWER_BYTES = 1 << 20  # the filtered page is ~300 bytes, the whole one ~10 kB
 RECEIVE_BYTES = 65536
-LIST_PAGE = 500  # pods per list request (pod_targets)
 
 POD_READ_FAILURES = Counter(
     "cxg_activity_pod_read_failures",
@@ -149,42 +145,27 @@ def targets_from_pods(pods: Iterable[Mapping[str, Any]]) -> list[Target]:
     return targets
 
 
-def pod_targets(handler: K8ApiHandler, namespace: str) -> Callable[[], list[Target]]:
-    """The operator's targets: the viewer pods of ``namespace``, listed anew every tick.
+class PodAddresses:
+    """Where each viewer pod's counters are, kept from the pod events the operator already
+    watches (``controller.handlers.pod_changed``): a tick reads this map instead of listing every
+    pod, which at 5 000 viewers is ~100 MB of JSON and ~5 s of CPU per tick (bench/activity.py,
+    "pod list")."""
 
-    A blocking call (run it in a thread). K8ApiHandler.list_pods has no field selector and
-    builds models; this is the same call through the handler's error translation, in pages of
-    LIST_PAGE pods: a listed viewer pod is ~20 kB of JSON (its spec, status and managedFields),
-    so the whole list at a few thousand viewers would hold ~100 MB of text and ten times that
-    in parsed objects at once. The CPU it costs is bench/activity.py's "pod list".
-    """
-    selector = f"app={APP_LABEL}"
-    what = f"listing the Running viewer pods ({selector}) in namespace {namespace}"
+    def __init__(self) -> None:
+        self._by_pod: dict[str, Target] = {}
 
-    def targets() -> list[Target]:
-        found: list[Target] = []
-        token = None
-        while True:
-            response = call(
-                what,
-                handler.core.list_namespaced_pod,
-                namespace,
-                label_selector=selector,
-                field_selector="status.phase=Running",
-                limit=LIST_PAGE,
-                _continue=token,
-                _preload_content=False,
-            )
-            try:
-                page = json.loads(response.data)
-            finally:
-                response.release_conn()
-            found += targets_from_pods(page.get("items") or [])
-            token = (page.get("metadata") or {}).get("continue")
-            if not token:
-                return found
+    def update(self, event_type: str | None, pod: Mapping[str, Any]) -> None:
+        """One watch event of a viewer pod: its target from now on, or none."""
+        meta = pod.get("metadata") or {}
+        key = f"{meta.get('namespace')}/{meta.get('name')}"
+        found = [] if event_type == "DELETED" else targets_from_pods([pod])
+        if found:
+            self._by_pod[key] = found[0]
+        else:
+            self._by_pod.pop(key, None)
 
-    return targets
+    def targets(self) -> list[Target]:
+        return list(self._by_pod.values())
 
 
 class _StaleConnection(ConnectionError):
@@ -204,8 +185,8 @@ class _Endpoint:
 class PodActivitySource:
     """Reads every viewer pod's request counters, ``concurrency`` at a time, on the event loop.
 
-    ``targets`` is asked once per read, through ``run`` (a blocking call in a thread: the
-    operator lists pods; tests pass 127.0.0.1 URLs). Each read of a pod, connection and retry
+    ``targets`` is asked once per read, through ``run`` (a thread: a caller's ``targets`` may
+    block; the operator's is :meth:`PodAddresses.targets`, tests pass 127.0.0.1 URLs). Each read of a pod, connection and retry
     included, ends after ``timeout`` seconds. Reads are not concurrent: one per tick.
     """
 

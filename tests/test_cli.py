@@ -18,13 +18,13 @@ from cxg_devcluster.cluster import DevCluster
 from pydantic import ValidationError
 
 from cxg_on_k8s.api import crd, model
+from cxg_on_k8s.cli.main import install_objects
 from cxg_on_k8s.k8s.client import ApiError, K8ApiHandler
 from cxg_on_k8s.render import install, viewer
 from cxg_on_k8s.settings import DEFAULT_OPERATOR_IMAGE, Settings
 from tests.conftest import REPO, remove_peering_crd
 
 MANIFESTS = REPO / "manifests"
-METRICS_FILE = MANIFESTS / "service_ingress-nginx-controller_metrics.yaml"
 OWNER = "alice@example.org"
 DATASET = "s3://cellxgene/pbmc3k.h5ad"
 
@@ -121,7 +121,8 @@ def test_the_kustomization_needs_no_namespace_it_does_not_create(cluster: DevClu
     elsewhere = [key(d) for d in docs if d["metadata"].get("namespace") not in (None, *created)]
     assert elsewhere == []
     header = (MANIFESTS / "kustomization.yaml").read_text()
-    assert "service_ingress-nginx-controller_metrics.yaml" in header and "ingress-nginx" in header
+    assert "# Needs only a cluster: every object is cluster-scoped or in the namespace cellxgene," in header
+    assert "ingress-nginx" not in header  # nothing left out for later: no file to apply once it is installed
     # A server-side dry run cannot create the namespace the rest goes into: apply it for real.
     cluster.kubectl("apply", "-f", str(MANIFESTS / "namespace_cellxgene.yaml"))
     result = cluster.kubectl("apply", "-k", str(MANIFESTS), "--dry-run=server", check=False)
@@ -129,36 +130,32 @@ def test_the_kustomization_needs_no_namespace_it_does_not_create(cluster: DevClu
     assert "deployment.apps/sui-operator" in result.stdout and "ingress-nginx" not in result.stdout
 
 
-def test_the_metrics_file_holds_everything_in_ingress_nginx_and_applies_once_it_exists(cluster: DevCluster) -> None:
-    docs = [d for d in yaml.safe_load_all(METRICS_FILE.read_text()) if d]
-    assert {d["metadata"]["namespace"] for d in docs} == {"ingress-nginx"}
-    assert [(d["kind"], d["metadata"]["name"]) for d in docs] == [
-        ("Service", "metrics"), ("Role", "sui-operator-metrics"), ("RoleBinding", "sui-operator-metrics"),
-    ]  # fmt: skip
-    assert METRICS_FILE.read_text().startswith("# Needs the namespace ingress-nginx")
-    # Together the two hold what the builders make, each object once: nothing was lost in the move.
+def test_the_kustomization_holds_what_the_builders_and_cxg_k8s_install_make(cluster: DevCluster) -> None:
+    """Each object once, nothing missing: with activity from the sidecars there is nothing in
+    ingress-nginx's namespace to keep in a file of its own."""
     settings = Settings()
     built = [install.namespace(settings.namespace), crd.definition(), install.kopf_peering_crd(),
-             *install.operator_rbac(settings), *install.portal_rbac(settings), install.ingress_metrics_service(settings),
+             *install.operator_rbac(settings), *install.portal_rbac(settings),
              install.operator_deployment(settings, DEFAULT_OPERATOR_IMAGE)]  # fmt: skip
-    assert sorted(map(key, kustomized(cluster) + docs)) == sorted(map(key, built))
-    ingress_nginx = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "ingress-nginx"}}
-    cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(ingress_nginx))
-    result = cluster.kubectl("apply", "-f", str(METRICS_FILE), "--dry-run=server", check=False)
-    assert result.returncode == 0, result.stderr
-    assert "service/metrics" in result.stdout
-    assert "role.rbac.authorization.k8s.io/sui-operator-metrics" in result.stdout
+    docs = kustomized(cluster)
+    assert sorted(map(key, docs)) == sorted(map(key, built))
+    assert sorted(map(key, install_objects(settings, DEFAULT_OPERATOR_IMAGE))) == sorted(map(key, built))
 
 
 def test_cxg_k8s_install_skips_what_belongs_in_a_missing_namespace(cluster: DevCluster, namespace: str) -> None:
-    """`cxg-k8s install` goes through to the operator's Deployment and names what it left out."""
+    """`cxg-k8s install` goes through to the operator's Deployment and names what it left out
+    (with activity ingress-nginx; by default nothing of ingress-nginx is installed at all)."""
     env = {
         "KUBECONFIG": str(cluster.kubeconfig),
         "CXG_NAMESPACE": namespace,
         "CXG_METRICS_SERVICE": "no-ingress-here/metrics",
     }
     try:
-        result = run_cli(env, "install")
+        sidecars = run_cli(env, "install")
+        assert sidecars.returncode == 0, sidecars.stderr
+        assert f"applied Deployment {namespace}/sui-operator" in sidecars.stderr
+        assert "no-ingress-here" not in sidecars.stderr and "skipped" not in sidecars.stderr
+        result = run_cli({**env, "CXG_ACTIVITY": "ingress-nginx"}, "install")
         assert result.returncode == 0, result.stderr
         assert f"applied Deployment {namespace}/sui-operator" in result.stderr
         assert "skipped Service no-ingress-here/metrics" in result.stderr
@@ -205,7 +202,7 @@ def test_ordinary_owners_are_still_accepted(k8s: K8ApiHandler, owner: str) -> No
 
 
 def test_deploy_refuses_a_newline_in_owner_naming_the_field(cli: Cli, k8s: K8ApiHandler) -> None:
-    result = cli("deploy", "--owner", f"{OWNER}\n", "--dataset", DATASET, "--no-with-oauth2-proxy", "--no-wait")
+    result = cli("deploy", "--owner", f"{OWNER}\n", "--dataset", DATASET, "--no-wait")
     assert result.returncode == 2
     assert "spec.owner = 'alice@example.org\\n'" in result.stderr
     assert k8s.list_instances() == []

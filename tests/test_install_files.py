@@ -4,6 +4,7 @@ RBAC as the real API server judges it (``kubectl auth can-i``)."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -18,7 +19,8 @@ from cxg_devcluster.cluster import DevCluster
 from cxg_on_k8s.api import model
 from cxg_on_k8s.cli.main import crd_objects, install_objects
 from cxg_on_k8s.k8s.client import K8ApiHandler
-from cxg_on_k8s.render import install
+from cxg_on_k8s.render import install, signin
+from cxg_on_k8s.render.plan import plan_instance
 from cxg_on_k8s.settings import Settings
 from tests import service_accounts
 from tests.conftest import REPO, StartOperator, install_crd, remove_peering_crd
@@ -53,7 +55,7 @@ def test_namespace() -> None:
 
 
 def test_ingress_metrics_service() -> None:
-    assert install.ingress_metrics_service(Settings()) == {
+    assert install.ingress_metrics_service(Settings(activity="ingress-nginx")) == {
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": {"name": "metrics", "namespace": "ingress-nginx", "labels": {"app": "sui-operator"}},
@@ -63,10 +65,12 @@ def test_ingress_metrics_service() -> None:
             "ports": [{"name": "metrics", "protocol": "TCP", "port": 80, "targetPort": 10254}],
         },
     }
-    moved = install.ingress_metrics_service(Settings(metrics_service="edge/nginx-metrics"))
+    moved = install.ingress_metrics_service(Settings(activity="ingress-nginx", metrics_service="edge/nginx-metrics"))
     assert (moved["metadata"]["namespace"], moved["metadata"]["name"]) == ("edge", "nginx-metrics")
-    fallback = install.ingress_metrics_service(Settings(metrics_service="", ingress_namespace="edge"))
-    assert (fallback["metadata"]["namespace"], fallback["metadata"]["name"]) == ("edge", "metrics")
+    # only an installation that reads activity from ingress-nginx, through a Service it names
+    assert install.uses_ingress_nginx_metrics(Settings(activity="ingress-nginx")) is True
+    assert install.uses_ingress_nginx_metrics(Settings()) is False  # default: the sidecars count
+    assert install.uses_ingress_nginx_metrics(Settings(activity="ingress-nginx", metrics_service="")) is False
 
 
 def test_kopf_peering_crd_is_kopfs_namespaced_one() -> None:
@@ -133,7 +137,15 @@ def test_operator_rbac_is_exactly_the_verbs_it_uses() -> None:
         ("apiextensions.k8s.io", "customresourcedefinitions"): ["get", "list", "watch"],
         ("", "namespaces"): ["list", "watch"],
     }
-    assert rules_of(objects, "Role", "sui-operator-metrics") == {("discovery.k8s.io", "endpointslices"): ["list"]}
+    # activity from the sidecars: nothing outside the operator's namespace
+    assert [o["metadata"].get("namespace") for o in objects] == ["cellxgene"] * 3 + [None] * 2
+    assert all(o["metadata"]["name"] != "sui-operator-metrics" for o in objects)
+    # activity from ingress-nginx: listing the metrics Service's EndpointSlices, in its namespace
+    nginx = install.operator_rbac(Settings(activity="ingress-nginx"))
+    assert rules_of(nginx, "Role", "sui-operator-metrics") == {("discovery.k8s.io", "endpointslices"): ["list"]}
+    metrics_rbac = [o for o in nginx if o["metadata"]["name"] == "sui-operator-metrics"]
+    assert [o["metadata"]["namespace"] for o in metrics_rbac] == ["ingress-nginx"] * 2
+    assert nginx[:5] == objects
 
 
 def test_portal_rbac_is_singleuserinstances_only() -> None:
@@ -155,16 +167,19 @@ def test_operator_deployment_is_probed_bounded_non_root_and_named_in_the_peering
     assert pod["serviceAccountName"] == "sui-operator"
 
 
-def test_the_cli_installs_both_crds_the_metrics_service_and_the_namespace() -> None:
+def test_the_cli_installs_both_crds_the_namespace_and_the_metrics_service_only_for_ingress_nginx() -> None:
     settings = Settings()
     objects = install_objects(settings, "cxg-on-k8s:0.1.0")
     assert objects[0] == install.namespace("cellxgene")
     assert [o["metadata"]["name"] for o in objects if o["kind"] == "CustomResourceDefinition"] == [
         model.CRD_NAME, install.KOPF_PEERING_CRD_NAME,
     ]  # fmt: skip
-    assert install.ingress_metrics_service(settings) in objects
     assert objects[-1]["kind"] == "Deployment"
-    assert all(o["kind"] != "Service" for o in install_objects(Settings(metrics_service=""), "x"))
+    assert all(o["kind"] != "Service" for o in objects)  # activity from the sidecars by default
+    nginx = Settings(activity="ingress-nginx")
+    assert install.ingress_metrics_service(nginx) in install_objects(nginx, "x")
+    unnamed = Settings(activity="ingress-nginx", metrics_service="")
+    assert all(o["kind"] != "Service" for o in install_objects(unnamed, "x"))
     assert [o["metadata"]["name"] for o in crd_objects()] == [model.CRD_NAME, install.KOPF_PEERING_CRD_NAME]
 
 
@@ -175,8 +190,7 @@ def test_manifests_carry_the_proof_of_concepts_file_names() -> None:
     names = sorted(str(p.relative_to(MANIFESTS)) for p in MANIFESTS.rglob("*.yaml"))
     assert names == sorted([
         "crd_kopf-peering.yaml", "crd_single-user-instance.yaml", "deployment_sui_operator.yaml", "kustomization.yaml",
-        "namespace_cellxgene.yaml", "namespace_testing.yaml", "secret_aws-cred.yaml",
-        "service_ingress-nginx-controller_metrics.yaml", "serviceaccount_omicsdm.yaml",
+        "namespace_cellxgene.yaml", "namespace_testing.yaml", "secret_aws-cred.yaml", "serviceaccount_omicsdm.yaml",
         "serviceaccount_sui-operator.yaml", "templates/sui_embedded-form.yaml", "templates/sui_portal-form.yaml",
     ])  # fmt: skip
     by_file = {name: [(d["kind"], d["metadata"]["name"]) for d in load(MANIFESTS / name)] for name in names if name != "kustomization.yaml"}
@@ -188,10 +202,13 @@ def test_manifests_carry_the_proof_of_concepts_file_names() -> None:
     assert [d["metadata"]["namespace"] for d in load(MANIFESTS / "secret_aws-cred.yaml")] == ["cellxgene", "testing"]
     assert by_file["crd_kopf-peering.yaml"] == [("CustomResourceDefinition", "kopfpeerings.kopf.dev")]
     assert by_file["deployment_sui_operator.yaml"] == [("Deployment", "sui-operator")]
-    # everything in ingress-nginx's namespace, applied once ingress-nginx is there (not by -k)
-    assert by_file["service_ingress-nginx-controller_metrics.yaml"] == [
-        ("Service", "metrics"), ("Role", "sui-operator-metrics"), ("RoleBinding", "sui-operator-metrics"),
-    ]
+    # the operator's accounts and rights, none in ingress-nginx's namespace (activity from the sidecars)
+    assert by_file["serviceaccount_sui-operator.yaml"] == [
+        ("ServiceAccount", "sui-operator"), ("Role", "sui-operator"), ("RoleBinding", "sui-operator"),
+        ("ClusterRole", "sui-operator-cellxgene"), ("ClusterRoleBinding", "sui-operator-cellxgene"),
+    ]  # fmt: skip
+    namespaces = {d["metadata"].get("namespace") for name in by_file for d in load(MANIFESTS / name)}
+    assert namespaces == {None, "cellxgene", "testing"}
     assert (REPO / "charts" / "cxg-on-k8s" / "crds" / "crd_kopf-peering.yaml").read_text() == (MANIFESTS / "crd_kopf-peering.yaml").read_text()
 
 
@@ -221,9 +238,20 @@ def test_sample_instances_are_valid_specs_of_both_forms() -> None:
     assert "aws s3 cp /data/annotations.csv" in main["lifecycle"]["preStop"]["exec"]["command"][2]
     secrets = {e["valueFrom"]["secretKeyRef"]["name"] for e in main["env"] if "valueFrom" in e}
     assert secrets == {"aws-cred-secret"}
-    annotations = embedded["spec"]["ingress"]["metadata"]["annotations"]
-    assert annotations["nginx.ingress.kubernetes.io/rewrite-target"] == "/$2"
-    assert annotations["nginx.ingress.kubernetes.io/proxy-buffer-size"] == "64k"
+    # the owner in spec.owner and a plain Ingress: nothing the operator would report as not applied
+    assert embedded["spec"]["owner"] == "alice@example.org"
+    ingress = embedded["spec"]["ingress"]
+    assert "annotations" not in ingress["metadata"]
+    assert ingress["spec"]["rules"][0]["http"]["paths"][0]["path"] == "/cellxgene-example-embedded"
+    assert ingress["spec"]["rules"][0]["http"]["paths"][0]["pathType"] == "Prefix"
+    meta = embedded["metadata"]
+    plan = plan_instance(meta["name"], meta["namespace"], meta["labels"], parsed, Settings())
+    assert plan.ignored == [] and plan.open_access is None
+    setup = plan.children[1]["spec"]["template"]["spec"]["initContainers"][0]
+    assert setup["name"] == signin.SETUP_CONTAINER
+    (files,) = setup["env"]
+    # the sidecar lets the owner in, and only her
+    assert json.loads(files["value"].replace("$$", "$"))[signin.EMAILS_FILE] == "alice@example.org\n"
 
 
 def test_kustomize_builds_the_install(cluster: DevCluster) -> None:
@@ -232,7 +260,7 @@ def test_kustomize_builds_the_install(cluster: DevCluster) -> None:
     assert ("CustomResourceDefinition", model.CRD_NAME) in kinds
     assert ("CustomResourceDefinition", install.KOPF_PEERING_CRD_NAME) in kinds
     assert ("Deployment", "sui-operator") in kinds and ("Namespace", "cellxgene") in kinds
-    assert ("Service", "metrics") not in kinds  # ingress-nginx's namespace: the metrics file, opt-in
+    assert ("Service", "metrics") not in kinds  # activity from the sidecars: no ingress-nginx metrics
     # No credentials that applying it again could overwrite: the only Secret is the portal's
     # token, which the controller-manager fills in.
     assert [name for kind, name in kinds if kind == "Secret"] == [install.PORTAL_TOKEN_SECRET]
@@ -242,16 +270,12 @@ def test_the_api_server_accepts_the_install(cluster: DevCluster) -> None:
     """The kustomization, and the namespace and secret files applied one by one as in the PoC."""
     for name in ("namespace_cellxgene.yaml", "namespace_testing.yaml"):
         cluster.kubectl("apply", "-f", str(MANIFESTS / name))
-    cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "ingress-nginx"}}))
     rendered = cluster.kubectl("kustomize", str(MANIFESTS)).stdout
     result = cluster.kubectl("apply", "--dry-run=server", "-f", "-", input=rendered, check=False)
     assert result.returncode == 0, result.stderr
     for expected in ("customresourcedefinition.apiextensions.k8s.io/kopfpeerings.kopf.dev",
                      "deployment.apps/sui-operator", "serviceaccount/omicsdm"):  # fmt: skip
         assert expected in result.stdout, result.stdout
-    metrics = MANIFESTS / "service_ingress-nginx-controller_metrics.yaml"
-    applied = cluster.kubectl("apply", "--dry-run=server", "-f", str(metrics), check=False)
-    assert applied.returncode == 0 and "service/metrics" in applied.stdout, applied.stderr
     secrets = cluster.kubectl("apply", "--dry-run=server", "-f", str(MANIFESTS / "secret_aws-cred.yaml"), check=False)
     assert secrets.returncode == 0, secrets.stderr
     assert secrets.stdout.count("secret/aws-cred-secret") == 2
@@ -264,7 +288,7 @@ def test_the_api_server_accepts_the_install(cluster: DevCluster) -> None:
 def installed_rbac(cluster: DevCluster, namespace: str) -> Iterator[Settings]:
     """The RBAC of both accounts, and kopf's CRD (kubectl resolves kopfpeerings.kopf.dev through
     discovery), removed afterwards so that the rest of the session runs without peering."""
-    settings = Settings(namespace=namespace, metrics_service="")
+    settings = Settings(namespace=namespace)
     objects = [*install.operator_rbac(settings), *install.portal_rbac(settings)]
     install_crd(cluster, install.kopf_peering_crd())
     service_accounts.apply(cluster, objects)

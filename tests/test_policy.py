@@ -8,6 +8,7 @@ Each refused field has its literal message here, so a change to what a client re
 from __future__ import annotations
 
 import copy
+import json
 import re
 from typing import Any
 
@@ -16,18 +17,25 @@ import pytest
 from cxg_on_k8s.api import access, crd, model, policy
 from cxg_on_k8s.controller import ownership
 from cxg_on_k8s.render import embedded as embedded_form
+from cxg_on_k8s.render import signin
 from cxg_on_k8s.render.plan import Refusal, plan_instance
 from cxg_on_k8s.settings import Settings
-from tests.poc_form import poc_manifests, set_path
+from tests.poc_form import POC_AUTH_ENDPOINT, poc_manifests, set_path
 
 NAME = "cellxgene-0b6f3c1e-9d7a-4c55-8f0e-1a2b3c4d5e6f"
 NS = "viewers"
 SETTINGS = Settings(namespace=NS)
-AUTH = SETTINGS.oauth2_proxy_auth_endpoint  # what tests.poc_form.poc_manifests asks
+AUTH = POC_AUTH_ENDPOINT  # what tests.poc_form.poc_manifests asks
 AUTH_KEY = "nginx.ingress.kubernetes.io/auth-url"
 AUTH_FIELD = f'spec.ingress.metadata.annotations["{AUTH_KEY}"]'
 UID = "6c1f0a9e-0000-4000-8000-000000000001"
 POD = "spec.deployment.spec.template.spec"
+# The sidecar's volumes, which the operator adds after the policy (the client may not name them).
+SIGNIN_VOLUMES = [
+    {"name": "cxg-signin", "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}},
+    {"name": "cxg-signin-client",
+     "secret": {"secretName": "oauth2-proxy-client", "items": [{"key": "client-secret", "path": "client-secret"}]}},
+]  # fmt: skip
 
 
 def embedded(**changes: Any) -> model.SingleUserInstanceSpec:
@@ -168,7 +176,7 @@ REFUSED = [
      "components; remove priorityClassName"),
     ("runtime class", "deployment.spec.template.spec.runtimeClassName", "kata",
      f"{POD}.runtimeClassName is 'kata': viewers run in the cluster's default runtime; remove runtimeClassName"),
-    ("secret volume", "deployment.spec.template.spec.volumes", [{"name": "s", "secret": {"secretName": "oauth2-proxy-cookie"}}],
+    ("secret volume", "deployment.spec.template.spec.volumes", [{"name": "s", "secret": {"secretName": "oauth2-proxy-client"}}],
      f"{POD}.volumes[0].secret: a viewer's volumes are emptyDir, configMap, downwardAPI, projected only (its "
      "data comes from S3 through the aws-cred-secret Secret); remove the volume"),
     ("nfs volume", "deployment.spec.template.spec.volumes", [{"name": "n", "nfs": {"server": "nas", "path": "/"}}],
@@ -316,12 +324,20 @@ def test_the_pocs_pod_is_hardened_to_pass_pod_security_restricted() -> None:
     }  # fmt: skip
     assert pod["automountServiceAccountToken"] is False
     assert pod["terminationGracePeriodSeconds"] == SETTINGS.termination_grace_period
-    (viewer,) = pod["containers"]
+    # the client's container, then the sign-in sidecar the operator puts in front of it
+    assert [c["name"] for c in pod["containers"]] == ["cellxgene", signin.SIGNIN_CONTAINER]
+    assert [c["name"] for c in pod["initContainers"]] == [signin.SETUP_CONTAINER]
+    viewer, sidecar = pod["containers"]
     assert viewer["securityContext"] == {
         "allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}, "runAsNonRoot": True,
     }  # fmt: skip
     default = {"cpu": SETTINGS.default_cpu, "memory": SETTINGS.default_memory}
     assert viewer["resources"] == {"limits": default, "requests": default}
+    for added in (sidecar, pod["initContainers"][0]):
+        assert added["securityContext"] == {
+            "runAsNonRoot": True, "runAsUser": 65532, "runAsGroup": 65532, "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True, "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"},
+        }, added["name"]  # fmt: skip
 
 
 NEUTRALISED = [
@@ -338,7 +354,8 @@ NEUTRALISED = [
     ("finalizers on the pods", "deployment.spec.template.metadata.finalizers", ["example.org/block"],
      "spec.template.metadata.finalizers", None),
     ("no sizeLimit", "deployment.spec.template.spec.volumes", [{"name": "data", "emptyDir": {}}],
-     "spec.template.spec.volumes", [{"name": "data", "emptyDir": {"sizeLimit": SETTINGS.data_volume_limit}}]),
+     "spec.template.spec.volumes",
+     [{"name": "data", "emptyDir": {"sizeLimit": SETTINGS.data_volume_limit}}, *SIGNIN_VOLUMES]),
     ("requests only", "deployment.spec.template.spec.containers[0].resources", {"requests": {"cpu": "2"}},
      "spec.template.spec.containers[0].resources",
      {"requests": {"cpu": "2", "memory": SETTINGS.default_memory}, "limits": {"cpu": "2", "memory": SETTINGS.default_memory}}),
@@ -391,13 +408,21 @@ SERVICE_AND_INGRESS_ATTACKS = [
                          ids=[c[0] for c in SERVICE_AND_INGRESS_ATTACKS])  # fmt: skip
 def test_the_clients_service_and_ingress_are_replaced_by_the_operators(path: str, value: Any, named: str | None) -> None:
     plan = plan_instance(NAME, NS, {}, embedded(**{path: value}), SETTINGS)
-    _, _, service, ingress = plan.children
+    netpol, _, service, ingress = plan.children
+    # the client's port (5005) is reached through the sign-in sidecar only
     assert service["spec"] == {
-        "type": "ClusterIP", "selector": {"instance": NAME}, "ports": [{"name": "http", "port": 5005, "targetPort": 5005}],
+        "type": "ClusterIP", "selector": {"instance": NAME},
+        "ports": [{"name": "http", "port": 5005, "targetPort": signin.SIGNIN_PORT_NAME}],
     }  # fmt: skip
+    sidecar_ports = [{"protocol": "TCP", "port": 4180}, {"protocol": "TCP", "port": 44180}]
+    assert netpol["spec"]["ingress"] == [{"ports": sidecar_ports}]
     (rule,) = ingress["spec"]["rules"]
-    assert rule["host"] == "localhost" and rule["http"]["paths"][0]["path"] == f"/{NAME}(/|$)(.*)"
-    assert not any("snippet" in key and key.endswith(("server-snippet", "auth-snippet")) for key in ingress["metadata"]["annotations"])
+    assert rule == {
+        "host": "localhost",
+        "http": {"paths": [{"path": f"/{NAME}", "pathType": "Prefix",
+                            "backend": {"service": {"name": NAME, "port": {"name": "http"}}}}]},
+    }  # fmt: skip
+    assert "annotations" not in ingress["metadata"]  # none of the client's, snippets included
     if named:
         assert any(item.startswith(named) for item in plan.ignored), plan.ignored
 
@@ -405,28 +430,65 @@ def test_the_clients_service_and_ingress_are_replaced_by_the_operators(path: str
 # --- who gets in -------------------------------------------------------------------------------------
 
 
-def auth_url_of(plan_access: access.Access) -> str:
-    return access.auth_url(plan_access, SETTINGS)
+def signin_pod(children: list[dict[str, Any]]) -> dict[str, Any]:
+    pod: dict[str, Any] = children[1]["spec"]["template"]["spec"]
+    return pod
+
+
+def written_files(pod: dict[str, Any]) -> dict[str, str]:
+    """The files signin-setup writes for the sidecar, read from its environment as the kubelet
+    passes it ($$ becomes $)."""
+    (setup,) = [c for c in pod["initContainers"] if c["name"] == signin.SETUP_CONTAINER]
+    (var,) = setup["env"]
+    files: dict[str, str] = json.loads(var["value"].replace("$$", "$"))
+    return files
+
+
+def provider(pod: dict[str, Any]) -> dict[str, Any]:
+    (found,) = json.loads(written_files(pod)[signin.ALPHA_CONFIG_FILE])["providers"]
+    return dict(found)
+
+
+def flags(pod: dict[str, Any]) -> dict[str, str]:
+    (sidecar,) = [c for c in pod["containers"] if c["name"] == signin.SIGNIN_CONTAINER]
+    return dict(arg.removeprefix("--").split("=", 1) for arg in sidecar["args"])
+
+
+def who_gets_in(pod: dict[str, Any]) -> tuple[str | None, list[str] | None, str | None]:
+    """What the sidecar lets in: its e-mails file, its allowed groups, and --email-domain."""
+    emails = written_files(pod).get(signin.EMAILS_FILE)
+    if emails is not None:  # the file the sidecar reads, and only then
+        assert flags(pod).get("authenticated-emails-file") == f"{signin.FILES_DIR}/{signin.EMAILS_FILE}"
+    else:
+        assert "authenticated-emails-file" not in flags(pod)
+    return emails, provider(pod).get("allowedGroups"), flags(pod).get("email-domain")
 
 
 @pytest.mark.parametrize(
-    ("labels", "changes", "query"),
+    ("labels", "changes", "emails", "groups"),
     [
-        ({}, {}, "allowed_emails=alice@example.org"),  # the PoC's client: the owner in its auth-url
-        ({"user": "Bob"}, {}, "allowed_groups=bob"),  # the portal's user label wins over the auth-url
-        ({}, {"deployment.metadata.labels.user": "carol"}, "allowed_groups=carol"),
-        ({}, {"deployment.spec.template.metadata.labels.user": "dave"}, "allowed_groups=dave"),
-        ({}, {"ingress.metadata.annotations": {AUTH_KEY: f"{AUTH}?allowed_groups=lab-a"}}, "allowed_groups=lab-a"),
+        ({}, {}, "alice@example.org\n", None),  # the PoC's client: the owner in its auth-url
+        ({"user": "Bob"}, {}, None, ["bob"]),  # the portal's user label wins over the auth-url
+        ({}, {"deployment.metadata.labels.user": "carol"}, None, ["carol"]),
+        ({}, {"deployment.spec.template.metadata.labels.user": "dave"}, None, ["dave"]),
+        ({}, {"ingress.metadata.annotations": {AUTH_KEY: f"{AUTH}?allowed_groups=lab-a"}}, None, ["lab-a"]),
         ({}, {"ingress.metadata.annotations": {AUTH_KEY: "http://elsewhere/auth?allowed_emails=a@x.org,b@x.org"}},
-         "allowed_emails=a@x.org,b@x.org"),
+         "a@x.org\nb@x.org\n", None),
     ],
     ids=["auth-url-email", "instance-user-label", "deployment-user-label", "template-user-label", "auth-url-group",
          "another-servers-auth-url-still-names-people"],
 )  # fmt: skip
-def test_the_embedded_form_lets_in_whom_it_names(labels: dict[str, str], changes: dict[str, Any], query: str) -> None:
+def test_the_embedded_form_lets_in_whom_it_names(
+    labels: dict[str, str], changes: dict[str, Any], emails: str | None, groups: list[str] | None
+) -> None:
     plan = plan_instance(NAME, NS, labels, embedded(**changes), SETTINGS)
-    ingress = plan.children[3]
-    assert ingress["metadata"]["annotations"][AUTH_KEY] == f"{AUTH}?{query}"
+    pod = signin_pod(plan.children)
+    # e-mails alone: only those in the file; groups: any e-mail, but only members of the groups
+    assert who_gets_in(pod) == (emails, groups, None if emails else "*")
+    assert not plan.children[3]["metadata"].get("annotations")  # no auth check at the edge
+    # the operator's own Keycloak decides; whatever server the client's auth-url named is never asked
+    assert provider(pod)["oidcConfig"]["issuerURL"] == "http://localhost:8080/realms/cellxgene"
+    assert "elsewhere" not in json.dumps(plan.children)
     assert plan.open_access is None
 
 
@@ -458,7 +520,8 @@ def test_an_embedded_instance_naming_nobody_is_refused_by_default(annotations: d
 def test_with_require_owner_off_an_instance_naming_nobody_is_open_and_says_so() -> None:
     spec = embedded(**{"ingress.metadata.annotations": {AUTH_KEY: f"{AUTH}?allowed_emails=,"}})
     plan = plan_instance(NAME, NS, {}, spec, Settings(namespace=NS, require_owner=False))
-    assert plan.children[3]["metadata"]["annotations"][AUTH_KEY] == AUTH  # every signed-in user
+    assert who_gets_in(signin_pod(plan.children)) == (None, None, "*")  # every signed-in user
+    assert not plan.children[3]["metadata"].get("annotations")
     assert plan.open_access is not None and "names nobody" in plan.open_access
     assert f"spec.ingress annotation {AUTH_KEY}" in plan.ignored
 

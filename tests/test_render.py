@@ -6,6 +6,7 @@ tests/client_shapes.py.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -14,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from cxg_on_k8s.api import model
+from cxg_on_k8s.render import signin
 from cxg_on_k8s.settings import Settings
 from tests import client_shapes
 
@@ -42,10 +43,21 @@ def test_the_portals_shape_renders_as_the_operator_would_create_it(tmp_path: Pat
     assert result.returncode == 0, result.stderr
     docs = list(yaml.safe_load_all(result.stdout))  # a narrow pipe does not wrap machine output
     assert [d["kind"] for d in docs] == ["SingleUserInstance", "NetworkPolicy", "Deployment", "Service", "Ingress"]
-    deployment, ingress = docs[2], docs[4]
+    deployment, service, ingress = docs[2], docs[3], docs[4]
     assert deployment["metadata"]["name"] == NAME and deployment["spec"]["selector"] == {"matchLabels": {"instance": NAME}}
-    assert ingress["metadata"]["annotations"][model.AUTH_URL_ANNOTATION].endswith("?allowed_groups=bob")
-    assert "not applied: spec.ingress annotation nginx.ingress.kubernetes.io/auth-url" in result.stderr
+    # the portal's user label is who gets in, told to the viewer's own sign-in sidecar
+    pod = deployment["spec"]["template"]["spec"]
+    assert [c["name"] for c in pod["containers"]] == ["cellxgene", signin.SIGNIN_CONTAINER]
+    (setup_env,) = pod["initContainers"][0]["env"]
+    files = json.loads(setup_env["value"].replace("$$", "$"))
+    (provider,) = json.loads(files[signin.ALPHA_CONFIG_FILE])["providers"]
+    assert provider["allowedGroups"] == ["bob"] and signin.EMAILS_FILE not in files
+    assert service["spec"]["ports"] == [{"name": "http", "port": 5005, "targetPort": signin.SIGNIN_PORT_NAME}]
+    assert "annotations" not in ingress["metadata"]
+    assert ingress["spec"]["rules"][0]["http"]["paths"][0]["path"] == f"/{NAME}"
+    # every one of the client's Ingress annotations is reported as not applied
+    for annotation in ("auth-url", "auth-signin", "rewrite-target"):
+        assert f"not applied: spec.ingress annotation nginx.ingress.kubernetes.io/{annotation}" in result.stderr
 
 
 def test_a_refused_file_prints_the_operators_message_and_exits_2(tmp_path: Path) -> None:
@@ -82,9 +94,12 @@ def test_a_narrow_pipe_gets_every_value_on_one_line(tmp_path: Path) -> None:
     assert "\x1b[" not in result.stdout
     lines = [line.strip() for line in result.stdout.splitlines()]
     assert f"title: {title}" in lines
+    # the sign-in sidecar's files: one value of hundreds of characters, with spaces
     docs = list(yaml.safe_load_all(result.stdout))
-    auth_url = docs[-1]["metadata"]["annotations"][model.AUTH_URL_ANNOTATION]
-    assert f"{model.AUTH_URL_ANNOTATION}: {auth_url}" in lines
+    (setup_env,) = docs[2]["spec"]["template"]["spec"]["initContainers"][0]["env"]
+    assert len(setup_env["value"]) > 400 and " " in setup_env["value"]
+    value_line = lines[lines.index(f"- name: {signin.FILES_ENV}") + 1]
+    assert yaml.safe_load(value_line) == {"value": setup_env["value"]}
 
 
 def test_an_owner_with_a_newline_is_refused_naming_the_field(tmp_path: Path) -> None:

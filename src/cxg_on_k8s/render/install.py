@@ -274,7 +274,7 @@ def ingress_metrics_service(settings: Settings) -> Manifest:
     ingress-nginx), so that the operator finds every replica (its EndpointSlices) and a
     port-forward reaches one: ``kubectl -n ingress-nginx port-forward svc/metrics 10254:80``. Its
     namespace/name is the setting metrics_service (default ``ingress-nginx/metrics``)."""
-    ns, _, name = settings.metrics_service.partition("/")
+    ns, _, name = (settings.metrics_service or "ingress-nginx/metrics").partition("/")
     return {
         "apiVersion": "v1",
         "kind": "Service",

@@ -5,8 +5,9 @@ on 127.0.0.1 that a browser opens.
 Run through ``bash scripts/demo.sh`` (which installs what is missing first; needs root, as the
 real node does). The viewer's pod runs the project's own images (built by scripts/build-images.sh)
 on the dev cluster's real node; the S3 store is moto's server on the node's address, which the
-pod reaches; the URL is a ``kubectl port-forward`` to the viewer's Service, so it skips the sign-in
-(a cluster's edge and Keycloak are not part of the demo). Without ``--keep`` it checks that the URL
+pod reaches; the URL is a ``kubectl port-forward`` to the viewer's own port in its pod, past its
+sign-in sidecar (a cluster's edge and Keycloak are not part of the demo; tests/test_signin_on_node.py
+signs in through a real gateway). Without ``--keep`` it checks that the URL
 answers and stops everything; with ``--keep`` it waits for Ctrl-C.
 """
 
@@ -78,7 +79,9 @@ def main() -> int:
     with DevCluster(workdir=workdir / "cluster", real_node=True) as cluster:
         try:
             step("importing the project's images into the real node's containerd")
-            cluster.start_real_node().import_built_images()
+            node = cluster.start_real_node()
+            node.import_built_images()
+            node.import_oauth2_proxy()
             step(f"S3: moto's server on the real node's address {NODE_IP}, with a generated {args.cells}-cell dataset")
             s3_port = free_port()
             endpoint = f"http://{NODE_IP}:{s3_port}"
@@ -100,6 +103,9 @@ def main() -> int:
                  "the namespace's default ServiceAccount")  # fmt: skip
             cluster.kubectl("create", "secret", "generic", "aws-cred-secret", "-n", NAMESPACE,
                             *[f"--from-literal={k}={v}" for k, v in DEMO_KEYS.items()])  # fmt: skip
+            # The sign-in sidecar mounts the OIDC client's Secret; nobody signs in here, so a placeholder.
+            cluster.kubectl("create", "secret", "generic", "oauth2-proxy-client", "-n", NAMESPACE,
+                            "--from-literal=client-id=cellxgene", "--from-literal=client-secret=demo-has-no-keycloak")
             env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig), "CXG_URL_SCHEME": "http",
                    "CXG_HOST_NAME": "cellxgene.localtest", "CXG_METRICS_SERVICE": "", "CXG_S3_BUCKET": BUCKET,
                    "CXG_S3_ENDPOINT_URL": endpoint, "CXG_IMAGE_PULL_POLICY": "Never", "CXG_DEFAULT_CPU": "1",
@@ -112,18 +118,18 @@ def main() -> int:
             name = f"cellxgene-demo-{os.getpid()}"
             step(f"a viewer of s3://{BUCKET}/datasets/{dataset.name} for {args.owner}")
             deploy = subprocess.run([*cxg, "deploy", "--owner", args.owner, "--dataset", f"s3://{BUCKET}/datasets/{dataset.name}",
-                                     "--name", name, "--timeout", "300", "--no-with-oauth2-proxy"], env=env)  # fmt: skip
+                                     "--name", name, "--timeout", "300"], env=env)  # fmt: skip
             if deploy.returncode != 0:
                 return deploy.returncode
             print(cluster.kubectl("get", "sui,deploy,svc,pods", "-n", NAMESPACE, "-o", "wide").stdout)
             port = args.port or free_port()
             forward = subprocess.Popen([str(cluster.kubectl_path()), f"--kubeconfig={cluster.kubeconfig}", "port-forward",
-                                        "-n", NAMESPACE, "--address", "127.0.0.1", f"svc/{name}", f"{port}:80"],
+                                        "-n", NAMESPACE, "--address", "127.0.0.1", f"deploy/{name}", f"{port}:5005"],
                                        stdout=(workdir / "port-forward.log").open("wb"), stderr=subprocess.STDOUT)  # fmt: skip
             processes.append(forward)
             url = f"http://127.0.0.1:{port}/"
             wait(lambda: answers(f"{url}api/v0.2/schema"), 60, f"cellxgene at {url}")
-            print(f"\nThe viewer answers at {url}  (a port-forward to its Service: no sign-in on this path)")
+            print(f"\nThe viewer answers at {url}  (a port-forward to cellxgene in its pod, past the sign-in sidecar)")
             print(f"It took {time.monotonic() - started:.0f} s from the start of this script.")
             if args.keep:
                 print(f"export KUBECONFIG={cluster.kubeconfig}   # to look around; Ctrl-C stops everything", flush=True)

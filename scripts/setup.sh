@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Installs everything the demo and the tests need, idempotently; a second run takes seconds.
 #   scripts/setup.sh          the demo's needs: the Python venv (.venv), the Go-built control plane
-#                             and real node (kubelet, kube-proxy, CoreDNS, the pause program; Debian's
+#                             and real node (kubelet, kube-proxy, CoreDNS, the pause program, and
+#                             oauth2-proxy for the viewers' sign-in sidecar image; Debian's
 #                             containerd, runc, CNI plugins and iptables by install-node-deps.sh), the
 #                             cellxgene venv (the demo's dataset is generated with it) and the
 #                             container images (podman, FROM a debootstrapped stand-in base)
-#   scripts/setup.sh --all    plus what the full test suite needs: Debian's nginx and chromium,
-#                             Keycloak, oauth2-proxy, helm, Traefik (the Gateway API and Ingress
+#   scripts/setup.sh --all    plus what the full test suite needs: Debian's chromium,
+#                             Keycloak, helm, Traefik (the Gateway API and Ingress
 #                             edge), hadolint and the browser test's npm packages (by
 #                             install-signin-deps.sh)
 # The Go builds use both cores; everything that mostly waits on downloads (Debian packages, the
@@ -52,7 +53,7 @@ step "building the control plane and the real node from Go modules (15-25 min th
 if $all; then
   devcluster/build.sh kubernetes etcd kwok kubelet coredns oauth2-proxy helm traefik
 else
-  devcluster/build.sh kubernetes etcd kwok kubelet coredns
+  devcluster/build.sh kubernetes etcd kwok kubelet coredns oauth2-proxy  # the viewers' sign-in sidecar
 fi
 
 step "waiting for the background steps (log: $log)"

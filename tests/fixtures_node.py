@@ -23,7 +23,6 @@ from cxg_devcluster.cluster import DevCluster
 from cxg_devcluster.node import RealNode, namespace_annotations, write_oci_archive
 
 from tests.conftest import wait_for
-from tests.fixtures_signin import OAUTH2_PROXY
 
 BUSYBOX = Path("/bin/busybox")
   # Debian's busybox-static (scripts/install-node-deps.sh)
@@ -55,27 +54,11 @@ def busybox_image(real_node: RealNode, tmp_path_factory: pytest.TempPathFactory)
 
 
 @pytest.fixture(scope="session")
-def oauth2_proxy_image(real_node: RealNode, tmp_path_factory: pytest.TempPathFactory) -> str:
-    """A stand-in for the official oauth2-proxy image (quay.io/oauth2-proxy/oauth2-proxy:v7.15.6,
-    which no registry here serves): the same version's static binary, built from its Go module by
-    devcluster/build.sh, as the image's one file. The official image is that binary on a
-    distroless base; the CA bundle it adds is not needed against the tests' http Keycloak."""
-    binary = OAUTH2_PROXY
-    if not binary.is_file():
-        raise FileNotFoundError(f"{binary} is missing: run `devcluster/build.sh oauth2-proxy`")
-    program = binary.read_bytes()
-    name = f"localhost/cxg-test-oauth2-proxy:v7.15.6-{hashlib.sha256(program).hexdigest()[:12]}"
-    archive = tmp_path_factory.mktemp("images") / "oauth2-proxy.oci.tar"
-    write_oci_archive(archive, name, {"bin/oauth2-proxy": (program, 0o755)}, entrypoint=["/bin/oauth2-proxy"])
-    assert real_node.import_image(archive) == [name]
-    return name
-
-
-@pytest.fixture(scope="session")
 def project_images(real_node: RealNode) -> list[str]:
-    """The project's images (scripts/build-images.sh, run by scripts/setup.sh --all) imported into
-    the node, under the names the settings' defaults give pods; about 25 s the first time."""
-    return real_node.import_built_images()
+    """The project's images (scripts/build-images.sh, run by scripts/setup.sh --all) and the
+    oauth2-proxy stand-in (RealNode.import_oauth2_proxy) imported into the node, under the names
+    the settings' defaults give pods; about 25 s the first time."""
+    return [*real_node.import_built_images(), real_node.import_oauth2_proxy()]
 
 
 def create_real_namespace(cluster: DevCluster) -> str:

@@ -21,11 +21,8 @@ from cxg_devcluster.node import NODE_IP, NODE_NAME, RealNode  # noqa: E402
 
 from cxg_on_k8s.api import model  # noqa: E402
 from cxg_on_k8s.k8s.client import K8ApiHandler, load_client  # noqa: E402
-from cxg_on_k8s.render import (
-    install,
-    viewer,  # noqa: E402
-)
-from cxg_on_k8s.settings import DEFAULT_OPERATOR_IMAGE  # noqa: E402
+from cxg_on_k8s.render import install, signin, viewer  # noqa: E402
+from cxg_on_k8s.settings import DEFAULT_OPERATOR_IMAGE, Settings  # noqa: E402
 from tests.conftest import REPO, remove_peering_crd, wait_for  # noqa: E402
 from tests.fixtures_node import create_real_namespace  # noqa: E402
 from tests.fixtures_s3 import moto_with_keys  # noqa: E402
@@ -51,7 +48,9 @@ def helm_release(
             "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "aws-cred-secret", "namespace": namespace},
             "stringData": {"AWS_ACCESS_KEY_ID": s3.access_key, "AWS_SECRET_ACCESS_KEY": s3.secret_key},
         }  # fmt: skip
-        cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(secret))
+        # The sign-in sidecar mounts the OIDC client's Secret; nobody signs in here: a placeholder.
+        client = signin.client_secret(Settings(namespace=namespace), "cellxgene", "not-used-here")
+        cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump_all([secret, client]))
         repository, _, tag = DEFAULT_OPERATOR_IMAGE.partition(":")
         values = {
             "namespace": namespace,

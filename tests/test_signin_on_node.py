@@ -2,7 +2,7 @@
 
 Everything is real: Traefik (tests/fixtures_edge.py) serves the operator's HTTPRoutes on
 127.0.0.1; the viewer pods run on the real node with their oauth2-proxy sidecar (the same
-version's binary as the one stand-in image, tests/fixtures_node.py), cellxgene on the pod's
+version's binary as the one stand-in image, RealNode.import_oauth2_proxy), cellxgene on the pod's
 loopback behind it; Keycloak and moto listen on the real node's own address, which the pods
 reach; the operator runs with ``edge=gateway`` and reads each sidecar's counters for activity.
 The browser is headless Chromium for the full page and a ``requests`` session elsewhere.
@@ -89,7 +89,6 @@ def gateway_edge(
     cluster: DevCluster,
     real_node: RealNode,
     project_images: list[str],
-    oauth2_proxy_image: str,
     edge_controller: EdgeController,
     small_h5ad: Path,
     tmp_path_factory: pytest.TempPathFactory,
@@ -113,7 +112,6 @@ def gateway_edge(
                 host_name=f"localhost:{edge_controller.port}",
                 keycloak_endpoint=keycloak.url,
                 keycloak_realm=realm.name,
-                oauth2_proxy_image=oauth2_proxy_image,
                 image_pull_policy="Never",
                 s3_endpoint_url=s3.endpoint,
                 s3_bucket=bucket,
@@ -156,7 +154,10 @@ def create_instances(k8s: K8ApiHandler, settings: Settings, realm: Realm, datase
     owner = realm.owner.email.capitalize()  # a portal may spell it so; Keycloak signs it in lower case
 
     def portal(**fields: Any) -> str:
-        return create(k8s, viewer.instance(viewer.new_instance_name(), k8s.namespace, owner, dataset, **fields))
+        # A prefix of its own each: one owner's viewers of one dataset would share one (refused).
+        name = viewer.new_instance_name()
+        user_data = f"s3://{settings.s3_bucket}/users/{name}/"
+        return create(k8s, viewer.instance(name, k8s.namespace, owner, dataset, userData=user_data, **fields))
 
     shape = viewer.new_instance_name()
     body = client_shapes.portal_instance(shape, k8s.namespace, realm.owner.username, "pbmc.h5ad", settings,

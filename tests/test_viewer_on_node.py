@@ -18,30 +18,29 @@ import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from http.client import HTTPConnection
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
 
 pytest.register_assert_rewrite("tests.fixtures_node", "tests.fixtures_s3")  # before their import: their asserts explain
 
-from cxg_devcluster.cluster import DevCluster  # noqa: E402
-from cxg_devcluster.node import NODE_IP, NODE_NAME, RealNode  # noqa: E402
+from cxg_devcluster.cluster import DevCluster, free_port
+from cxg_devcluster.node import NODE_IP, NODE_NAME, RealNode
 
-from cxg_on_k8s.api import model  # noqa: E402
-from cxg_on_k8s.k8s.client import K8ApiHandler, load_client  # noqa: E402
-from cxg_on_k8s.render import (
-    samples,  # noqa: E402
-    viewer,
-)
-from cxg_on_k8s.settings import Settings  # noqa: E402
-from tests import client_shapes  # noqa: E402
-from tests.conftest import OperatorProcess, launch_operator, operator_env, wait_for  # noqa: E402
-from tests.fixtures_node import create_real_namespace  # noqa: E402
-from tests.fixtures_s3 import MotoS3, moto_with_keys  # noqa: E402
-from tests.instances import create, get_or_none, wait_phase  # noqa: E402
+from cxg_on_k8s.api import model
+from cxg_on_k8s.k8s.client import K8ApiHandler, load_client
+from cxg_on_k8s.render import samples, signin, viewer
+from cxg_on_k8s.settings import Settings
+from tests import client_shapes
+from tests.conftest import OperatorProcess, launch_operator, operator_env, wait_for
+from tests.fixtures_node import create_real_namespace
+from tests.fixtures_s3 import MotoS3, moto_with_keys
+from tests.instances import create, get_or_none, wait_phase
 
 pytest_plugins = ["tests.fixtures_node", "tests.fixtures_s3"]
 
@@ -60,6 +59,7 @@ class Viewers:
     bucket: str
     dataset: str  # s3://bucket/key of the generated .h5ad
     operator: OperatorProcess
+    forwards: list[subprocess.Popen[bytes]] = field(default_factory=list)  # stopped by the fixture
 
 
 @pytest.fixture(scope="module")
@@ -83,17 +83,24 @@ def viewers(
             "stringData": {"AWS_ACCESS_KEY_ID": s3.access_key, "AWS_SECRET_ACCESS_KEY": s3.secret_key,
                            "AWS_DEFAULT_REGION": "us-east-1"},
         }  # fmt: skip
-        cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(secret))
+        # The sign-in sidecars mount the OIDC client's Secret; nobody signs in here (no Keycloak:
+        # tests/test_signin_on_node.py does that), so its secret is a placeholder.
+        client = signin.client_secret(Settings(namespace=namespace), "cellxgene", "not-used-here")
+        cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump_all([secret, client]))
         env = operator_env(
             cluster.kubeconfig, namespace, s3_endpoint_url=s3.endpoint, s3_bucket=bucket, image_pull_policy="Never",
             default_cpu="250m", default_memory="1Gi", termination_grace_period=GRACE, save_interval=10, tick=2,
         )  # fmt: skip
         started: list[OperatorProcess] = []
+        forwards: list[subprocess.Popen[bytes]] = []
         try:
             operator = launch_operator(env, workdir / "operator.log", started=started)
             k8s = K8ApiHandler(client=load_client(str(cluster.kubeconfig)), namespace=namespace)
-            yield Viewers(k8s, cluster, s3, bucket, f"s3://{bucket}/datasets/pbmc-small.h5ad", operator)
+            yield Viewers(k8s, cluster, s3, bucket, f"s3://{bucket}/datasets/pbmc-small.h5ad", operator, forwards)
         finally:
+            for forward in forwards:
+                forward.terminate()
+                forward.wait(timeout=10)
             for proc in started:
                 proc.stop()
             cluster.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
@@ -101,10 +108,26 @@ def viewers(
 
 def cluster_ip_url(viewers: Viewers, name: str) -> str:
     """The viewer's Service, once it answers: kube-proxy programs a new Service's ClusterIP a
-    moment after the pod is Ready."""
+    moment after the pod is Ready. Behind it is the sign-in sidecar."""
     service = viewers.k8s.core.read_namespaced_service(name, viewers.k8s.namespace)
     url = f"http://{service.spec.cluster_ip}:{service.spec.ports[0].port}"
-    wait_for(lambda: http(f"{url}/api/v0.2/schema")[0] == 200, 60, f"{name}'s ClusterIP to answer")
+    wait_for(lambda: http(f"{url}/ping")[0] == 200, 60, f"{name}'s ClusterIP to answer")
+    return url
+
+
+def cellxgene_url(viewers: Viewers, name: str) -> str:
+    """cellxgene itself, past its sign-in sidecar: a ``kubectl port-forward`` to the pod's own
+    port, which reaches the pod's loopback, where cellxgene listens (the fixture stops it)."""
+    port = free_port()
+    pod = viewer_pod(viewers, name).metadata.name
+    forward = subprocess.Popen(
+        [str(viewers.cluster.kubectl_path()), f"--kubeconfig={viewers.cluster.kubeconfig}", "port-forward", "-n",
+         viewers.k8s.namespace, "--address", "127.0.0.1", f"pod/{pod}", f"{port}:{viewer.VIEWER_PORT}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    viewers.forwards.append(forward)
+    url = f"http://127.0.0.1:{port}"
+    wait_for(lambda: http(f"{url}/api/v0.2/schema")[0] == 200, 60, f"{name}'s cellxgene through a port-forward")
     return url
 
 
@@ -184,7 +207,13 @@ def test_a_portal_viewer_runs_on_the_real_node_and_answers_through_its_service(v
     (fetch,) = [s for s in pod.status.init_container_statuses if s.name == "fetch"]
     assert fetch.state.terminated.exit_code == 0
     assert body["status"]["startupSeconds"] > 0
-    url = cluster_ip_url(viewers, name)
+    # Through the Service (kube-proxy) the sidecar answers: the page needs a sign-in first.
+    service = urlsplit(cluster_ip_url(viewers, name))
+    connection = HTTPConnection(service.hostname or "", service.port, timeout=20)
+    connection.request("GET", f"/{name}/")
+    assert connection.getresponse().status == 302
+    connection.close()
+    url = cellxgene_url(viewers, name)
     status, page = http(f"{url}/")
     assert status == 200 and b"CELLXGENE" in page.upper(), page[:300]
     status, schema = http(f"{url}/api/v0.2/schema")
@@ -198,7 +227,7 @@ def test_a_portal_viewer_runs_on_the_real_node_and_answers_through_its_service(v
 def test_the_last_change_before_a_delete_is_saved_and_the_next_viewer_shows_it(viewers: Viewers) -> None:
     name = create(viewers.k8s, viewer.instance(viewer.new_instance_name(), viewers.k8s.namespace, OWNER, viewers.dataset))
     wait_phase(viewers.k8s, name, model.Phase.READY, timeout=READY_TIMEOUT)
-    url = cluster_ip_url(viewers, name)
+    url = cellxgene_url(viewers, name)
     gene_set = f"made-just-before-delete-{uuid.uuid4().hex[:6]}"
     stops = Stops(viewers, name)
     try:
@@ -215,7 +244,7 @@ def test_the_last_change_before_a_delete_is_saved_and_the_next_viewer_shows_it(v
     assert stops.exit_codes.get("save") == 0, stops.exit_codes
     again = create(viewers.k8s, viewer.instance(viewer.new_instance_name(), viewers.k8s.namespace, OWNER, viewers.dataset))
     wait_phase(viewers.k8s, again, model.Phase.READY, timeout=READY_TIMEOUT)
-    assert gene_set in gene_sets_of(cluster_ip_url(viewers, again))
+    assert gene_set in gene_sets_of(cellxgene_url(viewers, again))
     viewers.k8s.delete_instance(again)
     wait_for(lambda: get_or_none(viewers.k8s, again) is None, 30, f"{again} to go")
 
@@ -237,7 +266,7 @@ def test_a_viewer_culled_for_its_lifespan_saves_first(viewers: Viewers) -> None:
                                                  viewers.dataset, lifespan=60))  # fmt: skip
     wait_phase(viewers.k8s, name, model.Phase.READY, timeout=READY_TIMEOUT)
     gene_set = f"made-before-the-cull-{uuid.uuid4().hex[:6]}"
-    add_gene_set(cluster_ip_url(viewers, name), gene_set)
+    add_gene_set(cellxgene_url(viewers, name), gene_set)
     wait_for(lambda: get_or_none(viewers.k8s, name) is None, 120, f"{name} to be culled at the end of its lifespan")
     wait_for(lambda: not viewers.k8s.list_pods(f"instance={name}").items, GRACE + 30, "the viewer pod to go")
     assert gene_set in saved_gene_sets_for(viewers, owner, viewers.dataset)
@@ -289,7 +318,7 @@ def test_the_portals_embedded_form_runs_on_the_real_node(viewers: Viewers) -> No
     create(viewers.k8s, body)
     wait_phase(viewers.k8s, name, model.Phase.READY, timeout=READY_TIMEOUT)
     assert viewer_pod(viewers, name).spec.node_name == NODE_NAME
-    url = cluster_ip_url(viewers, name)
+    url = cellxgene_url(viewers, name)
     assert b"CELLXGENE" in http(f"{url}/")[1].upper()
     viewers.k8s.delete_instance(name)
 

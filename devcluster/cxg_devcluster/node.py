@@ -75,6 +75,9 @@ PAUSE_SOURCE = dc.REPO_ROOT / "devcluster" / "pause" / "pause.c"
 REAL_NODE_RANGE = "10.250.0.0/16"
 POD_SUBNET = "10.250.0.0/24"
 NODE_IP = dc.API_ADVERTISE_ADDRESS
+OAUTH2_PROXY_VERSION = "v7.15.6"
+# The settings' default oauth2_proxy_image, so that viewers find the stand-in under it.
+OAUTH2_PROXY_IMAGE = f"quay.io/oauth2-proxy/oauth2-proxy:{OAUTH2_PROXY_VERSION}"
 NODE_IP_RANGE = "10.251.0.0/24"
 BRIDGE = "cxgnode0"
 CNI_NETWORK = "cxg-real-node"
@@ -395,6 +398,22 @@ class RealNode:
                     raise RuntimeError(f"{archive} holds {imported}, not {name} as {listing} says: rebuild it")
                 names.append(name)
         return names
+
+    def import_oauth2_proxy(self, binary: Path | None = None) -> str:
+        """A stand-in for the official oauth2-proxy image, under its name (the viewers' sign-in
+        sidecar, setting oauth2_proxy_image), which no registry here serves: the same version's
+        static binary, built from its Go module by devcluster/build.sh, as the image's one file.
+        The official image is that binary on a distroless base; the CA bundle it adds is not
+        needed against a Keycloak on plain http. Returns the name."""
+        binary = binary or dc.binary("oauth2-proxy", OAUTH2_PROXY_VERSION)
+        archive = self.root / "oauth2-proxy.oci.tar"
+        write_oci_archive(
+            archive, OAUTH2_PROXY_IMAGE, {"bin/oauth2-proxy": (binary.read_bytes(), 0o755)}, ["/bin/oauth2-proxy"]
+        )
+        imported = self.import_image(archive)
+        if imported != [OAUTH2_PROXY_IMAGE]:
+            raise RuntimeError(f"{archive} holds {imported}, not {OAUTH2_PROXY_IMAGE}")
+        return OAUTH2_PROXY_IMAGE
 
     def _say(self, message: str) -> None:
         self.cluster._say(f"real node: {message}")

@@ -53,14 +53,21 @@ def alpha_config(name: str, viewer_port: int, access: Access, settings: Settings
     ``/<name>/`` by oauth2-proxy's trailing-slash rule, which cellxgene needs (it computes its API
     base from the page's URL). Groups are a provider field here; e-mails are a file (see
     :func:`files`). Written as JSON, which is YAML, so no value can change the structure."""
+    issuer = issuer_url(settings)
     provider: dict[str, Any] = {
         "id": "keycloak",
         "provider": "keycloak-oidc",
         "clientID": settings.oidc_client_id,
         "clientSecretFile": f"{CLIENT_DIR}/client-secret",
         "code_challenge_method": "S256",
+        # Keycloak's endpoints are fixed by its realm: with them given, the sidecar starts without
+        # asking Keycloak (no discovery call per pod; a viewer starts while Keycloak is down).
+        "loginURL": f"{issuer}/protocol/openid-connect/auth",
+        "redeemURL": f"{issuer}/protocol/openid-connect/token",
         "oidcConfig": {
-            "issuerURL": issuer_url(settings),
+            "issuerURL": issuer,
+            "skipDiscovery": True,
+            "jwksURL": f"{issuer}/protocol/openid-connect/certs",
             "emailClaim": "email",
             "groupsClaim": "groups",
             "audienceClaims": ["aud"],

@@ -3,7 +3,9 @@
 Runs ``bench/spawn.py`` (sizes 1, 100, 500; our operator and the proof of concept's design; the
 API server with its default flow control), then our operator alone at the largest size with the
 API server's limits off (``--unlimited-apiserver``), then ``bench/startup.py``, then
-``bench/culling.py`` (how soon culls follow their timeouts, a thousand expiries); and writes the
+``bench/culling.py`` (how soon culls follow their timeouts, a thousand expiries), then
+``bench/activity.py`` (one pass's activity read at 1000 and 5000 viewers) and ``bench/sidecar.py``
+(what the sign-in sidecar adds to a viewer); and writes the
 machine, the versions, the load average, the commands and their numbers to bench/RESULTS.md.
 Numbers from a 2-core machine shared with other work are noisy: the load average before each run
 is recorded next to it.
@@ -113,6 +115,8 @@ def main() -> None:
     parser.add_argument("--skip-culling", action="store_true", help="do not run bench/culling.py")
     parser.add_argument("--culling-args", default="--expiries 1000",
                         help="arguments for bench/culling.py (default '--expiries 1000', as tests/test_faults.py)")
+    parser.add_argument("--skip-activity", action="store_true", help="do not run bench/activity.py")
+    parser.add_argument("--skip-sidecar", action="store_true", help="do not run bench/sidecar.py")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "RESULTS.md")
     args = parser.parse_args()
     started = time.monotonic()
@@ -135,6 +139,13 @@ def main() -> None:
         loads["before culling.py"] = load()
         run = subprocess.run(culling_cmd, cwd=REPO, capture_output=True, text=True, check=False)
         culling = run.stdout + (f"\n(exit {run.returncode}: {run.stderr[-2000:]})" if run.returncode else "")
+    extra: dict[str, tuple[list[str], str]] = {}
+    for script, skip in (("activity.py", args.skip_activity), ("sidecar.py", args.skip_sidecar)):
+        if not skip:
+            command = [sys.executable, f"bench/{script}"]
+            loads[f"before {script}"] = load()
+            run = subprocess.run(command, cwd=REPO, capture_output=True, text=True, check=False)
+            extra[script] = (command, run.stdout + (f"\n(exit {run.returncode}: {run.stderr[-2000:]})" if run.returncode else ""))
     loads["end"] = load()
     minutes = (time.monotonic() - started) / 60
 
@@ -226,6 +237,14 @@ def main() -> None:
             "```",
             "",
         ]
+    titles = {
+        "activity.py": "Activity per culling pass: the viewers' sidecars vs ingress-nginx's page",
+        "sidecar.py": "What the sign-in sidecar adds to a viewer: memory and latency",
+    }
+    for script, (command, text) in extra.items():
+        out += [f"## {titles[script]} (`bench/{script}`)", "",
+                f"Command: `.venv/bin/python {' '.join(command[1:])}` (see its docstring).", "",
+                "```", text.rstrip(), "```", ""]  # fmt: skip
     out += ["Raw spawn results (JSON):", "", "```json", json.dumps(results + unlimited, indent=1), "```", ""]
     args.out.write_text("\n".join(out))
     print(f"wrote {args.out}")

@@ -14,7 +14,6 @@ import os
 import re
 import uuid
 from collections.abc import Callable, Iterator, Mapping
-from functools import partial
 from typing import Any, TypeVar
 
 import kubernetes.client as k8s
@@ -377,7 +376,9 @@ class K8ApiHandler:
             "Service": self.core.create_namespaced_service,
             "Ingress": self.networking.create_namespaced_ingress,
             "NetworkPolicy": self.networking.create_namespaced_network_policy,
-            "HTTPRoute": partial(self.custom.create_namespaced_custom_object, GATEWAY_GROUP, "v1", "httproutes"),
+            "HTTPRoute": lambda ns, body: self.custom.create_namespaced_custom_object(
+                GATEWAY_GROUP, "v1", ns, "httproutes", body
+            ),
             "Secret": self.core.create_namespaced_secret,
             "ServiceAccount": self.core.create_namespaced_service_account,
         }

@@ -191,6 +191,8 @@ def test_the_embedded_client_gets_the_sidecar_in_front_of_its_port_which_is_clos
     assert alpha(pod)["providers"][0]["allowedGroups"] == ["ada"]
     service = kind(children, "Service")
     assert service["spec"]["ports"] == [{"name": "http", "port": 5005, "targetPort": signin.SIGNIN_PORT_NAME}]
+    # the route names the Service's port by number: the client's, not 80
+    assert kind(children, "HTTPRoute")["spec"]["rules"][0]["backendRefs"] == [{"name": NAME, "port": 5005}]
     policy = kind(children, "NetworkPolicy")["spec"]
     assert policy["ingress"] == [
         {"ports": [{"protocol": "TCP", "port": signin.SIGNIN_PORT}, {"protocol": "TCP", "port": signin.SIGNIN_METRICS_PORT}]}

@@ -76,6 +76,6 @@ def plan_instance(
         viewer.network_policy(name, namespace),
         embedded.deployment(name, namespace, spec, settings, access, port),
         viewer.service(name, namespace, port=embedded.service_port(spec)),
-        viewer.route(name, namespace, settings),
+        viewer.route(name, namespace, settings, embedded.service_port(spec)),
     ]
     return Plan(children, access, embedded.ignored(spec), open_access)

@@ -273,12 +273,12 @@ def service(name: str, namespace: str, port: int = 80) -> Manifest:
     }
 
 
-def route(name: str, namespace: str, settings: Settings) -> Manifest:
+def route(name: str, namespace: str, settings: Settings, service_port: int = 80) -> Manifest:
     """The edge's object for the instance: an Ingress (edge ingress) or an HTTPRoute (edge
     gateway), with no annotation: the viewer's sidecar signs users in, strips the prefix and
     redirects ``/<name>`` to ``/<name>/``, so any controller that knows a Prefix path will do."""
     if settings.edge == "gateway":
-        return http_route(name, namespace, settings)
+        return http_route(name, namespace, settings, service_port)
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "Ingress",
@@ -287,9 +287,10 @@ def route(name: str, namespace: str, settings: Settings) -> Manifest:
     }
 
 
-def http_route(name: str, namespace: str, settings: Settings) -> Manifest:
-    """One PathPrefix rule to the Service, attached to the Gateway the settings name. A
-    PathPrefix matches whole path elements: ``/<name>`` and ``/<name>/...``, not ``/<name>x``."""
+def http_route(name: str, namespace: str, settings: Settings, service_port: int = 80) -> Manifest:
+    """One PathPrefix rule to the Service's ``service_port`` (a backendRef names a port by
+    number), attached to the Gateway the settings name. A PathPrefix matches whole path
+    elements: ``/<name>`` and ``/<name>/...``, not ``/<name>x``."""
     gateway_namespace, gateway_name = settings.gateway.split("/", 1)
     return {
         "apiVersion": "gateway.networking.k8s.io/v1",
@@ -308,7 +309,7 @@ def http_route(name: str, namespace: str, settings: Settings) -> Manifest:
             "rules": [
                 {
                     "matches": [{"path": {"type": "PathPrefix", "value": f"/{name}"}}],
-                    "backendRefs": [{"name": name, "port": 80}],
+                    "backendRefs": [{"name": name, "port": service_port}],
                 }
             ],
         },

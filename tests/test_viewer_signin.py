@@ -149,7 +149,7 @@ def test_the_sidecar_lets_in_the_owner_by_a_file_and_groups_by_the_provider() ->
 def test_the_session_cookie_and_its_key_are_the_instances_own() -> None:
     pod = pod_of(portal(GATEWAY))
     given = flags(pod)
-    assert given["cookie-path"] == f"/{NAME}/"
+    assert given["cookie-path"] == f"/{NAME}"
     assert given["proxy-prefix"] == f"/{NAME}/oauth2"
     assert given["redirect-url"] == f"https://viewers.example.org/{NAME}/oauth2/callback"
     assert given["cookie-secret-file"] == f"{signin.FILES_DIR}/{signin.COOKIE_SECRET_FILE}"

@@ -2,7 +2,7 @@
 
 With every edge but ingress-nginx the pod signs its users in itself, so the edge needs nothing
 but a plain route: the sidecar lets in the owner and ``allowedGroups`` alone, keeps its session
-in a cookie of its own (path ``/<name>/``, a key generated in the pod), strips the ``/<name>/``
+in a cookie of its own (path ``/<name>``, a key generated in the pod), strips the ``/<name>/``
 prefix on the way to the viewer and counts every answer by status for the operator's activity.
 """
 
@@ -60,6 +60,9 @@ def alpha_config(name: str, viewer_port: int, access: Access, settings: Settings
         "clientID": settings.oidc_client_id,
         "clientSecretFile": f"{CLIENT_DIR}/client-secret",
         "code_challenge_method": "S256",
+        # Not oauth2-proxy's default with allowedGroups, which adds a "groups" scope that
+        # Keycloak has not got: keycloak-setup's mappers put the groups claim in anyway.
+        "scope": "openid email profile",
         # Keycloak's endpoints are fixed by its realm: with them given, the sidecar starts without
         # asking Keycloak (no discovery call per pod; a viewer starts while Keycloak is down).
         "loginURL": f"{issuer}/protocol/openid-connect/auth",
@@ -109,13 +112,15 @@ def files(name: str, viewer_port: int, access: Access, settings: Settings) -> di
 
 def signin_args(name: str, access: Access, settings: Settings) -> list[str]:
     """The flags that stay flags beside the alpha configuration. The cookie is the instance's
-    own: its path is ``/<name>/`` and its key was made in this pod, so no other viewer can read
+    own: its path is ``/<name>`` and its key was made in this pod, so no other viewer can read
     or mint it."""
     args = [
         f"--alpha-config={FILES_DIR}/{ALPHA_CONFIG_FILE}",
         f"--cookie-secret-file={FILES_DIR}/{COOKIE_SECRET_FILE}",
         f"--cookie-name={COOKIE_NAME}",
-        f"--cookie-path=/{name}/",
+        # /<name>, not /<name>/: a browser sends it with /<name> too (no sign-in loop there), and
+        # path matching stops at a "/", so /<name>x never gets it.
+        f"--cookie-path=/{name}",
         f"--cookie-secure={'true' if settings.url_scheme == 'https' else 'false'}",
         f"--cookie-expire={settings.sign_in_lifetime}s",
         f"--proxy-prefix=/{name}/oauth2",

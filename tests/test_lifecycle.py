@@ -360,7 +360,7 @@ def test_replicas_behind_an_endpointslice_are_added_up(
         assert endpointslice_urls(k8s.discovery, namespace, "metrics", "http") == []
         assert endpointslice_urls(k8s.discovery, namespace, "no-such-service", "metrics") == []
 
-        start_operator(metrics_service=f"{namespace}/metrics", tick=1)
+        start_operator(activity="ingress-nginx", metrics_service=f"{namespace}/metrics", tick=1)
         name = create_instance(k8s, idleTimeout=3, unvisitedTimeout=60)
         wait_ready(k8s, name)
         replica_a.visit(namespace, name, 7)  # earlier requests, served by replica a

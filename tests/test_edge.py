@@ -106,6 +106,17 @@ def httproute(name: str, gateway: str, prefix: str) -> dict[str, Any]:
     }
 
 
+def assert_served_under_the_prefix_only(edge: EdgeController, site: Site, prefix: str) -> None:
+    """The page under ``prefix``, Traefik's own 404 under ``prefix`` + "x" and at ``/`` (the pod
+    would serve both if they were routed), by the pod's address alone, with no refusal logged."""
+    wait_for(page_at(f"{edge.base_url}{prefix}/"), 30, f"the page at {edge.base_url}{prefix}/")
+    assert http_get(f"{edge.base_url}{prefix}/index.html") == (200, PAGE)
+    assert http_get(f"{edge.base_url}{prefix}x/") == (404, NOT_FOUND_BODY)
+    assert http_get(f"{edge.base_url}/") == (404, NOT_FOUND_BODY)
+    assert_backends_are_the_pod(edge, site)
+    assert_no_refusals(edge)
+
+
 def test_an_httproute_on_a_gateway_reaches_the_pod_by_its_path_prefix(
     cluster: DevCluster, edge_controller: EdgeController, site: Site
 ) -> None:
@@ -116,13 +127,8 @@ def test_an_httproute_on_a_gateway_reaches_the_pod_by_its_path_prefix(
     apply(cluster, site.namespace, httproute("web", "edge", site.gateway_path))
     edge.wait_route(site.namespace, "web")
 
-    wait_for(page_at(f"{edge.base_url}{site.gateway_path}/"), 30, f"the page at {edge.base_url}{site.gateway_path}/")
-    assert http_get(f"{edge.base_url}{site.gateway_path}/index.html") == (200, PAGE)
-    # PathPrefix matches whole path elements; the pod would serve both of these if routed
-    assert http_get(f"{edge.base_url}{site.gateway_path}x/") == (404, NOT_FOUND_BODY)
-    assert http_get(f"{edge.base_url}/") == (404, NOT_FOUND_BODY)
-    assert_backends_are_the_pod(edge, site)
-    assert_no_refusals(edge)
+    # PathPrefix matches whole path elements
+    assert_served_under_the_prefix_only(edge, site, site.gateway_path)
 
 
 def test_an_ingress_without_annotations_reaches_the_pod_by_its_prefix(
@@ -143,10 +149,5 @@ def test_an_ingress_without_annotations_reaches_the_pod_by_its_prefix(
     apply(cluster, site.namespace, ingress)
     edge.wait_ingress(site.namespace, "web")
 
-    wait_for(page_at(f"{edge.base_url}{site.ingress_path}/"), 30, f"the page at {edge.base_url}{site.ingress_path}/")
-    assert http_get(f"{edge.base_url}{site.ingress_path}/index.html") == (200, PAGE)
-    # Prefix is per path element in the Ingress API: /<path>x is another path (the pod serves it)
-    assert http_get(f"{edge.base_url}{site.ingress_path}x/") == (404, NOT_FOUND_BODY)
-    assert http_get(f"{edge.base_url}/") == (404, NOT_FOUND_BODY)
-    assert_backends_are_the_pod(edge, site)
-    assert_no_refusals(edge)
+    # Prefix is per path element in the Ingress API: /<path>x is another path
+    assert_served_under_the_prefix_only(edge, site, site.ingress_path)

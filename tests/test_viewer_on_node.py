@@ -117,17 +117,26 @@ def cluster_ip_url(viewers: Viewers, name: str) -> str:
 
 def cellxgene_url(viewers: Viewers, name: str) -> str:
     """cellxgene itself, past its sign-in sidecar: a ``kubectl port-forward`` to the pod's own
-    port, which reaches the pod's loopback, where cellxgene listens (the fixture stops it)."""
+    port, which reaches the pod's loopback, where cellxgene listens (the fixture stops it).
+    kubectl ends a port-forward whose connection was refused, which happens while an embedded
+    client's cellxgene (Ready without a probe) still loads: then a new one is started."""
     port = free_port()
     pod = viewer_pod(viewers, name).metadata.name
-    forward = subprocess.Popen(
-        [str(viewers.cluster.kubectl_path()), f"--kubeconfig={viewers.cluster.kubeconfig}", "port-forward", "-n",
-         viewers.k8s.namespace, "--address", "127.0.0.1", f"pod/{pod}", f"{port}:{viewer.VIEWER_PORT}"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    viewers.forwards.append(forward)
     url = f"http://127.0.0.1:{port}"
-    wait_for(lambda: http(f"{url}/api/v0.2/schema")[0] == 200, 60, f"{name}'s cellxgene through a port-forward")
+    mine: list[subprocess.Popen[bytes]] = []
+
+    def answers() -> bool:
+        if not mine or mine[-1].poll() is not None:
+            mine.append(subprocess.Popen(
+                [str(viewers.cluster.kubectl_path()), f"--kubeconfig={viewers.cluster.kubeconfig}", "port-forward", "-n",
+                 viewers.k8s.namespace, "--address", "127.0.0.1", f"pod/{pod}", f"{port}:{viewer.VIEWER_PORT}"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            ))  # fmt: skip
+            viewers.forwards.append(mine[-1])
+            time.sleep(1)
+        return http(f"{url}/api/v0.2/schema")[0] == 200
+
+    wait_for(answers, 120, f"{name}'s cellxgene through a port-forward")
     return url
 
 

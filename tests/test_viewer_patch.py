@@ -1,6 +1,6 @@
 """docker/cellxgene/prefix-patch.py: what the viewer images change in cellxgene's web client.
 
-The browser test (test_signin.py) shows the patched client working under a prefix with no failed
+The browser test (test_signin_on_node.py) shows the patched client working under a prefix with no failed
 request; these tests pin down the patch itself: what it changes, that it is idempotent, and that
 it refuses files it does not know rather than half-patching them.
 """

@@ -241,8 +241,9 @@ def test_the_rendered_pod_fetches_and_serves_on_the_built_images(
     """The Deployment the operator renders, container by container: the fetch init container
     (operator image) reads the dataset from S3 into /data, then cellxgene (viewer image) runs the
     rendered command line as it is, in a network namespace of its own with nothing but loopback
-    (as a pod without internet: its upgrade check, if asked for, cannot leave the machine), and
-    serves its page and its schema (/api/v0.2/schema in 1.3.0) on the pod's port."""
+    (as a pod without internet: its upgrade check, if asked for, cannot leave the machine), its
+    rendered exec probe passes in the container, and it serves its page and its schema
+    (/api/v0.2/schema in 1.3.0) on the pod's loopback, where the sign-in sidecar reaches it."""
     moto_s3.client().upload_file(str(small_h5ad), bucket, "datasets/pbmc.h5ad")
     settings = Settings(s3_endpoint_url=moto_s3.endpoint, s3_bucket=bucket)
     parsed = model.SingleUserInstanceSpec(owner="img.user@example.org", dataset=f"s3://{bucket}/datasets/pbmc.h5ad")
@@ -260,7 +261,7 @@ def test_the_rendered_pod_fetches_and_serves_on_the_built_images(
     assert (data / "dataset.h5ad").read_bytes() == small_h5ad.read_bytes()
 
     cellxgene = next(c for c in pod["containers"] if c["name"] == "cellxgene")
-    port = cellxgene["ports"][0]["containerPort"]
+    port = viewer.VIEWER_PORT
     name = f"cxg-images-{uuid.uuid4().hex[:8]}"
     containers.append(name)
     started = run_container(cellxgene, built[cellxgene["image"]], data=data, network="none", detach_as=name)
@@ -277,11 +278,16 @@ def test_the_rendered_pod_fetches_and_serves_on_the_built_images(
         return result.stdout + result.stderr
 
     pid = int(inspect(".State.Pid"))
-    probe = cellxgene["readinessProbe"]["httpGet"]["path"]
+
+    def probe_passes() -> bool:
+        """The rendered readiness probe, run in the container as the kubelet runs it."""
+        command = cellxgene["readinessProbe"]["exec"]["command"]
+        return subprocess.run([*PODMAN, "exec", name, *command], capture_output=True, timeout=30, check=False).returncode == 0
+
     deadline = time.monotonic() + 180
-    while get_inside(pid, f"http://127.0.0.1:{port}{probe}")[0] != 200:
+    while not probe_passes():
         assert inspect(".State.Running") == "true", f"cellxgene exited:\n{logs()}"
-        assert time.monotonic() < deadline, f"cellxgene did not answer:\n{logs()}"
+        assert time.monotonic() < deadline, f"cellxgene did not answer its probe:\n{logs()}"
         time.sleep(0.5)
     status, kind, page = get_inside(pid, f"http://127.0.0.1:{port}/")
     assert (status, kind) == (200, "text/html") and b"<html" in page.lower(), page[:500]

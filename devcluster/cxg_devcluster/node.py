@@ -406,7 +406,10 @@ class RealNode:
         The official image is that binary on a distroless base; the CA bundle it adds is not
         needed against a Keycloak on plain http. Returns the name."""
         binary = binary or dc.binary("oauth2-proxy", OAUTH2_PROXY_VERSION)
-        archive = self.root / "oauth2-proxy.oci.tar"
+        # Beside the built images, not under this node's root, which a restart clears: the
+        # restart imports every archive again.
+        archive = built_images_listing().parent / f"oauth2-proxy_{OAUTH2_PROXY_VERSION}.oci.tar"
+        archive.parent.mkdir(parents=True, exist_ok=True)
         write_oci_archive(
             archive, OAUTH2_PROXY_IMAGE, {"bin/oauth2-proxy": (binary.read_bytes(), 0o755)}, ["/bin/oauth2-proxy"]
         )

@@ -799,21 +799,18 @@ def test_an_instance_with_one_unreadable_pod_of_two_is_unknown(
     source.close()
 
 
-def test_silent_pods_cost_one_timeout_per_slot_and_the_others_are_read(sidecars: Callable[[str], Sidecar]) -> None:
+def test_silent_pods_time_out_and_the_others_are_read(sidecars: Callable[[str], Sidecar]) -> None:
     a = sidecars("cellxgene-a")
     a.owner_works()
     with contextlib.ExitStack() as stack:
         silent = [stack.enter_context(silent_server()) for _ in range(4)]
         targets = [(A, a.metrics_url), *(((f"ns-{i}", "cellxgene-x"), url) for i, url in enumerate(silent))]
         source = PodActivitySource(lambda: targets, timeout=0.5, concurrency=2)
-        started = time.monotonic()
         reading = read(source)
-        took = time.monotonic() - started
+    # How long that takes (one timeout per slot) is bench/activity.py's to measure, not a test's.
     assert reading.counters[A].requests == 1
     assert len(reading.unknown) == 4
     assert all(why.endswith("no answer within 0.5 s") for why in reading.unknown.values())
-    # Two slots for four silent pods: two timeouts one after the other, never more.
-    assert 1.0 <= took < 2.5, took
     source.close()
 
 

@@ -372,7 +372,7 @@ def test_the_delete_rate_spaces_deletions_evenly_and_saves_up_no_burst(monkeypat
 @pytest.mark.parametrize("settings", [Settings(), Settings(edge="gateway")], ids=["default", "gateway"])
 def test_the_culler_reads_the_sidecars_when_each_viewer_signs_in(settings: Settings) -> None:
     handler = K8ApiHandler(client=kubernetes.client.ApiClient(), namespace="cellxgene")
-    expected = PodActivitySource if settings.signs_in_per_viewer else MetricsSource
+    expected = PodActivitySource if settings.activity == "sidecar" else MetricsSource
     assert isinstance(Culler(settings, handler, {}).source, expected)
 
 

@@ -255,11 +255,6 @@ class Settings(BaseModel):
         return IN_CLUSTER_PEERING_PRIORITY if _in_cluster(environ) else LOCAL_PEERING_PRIORITY
 
     @property
-    def signs_in_per_viewer(self) -> bool:
-        """Whether activity comes from the viewers' sidecars (the culler's choice of source)."""
-        return self.activity == "sidecar"
-
-    @property
     def base_url(self) -> str:
         return f"{self.url_scheme}://{self.host_name}"
 

@@ -5,8 +5,8 @@ The loop only gathers facts and enforces verdicts; the verdict itself is
 operator restart resets nobody's idle clock. API calls are bounded (a semaphore) and deletions
 rate-limited, so a thousand expiries at once do not flood the API server.
 
-Activity comes from ingress-nginx's metrics page, or, when every viewer signs its users in
-itself (``Settings.signs_in_per_viewer``), from each viewer pod's sidecar. A failed scrape leaves
+Activity comes from each viewer pod's sign-in sidecar, or with the setting ``activity``
+ingress-nginx from that controller's metrics page. A failed scrape leaves
 every instance's activity unknown; the pods' reading can also leave single instances unknown.
 Either way an unknown instance is decided with ``activity_reliable=False``: never culled as idle
 or unvisited that tick, its lifespan still enforced.
@@ -144,7 +144,7 @@ class Culler:
     ) -> ActivitySource | AsyncActivitySource:
         """The viewer pods' sidecars (``pods``, kept by the operator's pod watch), else
         ingress-nginx's metrics (setting activity)."""
-        if settings.signs_in_per_viewer:
+        if settings.activity == "sidecar":
             return PodActivitySource(
                 pods.targets,
                 settings.metrics_timeout,

@@ -1,6 +1,6 @@
 """Who is using their viewer when each pod signs its users in: its sidecar's request counters.
 
-When each viewer pod signs its users in itself (``Settings.signs_in_per_viewer``) it runs
+Each viewer pod signs its users in itself: it runs
 oauth2-proxy in front of cellxgene, and oauth2-proxy counts every answer it gives by status code
 (``oauth2_proxy_requests_total{code=...}`` on its metrics port). :class:`PodActivitySource`
 reads that counter of every viewer pod once a tick, on the event loop, into the

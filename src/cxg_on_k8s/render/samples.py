@@ -14,9 +14,9 @@ from cxg_on_k8s.render.viewer import (
     VIEWER_PORT,
     Manifest,
     aws_env,
-    ingress_spec,
     instance,
     instance_body,
+    route,
 )
 from cxg_on_k8s.settings import Settings
 
@@ -107,12 +107,8 @@ def poc_embedded_spec(
         "metadata": {"name": name, "namespace": namespace, "labels": poc_labels()},
         "spec": {"selector": poc_labels(), "ports": [{"port": VIEWER_PORT, "targetPort": VIEWER_PORT}]},
     }
-    ingress_doc: Manifest = {
-        "apiVersion": "networking.k8s.io/v1",
-        "kind": "Ingress",
-        "metadata": {"name": name, "namespace": namespace, "labels": poc_labels()},
-        "spec": ingress_spec(settings, f"/{name}", "Prefix", name),
-    }
+    ingress_doc = route(name, namespace, settings.model_copy(update={"edge": "ingress"}))
+    ingress_doc["metadata"]["labels"] = poc_labels()
     ingress_doc["spec"]["rules"][0]["http"]["paths"][0]["backend"] = {
         "service": {"name": name, "port": {"number": VIEWER_PORT}}
     }

@@ -608,8 +608,12 @@ def silent_server() -> Iterator[str]:
         yield f"http://127.0.0.1:{listener.getsockname()[1]}{SIGNIN_METRICS_PATH}"
 
 
+# One loop for every read, as in the operator: a source's kept connections belong to its loop.
+LOOP = asyncio.new_event_loop()
+
+
 def read(source: PodActivitySource) -> Reading:
-    return asyncio.run(source.read())
+    return LOOP.run_until_complete(source.read())
 
 
 def pod_failures() -> float:
@@ -911,7 +915,7 @@ def test_a_pod_is_read_on_one_connection_tick_after_tick(counting_server: Counti
     async def ticks() -> list[Reading]:
         return [await source.read() for _ in range(3)]
 
-    readings = asyncio.run(ticks())
+    readings = LOOP.run_until_complete(ticks())
     assert [r.counters[A].requests for r in readings] == [18, 18, 18]
     assert counting_server.connections == 1
     source.close()

@@ -5,7 +5,7 @@ For each size N (``--sizes 1,100,500``) and each operator, on a fresh local cont
 Ready without images, so this measures the control path, not image pulls or cellxgene):
 
 * ``ours``: ``python -m cxg_on_k8s operator`` (portal-form instances: owner + dataset; four
-  children: Deployment, Service, Ingress, NetworkPolicy; ``status.phase`` Ready from pod events;
+  children: Service, Ingress, Deployment; ``status.phase`` Ready from pod events;
   one culling loop per tick);
 * ``poc``: the proof of concept's design, ``bench/poc_operator.py`` (client-rendered embedded
   form with the shared ``app=cellxgene`` selector; three children; a timer per instance that
@@ -14,7 +14,7 @@ Ready without images, so this measures the control path, not image pulls or cell
 The bench creates the N instances at once (32 client threads) and, from watches it opened
 beforehand, records per instance the time from its create request to
 
-* ``children``: every child (3 or 4) seen by the watch;
+* ``children``: every child (3) seen by the watch;
 * ``pod ready``: its Deployment reports ``readyReplicas >= 1``;
 * ``Ready``: for ``ours``, ``status.phase == Ready`` (what the portal waits for); the PoC had no
   status, so its Ready is its pod ready;
@@ -89,7 +89,7 @@ AUDIT_POLICY = {
     "rules": [{"level": "Metadata", "users": [OPERATOR_USER]}, {"level": "None"}],
 }
 CLIENT_THREADS = 32
-CHILD_KINDS = {"ours": ("Deployment", "Service", "Ingress", "NetworkPolicy"), "poc": ("Deployment", "Service", "Ingress")}
+CHILD_KINDS = {"ours": ("Deployment", "Service", "Ingress"), "poc": ("Deployment", "Service", "Ingress")}
 WATCHED = {
     "SingleUserInstance": f"/apis/{model.GROUP}/{model.VERSION}/namespaces/{{ns}}/{model.PLURAL}",
     "Deployment": "/apis/apps/v1/namespaces/{ns}/deployments",

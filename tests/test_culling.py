@@ -18,7 +18,17 @@ from hypothesis import strategies as st
 from cxg_on_k8s.culling import culler
 from cxg_on_k8s.culling.activity import MetricsSource
 from cxg_on_k8s.culling.culler import Culler, RateLimiter, instance_times
-from cxg_on_k8s.culling.decision import CullReason, Decision, InstanceTimes, decide, expires_at, format_age
+from cxg_on_k8s.culling.decision import (
+    ACTIVITY_WRITE_FRACTION,
+    CullReason,
+    Decision,
+    InstanceTimes,
+    activity_write_due,
+    decide,
+    expires_at,
+    format_age,
+    latest_activity,
+)
 from cxg_on_k8s.culling.pod_activity import PodActivitySource, PodAddresses
 from cxg_on_k8s.k8s.client import K8ApiHandler, parse_time, rfc3339
 from cxg_on_k8s.render.signin import SIGNIN_CONTAINER, SIGNIN_METRICS_PATH, SIGNIN_METRICS_PORT
@@ -313,6 +323,59 @@ def test_a_viewer_that_is_not_ready_is_never_culled_as_unvisited(times: Instance
         None, ready_at=None,
     )  # fmt: skip
     assert decide(starting, True, NOW).reason in (None, CullReason.LIFESPAN_EXCEEDED)
+
+
+# --- how often lastActivity is written, and what the idle rule counts from ---------------------
+
+
+def test_the_first_visit_is_written_at_once_and_later_ones_once_the_stored_value_lags() -> None:
+    lag = timedelta(seconds=3600 * ACTIVITY_WRITE_FRACTION)  # 15 min at a 1 h idle timeout
+    assert activity_write_due(None, 3600, NOW)
+    assert not activity_write_due(NOW - lag + timedelta(seconds=1), 3600, NOW)
+    assert activity_write_due(NOW - lag, 3600, NOW)
+
+
+def test_an_owner_working_every_tick_costs_one_write_in_fifteen_ticks_at_the_defaults() -> None:
+    settings = Settings()
+    stored, writes, ticks = None, 0, 150
+    for tick in range(ticks):
+        now = NOW + timedelta(seconds=tick * settings.tick)
+        if activity_write_due(stored, settings.idle_timeout, now):
+            stored, writes = now, writes + 1
+    assert writes == ticks // 15
+
+
+def test_what_this_process_saw_counts_exactly() -> None:
+    seen = NOW - timedelta(seconds=30)
+    assert latest_activity(NOW - timedelta(seconds=600), seen, 3600, NOW) == seen
+    assert latest_activity(None, seen, 3600, NOW) == seen
+    assert latest_activity(NOW - timedelta(seconds=10), seen, 3600, NOW) == NOW - timedelta(seconds=10)
+
+
+def test_a_value_stored_by_an_earlier_process_counts_with_the_lag_it_may_have() -> None:
+    stored = NOW - timedelta(seconds=3000)
+    assert latest_activity(stored, None, 3600, NOW) == stored + timedelta(seconds=900)
+    assert latest_activity(NOW - timedelta(seconds=60), None, 3600, NOW) == NOW  # never in the future
+    assert latest_activity(None, None, 3600, NOW) is None
+
+
+@given(
+    st.integers(min_value=1, max_value=DAY),  # idle timeout
+    st.lists(st.integers(min_value=1, max_value=DAY), min_size=1, max_size=30),  # gaps between visits
+    st.integers(min_value=0, max_value=2 * DAY),  # when the operator restarts, after the last visit
+)
+def test_a_restart_never_culls_as_idle_before_the_idle_timeout(idle_timeout: int, gaps: list[int], restart: int) -> None:
+    """Visits seen by one process (which writes by the rule), then a new process that saw nothing:
+    it never counts idleness from before the real last visit."""
+    visit, stored = NOW - timedelta(seconds=3 * DAY), None
+    for gap in gaps:
+        visit += timedelta(seconds=gap)
+        if activity_write_due(stored, idle_timeout, visit):
+            stored = visit
+    later = visit + timedelta(seconds=restart)
+    counted = latest_activity(stored, None, idle_timeout, later)
+    assert counted is not None and visit <= counted <= later
+    assert counted - visit <= timedelta(seconds=idle_timeout * ACTIVITY_WRITE_FRACTION)
 
 
 @pytest.mark.parametrize(("asked", "maximum", "lived"), [(40_000, 36_000, 36_000), (30_000, 36_000, 30_000)])

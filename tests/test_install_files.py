@@ -247,7 +247,8 @@ def test_sample_instances_are_valid_specs_of_both_forms() -> None:
     meta = embedded["metadata"]
     plan = plan_instance(meta["name"], meta["namespace"], meta["labels"], parsed, Settings())
     assert plan.ignored == [] and plan.open_access is None
-    setup = plan.children[1]["spec"]["template"]["spec"]["initContainers"][0]
+    deployment = next(c for c in plan.children if c["kind"] == "Deployment")
+    setup = deployment["spec"]["template"]["spec"]["initContainers"][0]
     assert setup["name"] == signin.SETUP_CONTAINER
     (files,) = setup["env"]
     # the sidecar lets the owner in, and only her

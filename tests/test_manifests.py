@@ -285,9 +285,9 @@ def test_user_data_prefix_from_spec_wins_and_gets_a_trailing_slash() -> None:
     assert viewer.user_data_url(spec, SETTINGS) == "s3://lab-bucket/alice/pbmc/"
 
 
-def test_portal_form_children_start_with_the_networkpolicy() -> None:
+def test_portal_form_children_end_with_the_deployment_and_need_no_networkpolicy() -> None:
     children = viewer.children(NAME, NS, portal_spec(), access.resolve(portal_spec(), {}), SETTINGS)
-    assert [c["kind"] for c in children] == ["NetworkPolicy", "Deployment", "Service", "Ingress"]
+    assert [c["kind"] for c in children] == ["Service", "Ingress", "Deployment"]
     for child in children:
         assert child["metadata"]["name"] == NAME
         assert child["metadata"]["namespace"] == NS
@@ -300,8 +300,9 @@ def test_portal_form_children_start_with_the_networkpolicy() -> None:
 def test_embedded_form_keeps_the_pod_template_and_renders_the_rest() -> None:
     spec = model.SingleUserInstanceSpec(lifespan=600, **poc_manifests(NAME))
     plan = plan_instance(NAME, NS, {}, spec, SETTINGS)
-    netpol, deploy, svc, ing = plan.children
-    # The NetworkPolicy comes first for this form too, open on the sidecar's ports only.
+    netpol, svc, ing, deploy = plan.children
+    # The NetworkPolicy comes first for this form, open on the sidecar's ports only: it closes the
+    # client's own port; the Deployment last.
     assert netpol == viewer.network_policy(NAME, NS)
     for child in (netpol, deploy, svc, ing):
         assert child["metadata"]["labels"] == LABELS
@@ -321,7 +322,7 @@ def test_embedded_form_with_other_names_gets_children_named_after_the_instance()
     """A client that named its objects differently (the PoC's own test instance): every child is
     named after the instance, and the Ingress routes to the operator's Service."""
     spec = model.SingleUserInstanceSpec(**poc_manifests("viewer"))
-    _, deploy, svc, ing = plan_instance(NAME, NS, {}, spec, SETTINGS).children
+    _, svc, ing, deploy = plan_instance(NAME, NS, {}, spec, SETTINGS).children
     assert deploy["metadata"]["name"] == svc["metadata"]["name"] == NAME
     assert ing["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]["name"] == NAME
 

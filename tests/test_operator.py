@@ -165,7 +165,7 @@ def test_portal_form_becomes_ready_with_owned_children_status_and_event(
     body = wait_phase(k8s, name, model.Phase.READY)
     uid = body["metadata"]["uid"]
 
-    for kind in CHILD_KINDS:
+    for kind in ("Service", "Ingress", "Deployment"):
         child = read_child(k8s, kind, name)
         assert child is not None, f"{kind} {name} was not created"
         assert child.metadata.labels == {"app": "cellxgene", "instance": name}
@@ -174,6 +174,7 @@ def test_portal_form_becomes_ready_with_owned_children_status_and_event(
         assert owner.api_version == model.API_VERSION
     deployment = read_child(k8s, "Deployment", name)
     assert deployment.spec.selector.match_labels == {"instance": name}
+    assert read_child(k8s, "NetworkPolicy", name) is None  # its pod listens on the sidecar's ports only
 
     status = body["status"]
     created = parse_time(body["metadata"]["creationTimestamp"])
@@ -275,7 +276,7 @@ def test_operator_killed_mid_creation_leaves_exactly_one_set_of_children(
     wait_phase(k8s, name, model.Phase.READY)
     wait_for(lambda: len(list_children(k8s, f"instance={name}")["Pod"]) == 1, 30, "one viewer pod")
     counts = {kind: len(items) for kind, items in list_children(k8s, f"instance={name}").items()}
-    assert counts == {"Deployment": 1, "Service": 1, "Ingress": 1, "NetworkPolicy": 1, "ReplicaSet": 1, "Pod": 1}
+    assert counts == {"Deployment": 1, "Service": 1, "Ingress": 1, "NetworkPolicy": 0, "ReplicaSet": 1, "Pod": 1}
 
 
 def test_children_left_by_a_crashed_attempt_are_kept_and_the_rest_created(
@@ -298,7 +299,7 @@ def test_children_left_by_a_crashed_attempt_are_kept_and_the_rest_created(
     assert read_child(k8s, "Deployment", name).metadata.uid == first_uid  # kept, not replaced
     wait_for(lambda: len(list_children(k8s, f"instance={name}")["Pod"]) == 1, 30, "one viewer pod")
     counts = {kind: len(items) for kind, items in list_children(k8s, f"instance={name}").items()}
-    assert counts == {"Deployment": 1, "Service": 1, "Ingress": 1, "NetworkPolicy": 1, "ReplicaSet": 1, "Pod": 1}
+    assert counts == {"Deployment": 1, "Service": 1, "Ingress": 1, "NetworkPolicy": 0, "ReplicaSet": 1, "Pod": 1}
 
 
 def test_operator_restarted_after_ready_keeps_the_instance_ready(
@@ -972,19 +973,11 @@ def test_a_child_owned_by_something_else_fails_the_instance_without_takeover(
 # --- events for every transition, and the time to Ready -------------------------------------------------
 
 
-def test_starting_and_ready_events_and_the_time_from_creation_to_ready(
-    k8s: K8ApiHandler, start_operator: StartOperator
-) -> None:
+def test_one_ready_event_and_the_time_from_creation_to_ready(k8s: K8ApiHandler, start_operator: StartOperator) -> None:
     start_operator()
     name = create(k8s, instance_body(k8s.namespace))
     body = wait_phase(k8s, name, model.Phase.READY)
-    starting = wait_event(k8s, name, "Starting", "Normal")
     ready = wait_event(k8s, name, "Ready", "Normal")
-    assert starting.message == (
-        f"creating NetworkPolicy, Deployment, Service, Ingress {k8s.namespace}/{name}; "
-        "waiting for the viewer to become ready"
-    )
-    assert starting.last_timestamp <= ready.last_timestamp
 
     status = body["status"]
     created = parse_time(body["metadata"]["creationTimestamp"])
@@ -997,8 +990,8 @@ def test_starting_and_ready_events_and_the_time_from_creation_to_ready(
     assert ready.message == status["message"]
     (condition,) = [c for c in status["conditions"] if c["type"] == "Ready"]
     assert condition["message"] == status["message"]
-    # one of each (Event times have one-second resolution, so both may share a second)
-    assert sorted(e.reason for e in events_of(k8s, name)) == ["Ready", "Starting"]
+    # Events only for what a person reads: Starting is in the status (phase and message) at once
+    assert [e.reason for e in events_of(k8s, name)] == ["Ready"]
 
 
 # --- the operator's memory ---------------------------------------------------------------------

@@ -312,7 +312,7 @@ def test_containers_within_the_maximum_one_by_one_are_refused_together() -> None
 
 
 def rendered_deployment(**changes: Any) -> dict[str, Any]:
-    (_, deployment, _, _) = plan_instance(NAME, NS, {}, embedded(**changes), SETTINGS).children
+    (_, _, _, deployment) = plan_instance(NAME, NS, {}, embedded(**changes), SETTINGS).children
     return deployment
 
 
@@ -408,7 +408,7 @@ SERVICE_AND_INGRESS_ATTACKS = [
                          ids=[c[0] for c in SERVICE_AND_INGRESS_ATTACKS])  # fmt: skip
 def test_the_clients_service_and_ingress_are_replaced_by_the_operators(path: str, value: Any, named: str | None) -> None:
     plan = plan_instance(NAME, NS, {}, embedded(**{path: value}), SETTINGS)
-    netpol, _, service, ingress = plan.children
+    netpol, service, ingress, _ = plan.children
     # the client's port (5005) is reached through the sign-in sidecar only
     assert service["spec"] == {
         "type": "ClusterIP", "selector": {"instance": NAME},
@@ -431,7 +431,7 @@ def test_the_clients_service_and_ingress_are_replaced_by_the_operators(path: str
 
 
 def signin_pod(children: list[dict[str, Any]]) -> dict[str, Any]:
-    pod: dict[str, Any] = children[1]["spec"]["template"]["spec"]
+    pod: dict[str, Any] = next(c for c in children if c["kind"] == "Deployment")["spec"]["template"]["spec"]
     return pod
 
 
@@ -485,7 +485,7 @@ def test_the_embedded_form_lets_in_whom_it_names(
     pod = signin_pod(plan.children)
     # e-mails alone: only those in the file; groups: any e-mail, but only members of the groups
     assert who_gets_in(pod) == (emails, groups, None if emails else "*")
-    assert not plan.children[3]["metadata"].get("annotations")  # no auth check at the edge
+    assert not plan.children[2]["metadata"].get("annotations")  # no auth check at the edge
     # the operator's own Keycloak decides; whatever server the client's auth-url named is never asked
     assert provider(pod)["oidcConfig"]["issuerURL"] == "http://localhost:8080/realms/cellxgene"
     assert "elsewhere" not in json.dumps(plan.children)
@@ -521,7 +521,7 @@ def test_with_require_owner_off_an_instance_naming_nobody_is_open_and_says_so() 
     spec = embedded(**{"ingress.metadata.annotations": {AUTH_KEY: f"{AUTH}?allowed_emails=,"}})
     plan = plan_instance(NAME, NS, {}, spec, Settings(namespace=NS, require_owner=False))
     assert who_gets_in(signin_pod(plan.children)) == (None, None, "*")  # every signed-in user
-    assert not plan.children[3]["metadata"].get("annotations")
+    assert not plan.children[2]["metadata"].get("annotations")
     assert plan.open_access is not None and "names nobody" in plan.open_access
     assert f"spec.ingress annotation {AUTH_KEY}" in plan.ignored
 

@@ -42,8 +42,8 @@ def test_the_portals_shape_renders_as_the_operator_would_create_it(tmp_path: Pat
     result = render(tmp_path, body)
     assert result.returncode == 0, result.stderr
     docs = list(yaml.safe_load_all(result.stdout))  # a narrow pipe does not wrap machine output
-    assert [d["kind"] for d in docs] == ["SingleUserInstance", "NetworkPolicy", "Deployment", "Service", "Ingress"]
-    deployment, service, ingress = docs[2], docs[3], docs[4]
+    assert [d["kind"] for d in docs] == ["SingleUserInstance", "Service", "Ingress", "Deployment"]
+    service, ingress, deployment = docs[1], docs[2], docs[3]
     assert deployment["metadata"]["name"] == NAME and deployment["spec"]["selector"] == {"matchLabels": {"instance": NAME}}
     # the portal's user label is who gets in, told to the viewer's own sign-in sidecar
     pod = deployment["spec"]["template"]["spec"]

@@ -85,7 +85,7 @@ def test_no_child_carries_an_annotation_and_no_shared_proxy_is_named(settings: S
 
 def test_gateway_edge_is_one_httproute_with_a_path_prefix_to_the_sidecar() -> None:
     children = portal(GATEWAY)
-    assert [c["kind"] for c in children] == ["NetworkPolicy", "Deployment", "Service", "HTTPRoute"]
+    assert [c["kind"] for c in children] == ["Service", "HTTPRoute", "Deployment"]
     route = kind(children, "HTTPRoute")
     assert route["apiVersion"] == "gateway.networking.k8s.io/v1"
     assert route["spec"]["parentRefs"] == [
@@ -193,6 +193,7 @@ def test_the_embedded_client_gets_the_sidecar_in_front_of_its_port_which_is_clos
     assert service["spec"]["ports"] == [{"name": "http", "port": 5005, "targetPort": signin.SIGNIN_PORT_NAME}]
     # the route names the Service's port by number: the client's, not 80
     assert kind(children, "HTTPRoute")["spec"]["rules"][0]["backendRefs"] == [{"name": NAME, "port": 5005}]
+    # the client's own port (which may listen on every address) is closed to all but the sidecar
     policy = kind(children, "NetworkPolicy")["spec"]
     assert policy["ingress"] == [
         {"ports": [{"protocol": "TCP", "port": signin.SIGNIN_PORT}, {"protocol": "TCP", "port": signin.SIGNIN_METRICS_PORT}]}

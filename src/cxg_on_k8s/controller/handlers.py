@@ -172,21 +172,17 @@ async def spawn(
     kopf.adopt(children, owner=body)
     restricted = _restricted_condition(plan)
     memo.pod_records.setdefault((namespace, name), PodRecord()).kept_conditions = [restricted]
-    # Every child is checked before any is created: one that another owner holds fails the
-    # instance with nothing of its own left running. Children it already owns are kept.
-    owned: set[str] = set()
-    for child in children:
-        if await _owned(child, body, retry, meta, patch, memo):
-            owned.add(child["kind"])
     update: dict[str, Any] = {
         "url": viewer.instance_url(name, config),
         "expiresAt": _expires_at(meta, parsed.lifespan, config),
         "observedGeneration": meta.get("generation"),
     }
-    if not status.get("phase"):
+    resumed = bool(status.get("phase"))
+    if not resumed:
         # Written now, before any pod can exist: in the handler's patch (applied after the
         # handler) it could land after the pod's Ready and step the phase back. With the URL
         # and expiry in the same write: one status write (and watch event) less per instance.
+        # No Event: the status says it, and the Ready (or Failed) Event follows within seconds.
         starting = {
             "phase": model.Phase.STARTING.value,
             "message": "creating the viewer; waiting for it to become ready",
@@ -197,17 +193,14 @@ async def spawn(
             await asyncio.to_thread(memo.api.patch_instance_status, name, starting, namespace)
         except ApiError as exc:  # an API error or an unreachable API server: both mean "try again"
             raise kopf.TemporaryError(f"could not set phase Starting: {exc}", delay=5) from None
-        # The transition's Event, for the same reason now: posted after the children, it could
-        # follow the Ready Event of a pod that starts within a second.
-        kinds = ", ".join(c["kind"] for c in children if c["kind"] not in owned)
-        message = f"creating {kinds} {namespace}/{name}; waiting for the viewer to become ready"
-        try:
-            await asyncio.to_thread(memo.api.post_event, body, "Normal", model.Phase.STARTING.value, message)
-        except ApiError as exc:  # an Event is best effort: status.phase already says Starting
-            logger.warning("could not post the Starting event: %s", exc)
         await _tell_the_client(body, plan, memo, logger)
+    # A new instance's children are created first, and an existing one (409) is read for its
+    # owner: one request per child where there is nothing in the way. A resumed instance (after
+    # an operator restart or a retry) most likely has them all: those are read first. Either way
+    # a child another owner holds fails the instance, and the Deployment comes last, so nothing
+    # of the instance runs then (the children created before it go with the instance).
     for child in children:
-        if child["kind"] in owned:
+        if resumed and await _owned(child, body, retry, meta, patch, memo):
             continue
         try:
             created = await asyncio.to_thread(memo.api.create_if_absent, child)
@@ -222,7 +215,7 @@ async def spawn(
         if not created and not await _owned(child, body, retry, meta, patch, memo):  # 409, then gone
             raise kopf.TemporaryError(f"{child['kind']} {namespace}/{name} vanished; creating it again", delay=1)
         logger.debug("%s %s/%s", "created" if created else "kept existing", child["kind"], name)
-    if status.get("phase") and any(status.get(key) != value for key, value in update.items()):
+    if resumed and any(status.get(key) != value for key, value in update.items()):
         patch.status.update(model.status_patch(update))  # a resumed instance written by an older operator
 
 

@@ -2,7 +2,9 @@
 
 The loop only gathers facts and enforces verdicts; the verdict itself is
 :func:`cxg_on_k8s.culling.decide`. Activity is recorded in ``status.lastActivity`` so that an
-operator restart resets nobody's idle clock. API calls are bounded (a semaphore) and deletions
+operator restart resets nobody's idle clock: the first visit at once, later ones only once the
+stored value lags by a part of the idle timeout (``decision.ACTIVITY_WRITE_FRACTION``), while
+the loop keeps what it saw itself in memory. API calls are bounded (a semaphore) and deletions
 rate-limited, so a thousand expiries at once do not flood the API server.
 
 Activity comes from each viewer pod's sign-in sidecar, or with the setting ``activity``
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import dataclasses
 import datetime as dt
 import functools
 import logging
@@ -34,7 +37,7 @@ from cxg_on_k8s.culling.activity import (
     Reading,
     endpointslice_urls,
 )
-from cxg_on_k8s.culling.decision import Decision, InstanceTimes, decide
+from cxg_on_k8s.culling.decision import Decision, InstanceTimes, activity_write_due, decide, latest_activity
 from cxg_on_k8s.culling.pod_activity import PodActivitySource, PodAddresses
 from cxg_on_k8s.k8s.client import ApiError, K8ApiHandler, parse_time, rfc3339, utcnow
 from cxg_on_k8s.settings import Settings
@@ -130,6 +133,9 @@ class Culler:
         self._baselined: set[tuple[str, str]] = set()
         # Instances told "ActivityUnknown" during the current outage (new ones are told too).
         self._warned: set[tuple[str, str]] = set()
+        # When this process last saw each instance's owner working: exact, where status.lastActivity
+        # is written only now and then (decision.ACTIVITY_WRITE_FRACTION).
+        self._seen: dict[tuple[str, str], dt.datetime] = {}
         # Instances this process deleted (key -> uid), skipped until their DELETED event comes.
         self._culled: dict[tuple[str, str], str | None] = {}
         self.metrics_failing = False
@@ -246,6 +252,7 @@ class Culler:
         jobs = []
         instances = list(self.instances.items())
         self._culled = {key: uid for key, uid in self._culled.items() if key in self.instances}
+        self._seen = {key: seen for key, seen in self._seen.items() if key in self.instances}
         for key, body in instances:
             status = body.setdefault("status", {})
             meta = body.get("metadata", {})
@@ -253,10 +260,15 @@ class Culler:
             # instance whose cull failed halfway (even in an earlier process) is decided again.
             if meta.get("deletionTimestamp") or (key in self._culled and self._culled[key] == meta.get("uid")):
                 continue
+            times = instance_times(body, self.settings)
             if key in active:
-                status["lastActivity"] = rfc3339(now)
-                jobs.append(self._patch(key, {"lastActivity": status["lastActivity"]}))
-            decision = decide(instance_times(body, self.settings), reliable and key not in unknown, now)
+                self._seen[key] = now
+                if activity_write_due(times.last_activity, times.idle_timeout, now):
+                    status["lastActivity"] = rfc3339(now)
+                    jobs.append(self._patch(key, {"lastActivity": status["lastActivity"]}))
+            latest = latest_activity(times.last_activity, self._seen.get(key), times.idle_timeout, now)
+            times = dataclasses.replace(times, last_activity=latest)
+            decision = decide(times, reliable and key not in unknown, now)
             why = f" ({unknown[key]})" if key in unknown else ""
             log.info("%s/%s %s%s", key[0], key[1], decision.message, why)
             if decision.delete:

@@ -186,3 +186,32 @@ def _require_aware(value: datetime, what: str) -> None:
             f"{what} must be a timezone-aware datetime, got naive {value.isoformat()}; "
             "use datetime.now(timezone.utc) or parse with an offset"
         )
+
+
+# status.lastActivity is written only when the stored value is older than this part of the
+# instance's idle timeout: at the defaults (tick 60 s, idle timeout 1 h) an owner who works
+# without pause costs one status write every 15 min, not one a tick (bench/spawn.py, steady
+# state). The culler keeps what it saw itself exactly, in memory (:func:`latest_activity`).
+ACTIVITY_WRITE_FRACTION = 0.25
+
+
+def activity_write_due(stored: datetime | None, idle_timeout: int, now: datetime) -> bool:
+    """Whether activity seen at ``now`` must be written over the stored ``lastActivity``: the
+    first visit always (the unvisited rule reads it), later ones once the stored value lags by
+    ``ACTIVITY_WRITE_FRACTION`` of the idle timeout."""
+    return stored is None or now - stored >= timedelta(seconds=idle_timeout * ACTIVITY_WRITE_FRACTION)
+
+
+def latest_activity(
+    stored: datetime | None, seen: datetime | None, idle_timeout: int, now: datetime
+) -> datetime | None:
+    """The last activity the idle rule counts from. ``seen``: when this operator process itself
+    last saw the owner working (exact to a tick). Without it the stored value came from an
+    earlier process, which may have kept it up to ``ACTIVITY_WRITE_FRACTION`` of the idle timeout
+    behind the truth: that lag is added (up to ``now``), so a restart never culls an instance
+    early, only that much late at most."""
+    if seen is not None:
+        return seen if stored is None else max(seen, stored)
+    if stored is None:
+        return None
+    return min(stored + timedelta(seconds=idle_timeout * ACTIVITY_WRITE_FRACTION), now)

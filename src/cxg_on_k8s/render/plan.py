@@ -74,8 +74,8 @@ def plan_instance(
         raise Refusal(name, namespace, problems)
     children = [
         viewer.network_policy(name, namespace),
-        embedded.deployment(name, namespace, spec, settings, access, port),
         viewer.service(name, namespace, port=embedded.service_port(spec)),
         viewer.route(name, namespace, settings, embedded.service_port(spec)),
+        embedded.deployment(name, namespace, spec, settings, access, port),
     ]
     return Plan(children, access, embedded.ignored(spec), open_access)

@@ -1,6 +1,6 @@
 """One viewer's objects, as pure functions of the instance's name, spec and settings: its
 Deployment (fetch init container, cellxgene, save sidecar, sign-in sidecar), Service, route
-(Ingress or HTTPRoute) and NetworkPolicy.
+(Ingress or HTTPRoute), and the NetworkPolicy the embedded form needs.
 """
 
 from __future__ import annotations
@@ -338,7 +338,8 @@ def ingress_host(settings: Settings) -> str:
 def network_policy(name: str, namespace: str) -> Manifest:
     """Only the sidecar's two ports are open (to everyone: the sidecar is the check, and the
     operator reads its counters): this closes an embedded client's own port, which may listen on
-    every address, wherever the CNI enforces NetworkPolicies."""
+    every address, wherever the CNI enforces NetworkPolicies. Created first, so that the client's
+    container never runs, even briefly, reachable around the sign-in."""
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
@@ -361,14 +362,15 @@ def network_policy(name: str, namespace: str) -> Manifest:
 def children(
     name: str, namespace: str, spec: model.SingleUserInstanceSpec, access: Access, settings: Settings
 ) -> list[Manifest]:
-    """What a portal-form instance owns, in creation order: the NetworkPolicy first, so the
-    viewer never runs, even briefly, reachable around the sign-in. (The embedded form's are
-    built by :func:`cxg_on_k8s.plan.plan`.)"""
+    """What a portal-form instance owns, in creation order: the Deployment last, so that an
+    instance refused on a name clash (the operator creates first and reads only on a 409) has
+    nothing running. No NetworkPolicy: its pod listens on the sidecar's two ports only (cellxgene
+    on 127.0.0.1), which one would open to everyone anyway; the embedded form's own container
+    port is what needs one (:func:`cxg_on_k8s.render.plan.plan_instance`)."""
     return [
-        network_policy(name, namespace),
-        deployment(name, namespace, spec, settings, access),
         service(name, namespace),
         route(name, namespace, settings),
+        deployment(name, namespace, spec, settings, access),
     ]
 
 

@@ -4,12 +4,14 @@ For each size N (``--sizes 1,100,500``) and each operator, on a fresh local cont
 (etcd, kube-apiserver, controller-manager, scheduler, kwok fake nodes: pods turn Running and
 Ready without images, so this measures the control path, not image pulls or cellxgene):
 
-* ``ours``: ``python -m cxg_on_k8s operator`` (portal-form instances: owner + dataset; four
+* ``ours``: ``python -m cxg_on_k8s operator`` (portal-form instances: owner + dataset; three
   children: Service, Ingress, Deployment; ``status.phase`` Ready from pod events;
-  one culling loop per tick);
-* ``poc``: the proof of concept's design, ``bench/poc_operator.py`` (client-rendered embedded
-  form with the shared ``app=cellxgene`` selector; three children; a timer per instance that
-  fetches and parses the whole metrics page every tick; kopf defaults).
+  one culling loop per tick, reading activity from the ingress-nginx page below, since kwok's
+  pods run no sign-in sidecar to read);
+* ``poc``: the proof of concept's operator as ``bench/poc_operator.py`` rebuilds it
+  (client-rendered embedded form with the shared ``app=cellxgene`` selector; three children; two
+  timers per instance, the second fetching and parsing the whole metrics page every tick on the
+  event loop; kopf defaults).
 
 The bench creates the N instances at once (32 client threads) and, from watches it opened
 beforehand, records per instance the time from its create request to
@@ -27,8 +29,8 @@ operator process's CPU seconds (utime + stime from ``/proc/PID/stat``) during th
 the API server's and etcd's together (what the operator's requests cost the control plane,
 along with the controller-manager's, scheduler's and kwok's work for the same pods), and its
 peak RSS (``VmHWM``). Then it waits ``--steady-ticks`` ticks with all N running and reports
-CPU seconds and API requests per tick: the steady cost of culling (our single scrape vs the PoC's
-N scrapes).
+CPU seconds, API requests and status writes per tick: the steady cost of culling (our single
+scrape vs the PoC's N scrapes), with every owner at work.
 
 API requests are counted exactly, from the API server's audit log: the operator runs with a
 client certificate of its own (user ``bench-operator``) and an audit policy logs only that
@@ -36,9 +38,10 @@ user's requests at Metadata level. Every request counts once (watches included),
 and resource; requests of the controller-manager, scheduler, kwok and the bench's own client are
 not counted. The audit log costs the API server a little, equally for both operators.
 
-The metrics page is what ingress-nginx serves after every instance was visited once: per Ingress
-four request series and a request-duration and a response-size histogram (~38 lines). It is a
-static file served by ``python -m http.server``.
+The metrics page is what ingress-nginx serves after every instance was visited: per Ingress
+four request series and a request-duration and a response-size histogram (~38 lines), served
+from a thread of the bench (:class:`MetricsPage`); for ``ours`` every answer counts one more
+request per Ingress, so every instance is active at every tick.
 
 Usage::
 
@@ -50,6 +53,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import http.server
 import json
 import os
 import shutil
@@ -113,7 +117,9 @@ def start_operator(kind: str, workdir: Path, kubeconfig: Path, namespace: str, m
     port = free_port()
     env = {**os.environ, "KUBECONFIG": str(kubeconfig), "CXG_METRICS_URL": metrics_url, "PYTHONUNBUFFERED": "1"}
     if kind == "ours":
-        env.update(CXG_NAMESPACE=namespace, CXG_METRICS_SERVICE="", CXG_TICK=str(tick), CXG_URL_SCHEME="http",
+        # Activity from the ingress-nginx page: kwok's pods run no sidecar to read.
+        env.update(CXG_NAMESPACE=namespace, CXG_ACTIVITY="ingress-nginx", CXG_METRICS_SERVICE="", CXG_TICK=str(tick),
+                   CXG_URL_SCHEME="http",
                    CXG_HOST_NAME="cxg.localtest")  # fmt: skip
         args = [sys.executable, "-m", "cxg_on_k8s", "operator"]
     else:
@@ -178,8 +184,9 @@ BUCKETS = ["0.005", "0.01", "0.025", "0.05", "0.1", "0.25", "0.5", "1", "2.5", "
 SIZE_BUCKETS = ["10", "100", "1000", "10000", "100000", "1e+06", "1e+07", "+Inf"]
 
 
-def metrics_page(namespace: str, names: list[str]) -> str:
-    """ingress-nginx's exposition after each instance's Ingress served some requests."""
+def metrics_page(namespace: str, names: list[str], visits: int = 0) -> str:
+    """ingress-nginx's exposition after each instance's Ingress served some requests (``visits``
+    more 200s each)."""
     lines = [
         "# HELP nginx_ingress_controller_config_hash Running configuration hash actually running",
         "# TYPE nginx_ingress_controller_config_hash gauge",
@@ -190,7 +197,7 @@ def metrics_page(namespace: str, names: list[str]) -> str:
     duration, size = [], []
     for name in names:
         base = f'{common},host="cxg.localtest",ingress="{name}",method="GET",namespace="{namespace}",path="/{name}(/|$)(.*)",service="{name}"'
-        for status, count in (("200", 42), ("304", 3), ("302", 1), ("401", 1)):
+        for status, count in (("200", 42 + visits), ("304", 3), ("302", 1), ("401", 1)):
             lines.append(f'nginx_ingress_controller_requests{{{base},status="{status}",canary=""}} {count}')
         for bucket in BUCKETS:
             duration.append(f'nginx_ingress_controller_request_duration_seconds_bucket{{{base},status="200",le="{bucket}"}} 42')
@@ -203,6 +210,40 @@ def metrics_page(namespace: str, names: list[str]) -> str:
     lines += ["# TYPE nginx_ingress_controller_request_duration_seconds histogram", *duration,
               "# TYPE nginx_ingress_controller_response_size histogram", *size]  # fmt: skip
     return "\n".join(lines) + "\n"
+
+
+class MetricsPage:
+    """ingress-nginx's metrics page on 127.0.0.1, served from a thread of the bench. ``growing``:
+    every answer counts one more request of every Ingress, every owner at work (the steady state
+    in which status writes per tick are measured); else the same page every time (the PoC's
+    timers only ask whether anyone came)."""
+
+    def __init__(self, namespace: str, names: list[str], growing: bool) -> None:
+        self.answers = 0
+        fixed = metrics_page(namespace, names).encode()
+        page = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                body = metrics_page(namespace, names, page.answers).encode() if growing else fixed
+                page.answers += 1
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain; version=0.0.4")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.size = len(fixed)
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/metrics"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
 
 
 # --- the instances --------------------------------------------------------------------------------
@@ -362,12 +403,7 @@ def run_one(kind: str, n: int, args: argparse.Namespace, base: Path) -> dict[str
         extra += UNLIMITED_APISERVER
     namespace = "cellxgene"
     names = [viewer.new_instance_name() for _ in range(n)]
-    page = workdir / "metrics-root" / "metrics"
-    page.parent.mkdir()
-    page.write_text(metrics_page(namespace, names))
-    http_port = free_port()
-    http = subprocess.Popen([sys.executable, "-m", "http.server", "--bind", "127.0.0.1", str(http_port)],
-                            cwd=page.parent, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    page = MetricsPage(namespace, names, growing=kind == "ours")
     cluster = DevCluster(workdir=workdir / "cluster", quiet=True, apiserver_extra_args=extra)
     operator = None
     try:
@@ -383,8 +419,7 @@ def run_one(kind: str, n: int, args: argparse.Namespace, base: Path) -> dict[str
         session.mount("https://", adapter)
         observer = Observer(session, cluster.server, namespace, CHILD_KINDS[kind])
         observer.start()
-        operator = start_operator(kind, workdir, operator_kubeconfig(cluster), namespace,
-                                  f"http://127.0.0.1:{http_port}/metrics", args.tick)  # fmt: skip
+        operator = start_operator(kind, workdir, operator_kubeconfig(cluster), namespace, page.url, args.tick)
         time.sleep(2)  # the operator's first list/watch and first culling pass settle
         server_pids = [cluster.processes[name].popen.pid for name in ("kube-apiserver", "etcd")]
         cpu0, requests0 = cpu_seconds(operator.pid), audited_requests(audit_log)
@@ -420,7 +455,9 @@ def run_one(kind: str, n: int, args: argparse.Namespace, base: Path) -> dict[str
         time.sleep(args.steady_ticks * args.tick)
         steady_ticks = (time.monotonic() - steady_t0) / args.tick
         steady_cpu = (cpu_seconds(operator.pid) - steady_cpu0) / steady_ticks
-        steady_requests = sum((audited_requests(audit_log) - steady_req0).values()) / steady_ticks
+        steady_counts = audited_requests(audit_log) - steady_req0
+        steady_requests = sum(steady_counts.values()) / steady_ticks
+        steady_status_writes = steady_counts[f"patch {model.PLURAL}/status"] / steady_ticks
         rss_end = peak_rss_mib(operator.pid) or float("nan")
         observer.stopped = True
 
@@ -449,14 +486,14 @@ def run_one(kind: str, n: int, args: argparse.Namespace, base: Path) -> dict[str
             "api_requests_per_instance": sum(spawn_requests.values()) / n,
             "steady_cpu_s_per_tick": steady_cpu,
             "steady_requests_per_tick": steady_requests,
-            "metrics_page_bytes": page.stat().st_size,
+            "steady_status_writes_per_tick": steady_status_writes,
+            "metrics_page_bytes": page.size,
             "operator_alive": operator.poll() is None,
         }
     finally:
         if operator is not None:
             stop_process(operator, timeout=20)
-        http.terminate()
-        http.wait(10)
+        page.stop()
         cluster.stop()
         if not args.keep:
             shutil.rmtree(workdir / "cluster", ignore_errors=True)
@@ -469,8 +506,8 @@ def fmt(value: float | None, digits: int = 1) -> str:
 def table(results: list[dict[str, Any]]) -> str:
     head = ("| operator | N | client create s | children p50/p95/max s | pod ready p50/p95/max s | Ready p50/p95/max s "
             "| all Ready (wall) s | CPU s | peak RSS MiB | API req/instance | API server + etcd CPU s "
-            "| steady CPU s/tick | steady req/tick |")
-    rows = [head, "|" + " --- |" * 13]
+            "| steady CPU s/tick | steady req/tick | steady status writes/tick | load before |")
+    rows = [head, "|" + " --- |" * 15]
     for r in results:
         def ppm(key: str) -> str:
             d = r[key]
@@ -482,7 +519,8 @@ def table(results: list[dict[str, Any]]) -> str:
             f"| {ppm('ready')} | {fmt(r['all_ready_wall_s'])} | {fmt(r['operator_cpu_s'])} "
             f"| {fmt(r['operator_peak_rss_mib'], 0)} | {fmt(r['api_requests_per_instance'])}"
             f"{'' if r['ready']['count'] == r['n'] else ' (unfinished)'} "
-            f"| {fmt(r.get('server_cpu_s'))} | {fmt(r['steady_cpu_s_per_tick'], 2)} | {fmt(r['steady_requests_per_tick'])} |"
+            f"| {fmt(r.get('server_cpu_s'))} | {fmt(r['steady_cpu_s_per_tick'], 2)} | {fmt(r['steady_requests_per_tick'])} "
+            f"| {fmt(r.get('steady_status_writes_per_tick'))} | {fmt(r.get('load_before'), 2)} |"
         )
     return "\n".join(rows)
 

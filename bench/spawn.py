@@ -46,7 +46,11 @@ request per Ingress, so every instance is active at every tick.
 Usage::
 
     .venv/bin/python bench/spawn.py [--sizes 1,100,500] [--tick 10] [--operators ours,poc]
-        [--unlimited-apiserver] [--json out.json]
+        [--unlimited-apiserver] [--restart] [--json out.json]
+
+``--restart`` (ours): after the steady state the operator is stopped and started again; printed:
+how long its requests take to settle, what it sent (children created again, status writes) and
+how many instances the watch saw step back from Ready.
 """
 
 from __future__ import annotations
@@ -316,6 +320,7 @@ class Observer:
         self.pod_ready: dict[str, float] = {}
         self.ready: dict[str, float] = {}
         self.startup_seconds: dict[str, float] = {}
+        self.regressed: set[str] = set()
         self.stopped = False
         self._versions: dict[str, str] = {}
         self._threads = [
@@ -366,6 +371,8 @@ class Observer:
         if kind == "SingleUserInstance":
             if status.get("phase") == "Ready":
                 self.ready.setdefault(name, now)
+            elif name in self.ready:
+                self.regressed.add(name)  # Ready before, something else now
             if isinstance(status.get("startupSeconds"), (int, float)):
                 self.startup_seconds.setdefault(name, float(status["startupSeconds"]))
             return
@@ -459,6 +466,11 @@ def run_one(kind: str, n: int, args: argparse.Namespace, base: Path) -> dict[str
         steady_requests = sum(steady_counts.values()) / steady_ticks
         steady_status_writes = steady_counts[f"patch {model.PLURAL}/status"] / steady_ticks
         rss_end = peak_rss_mib(operator.pid) or float("nan")
+        restart = None
+        if args.restart and kind == "ours":
+            stop_process(operator, timeout=20)
+            operator = start_operator(kind, workdir, operator_kubeconfig(cluster), namespace, page.url, args.tick)
+            restart = resumed(operator, audit_log, observer)
         observer.stopped = True
 
         def durations(stage: dict[str, float] | None, fn: Any = None) -> dict[str, float]:
@@ -489,6 +501,7 @@ def run_one(kind: str, n: int, args: argparse.Namespace, base: Path) -> dict[str
             "steady_status_writes_per_tick": steady_status_writes,
             "metrics_page_bytes": page.size,
             "operator_alive": operator.poll() is None,
+            "restart": restart,
         }
     finally:
         if operator is not None:
@@ -497,6 +510,30 @@ def run_one(kind: str, n: int, args: argparse.Namespace, base: Path) -> dict[str
         cluster.stop()
         if not args.keep:
             shutil.rmtree(workdir / "cluster", ignore_errors=True)
+
+
+def resumed(operator: subprocess.Popen[bytes], audit_log: Path, observer: Observer) -> dict[str, Any]:
+    """After a restart: how long until the new operator's burst of requests ends (none for 5 s
+    but watches), what it sent (creates would be children made again), and how many instances
+    stepped back from Ready meanwhile (the watch saw another phase)."""
+    started, before = time.monotonic(), audited_requests(audit_log)
+    last_change, last = started, before
+    while time.monotonic() - last_change < 5 and time.monotonic() - started < 300:
+        time.sleep(0.5)
+        now = audited_requests(audit_log)
+        if {k: v for k, v in now.items() if not k.startswith("watch ")} != {
+            k: v for k, v in last.items() if not k.startswith("watch ")
+        }:
+            last_change, last = time.monotonic(), now
+    sent = last - before
+    return {
+        "resume_s": last_change - started,
+        "requests": dict(sent),
+        "creates": sum(v for k, v in sent.items() if k.startswith("create ") and k != "create events"),
+        "status_writes": sent[f"patch {model.PLURAL}/status"],
+        "regressed": len(observer.regressed),
+        "operator_alive": operator.poll() is None,
+    }
 
 
 def fmt(value: float | None, digits: int = 1) -> str:
@@ -561,6 +598,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for all Ready (default 180)")
     parser.add_argument("--unlimited-apiserver", action="store_true",
                         help="start the API server with " + " ".join(UNLIMITED_APISERVER))
+    parser.add_argument("--restart", action="store_true",
+                        help="ours: after the steady state, restart the operator and measure its resumption")
     parser.add_argument("--json", type=Path, help="also write the results as JSON here")
     parser.add_argument("--keep", action="store_true", help="keep the clusters' files (logs, audit)")
     args = parser.parse_args(argv)
@@ -584,6 +623,13 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     print(ratios(results))
     print()
     for r in results:
+        per = ", ".join(f"{k} {v / r['n']:.2f}" for k, v in sorted(r["api_requests"].items(), key=lambda kv: -kv[1]))
+        print(f"{r['operator']} N={r['n']}: requests per instance: {per}")
+        if r.get("restart"):
+            d = r["restart"]
+            print(f"{r['operator']} N={r['n']} restart: requests settled {d['resume_s']:.1f} s after the new operator "
+                  f"answered; children created again: {d['creates']}; status writes: {d['status_writes']}; instances "
+                  f"that left Ready: {d['regressed']}; requests: {d['requests']}")  # fmt: skip
         if r["startup_seconds"]["count"]:
             d = r["startup_seconds"]
             print(f"{r['operator']} N={r['n']}: status.startupSeconds p50/p95/max {fmt(d['p50'])} / {fmt(d['p95'])} / "

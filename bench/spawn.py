@@ -188,9 +188,9 @@ BUCKETS = ["0.005", "0.01", "0.025", "0.05", "0.1", "0.25", "0.5", "1", "2.5", "
 SIZE_BUCKETS = ["10", "100", "1000", "10000", "100000", "1e+06", "1e+07", "+Inf"]
 
 
-def metrics_page(namespace: str, names: list[str], visits: int = 0) -> str:
-    """ingress-nginx's exposition after each instance's Ingress served some requests (``visits``
-    more 200s each)."""
+def metrics_page(namespace: str, names: list[str], visits: int = 42) -> str:
+    """ingress-nginx's exposition after each instance's Ingress served some requests: ``visits``
+    200s each (and some 304s when there were any), a sign-in redirect and a 401 either way."""
     lines = [
         "# HELP nginx_ingress_controller_config_hash Running configuration hash actually running",
         "# TYPE nginx_ingress_controller_config_hash gauge",
@@ -201,7 +201,7 @@ def metrics_page(namespace: str, names: list[str], visits: int = 0) -> str:
     duration, size = [], []
     for name in names:
         base = f'{common},host="cxg.localtest",ingress="{name}",method="GET",namespace="{namespace}",path="/{name}(/|$)(.*)",service="{name}"'
-        for status, count in (("200", 42 + visits), ("304", 3), ("302", 1), ("401", 1)):
+        for status, count in (("200", visits), ("304", 3 if visits else 0), ("302", 1), ("401", 1)):
             lines.append(f'nginx_ingress_controller_requests{{{base},status="{status}",canary=""}} {count}')
         for bucket in BUCKETS:
             duration.append(f'nginx_ingress_controller_request_duration_seconds_bucket{{{base},status="200",le="{bucket}"}} 42')
@@ -217,20 +217,28 @@ def metrics_page(namespace: str, names: list[str], visits: int = 0) -> str:
 
 
 class MetricsPage:
-    """ingress-nginx's metrics page on 127.0.0.1, served from a thread of the bench. ``growing``:
-    every answer counts one more request of every Ingress, every owner at work (the steady state
-    in which status writes per tick are measured); else the same page every time (the PoC's
-    timers only ask whether anyone came)."""
+    """ingress-nginx's metrics page on 127.0.0.1, served from a thread of the bench. ``growing``
+    (ours): until :meth:`visit`, every Ingress shows only a sign-in redirect and a 401 (nobody has
+    used a viewer while they start: the requests up to Ready are the spawn's own); from then on
+    every answer counts one more 200 of every Ingress, every owner at work (the steady state in
+    which status writes per tick are measured). Else (the PoC, whose timers only ask whether
+    anyone came) the same page of visited Ingresses every time."""
 
     def __init__(self, namespace: str, names: list[str], growing: bool) -> None:
-        self.answers = 0
+        self.answers, self.visiting = 0, False
         fixed = metrics_page(namespace, names).encode()
+        unvisited = metrics_page(namespace, names, 0).encode()
         page = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self) -> None:
-                body = metrics_page(namespace, names, page.answers).encode() if growing else fixed
-                page.answers += 1
+                if not growing:
+                    body = fixed
+                elif page.visiting:
+                    page.answers += 1
+                    body = metrics_page(namespace, names, page.answers).encode()
+                else:
+                    body = unvisited
                 self.send_response(200)
                 self.send_header("Content-Type", "text/plain; version=0.0.4")
                 self.send_header("Content-Length", str(len(body)))
@@ -244,6 +252,9 @@ class MetricsPage:
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/metrics"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def visit(self) -> None:
+        self.visiting = True
 
     def stop(self) -> None:
         self.server.shutdown()
@@ -455,8 +466,9 @@ def run_one(kind: str, n: int, args: argparse.Namespace, base: Path) -> dict[str
         all_ready = max(done.values()) - started if len(done) == n else None
         time.sleep(1)  # let the audit log catch up with the last responses
         spawn_requests = audited_requests(audit_log) - requests0
-        # Steady state: N instances up, nobody new: the culling cost per tick. One tick first, in
-        # which our culler records each instance's first visit (the page lists it as visited).
+        # Steady state: N instances up, nobody new, every owner at work: the culling cost per tick.
+        # One tick first, in which our culler records each instance's first visit.
+        page.visit()
         time.sleep(args.tick)
         steady_cpu0, steady_req0, steady_t0 = cpu_seconds(operator.pid), audited_requests(audit_log), time.monotonic()
         time.sleep(args.steady_ticks * args.tick)

@@ -1,0 +1,149 @@
+"""The floor under bench/spawn.py: a plain client creating each instance's objects, no operator.
+
+What N viewers at once cost the control plane when nothing but the objects themselves is done:
+for each object set and each N (``--sizes``, default 500,1000), on a fresh local control plane
+(etcd, kube-apiserver with its default limits, controller-manager, scheduler, kwok fake nodes,
+as bench/spawn.py), a client with T threads (``--threads``, several tried: the best is the floor)
+creates every instance's objects, one request each, and the time is taken from the first create
+to the moment the watch shows every Deployment with a ready replica (the pod behind it is made
+by the controller-manager's ReplicaSet and turned Ready by kwok). Object sets:
+
+* ``five``: what the operator created per instance until 2026-12: the instance, NetworkPolicy,
+  Deployment, Service, Ingress;
+* ``four``: what it creates now for the portal form: the instance, Service, Ingress, Deployment.
+
+Nothing else is written (no ownerReferences, no status, no Events): that is what makes it a floor.
+The load average before each run is printed, since absolute seconds differ between machines
+and runs; compare ratios measured in one run.
+
+Usage::
+
+    .venv/bin/python bench/floor.py [--sizes 500,1000] [--sets five,four] [--threads 16,48] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import requests
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "src"))
+
+from bench.spawn import Observer, ours_instance
+from cxg_devcluster.cluster import DevCluster
+from cxg_on_k8s.api import crd, model
+from cxg_on_k8s.render import viewer
+from cxg_on_k8s.render.plan import plan_instance
+from cxg_on_k8s.settings import Settings
+
+NAMESPACE = "cellxgene"
+PATHS = {
+    "SingleUserInstance": f"/apis/{model.GROUP}/{model.VERSION}/namespaces/{{ns}}/{model.PLURAL}",
+    "NetworkPolicy": "/apis/networking.k8s.io/v1/namespaces/{ns}/networkpolicies",
+    "Deployment": "/apis/apps/v1/namespaces/{ns}/deployments",
+    "Service": "/api/v1/namespaces/{ns}/services",
+    "Ingress": "/apis/networking.k8s.io/v1/namespaces/{ns}/ingresses",
+}
+SETS = {
+    "five": ("SingleUserInstance", "NetworkPolicy", "Deployment", "Service", "Ingress"),
+    "four": ("SingleUserInstance", "Service", "Ingress", "Deployment"),
+}
+
+
+def objects(name: str, kinds: tuple[str, ...]) -> list[dict[str, Any]]:
+    """One instance's objects of ``kinds``, rendered as the operator renders them."""
+    body = ours_instance(name, NAMESPACE)
+    spec = model.SingleUserInstanceSpec.model_validate(body["spec"])
+    plan = plan_instance(name, NAMESPACE, {}, spec, Settings(namespace=NAMESPACE, host_name="cxg.localtest"))
+    by_kind = {c["kind"]: c for c in plan.children} | {
+        "SingleUserInstance": body,
+        "NetworkPolicy": viewer.network_policy(name, NAMESPACE),
+    }
+    return [by_kind[kind] for kind in kinds]
+
+
+def run_one(kinds: tuple[str, ...], n: int, threads: int, workdir: Path, timeout: float) -> dict[str, Any]:
+    cluster = DevCluster(workdir=workdir, quiet=True)
+    try:
+        cluster.start()
+        cluster.kubectl("apply", "--server-side", "-f", "-", input=yaml.safe_dump(crd.definition()))
+        cluster.kubectl("wait", "--for=condition=Established", f"crd/{model.CRD_NAME}", "--timeout=60s")
+        cluster.kubectl("create", "namespace", NAMESPACE)
+        session = requests.Session()
+        session.trust_env = False
+        session.cert = (str(cluster.pki / "admin.crt"), str(cluster.pki / "admin.key"))
+        session.verify = str(cluster.pki / "ca.crt")
+        session.mount("https://", requests.adapters.HTTPAdapter(pool_connections=8, pool_maxsize=threads + 8))
+        observer = Observer(session, cluster.server, NAMESPACE, ("Deployment",))
+        observer.start()
+        names = [viewer.new_instance_name() for _ in range(n)]
+        bodies = {name: objects(name, kinds) for name in names}
+
+        def create(name: str) -> None:
+            observer.created[name] = time.monotonic()
+            for body in bodies[name]:
+                url = cluster.server + PATHS[body["kind"]].format(ns=NAMESPACE)
+                resp = session.post(url, json=body, timeout=60)
+                if resp.status_code != 201:
+                    raise RuntimeError(f"creating {body['kind']} {name}: {resp.status_code} {resp.text[:300]}")
+
+        load = os.getloadavg()[0]
+        started = time.monotonic()
+        with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+            list(pool.map(create, names))
+        created = time.monotonic() - started
+        while len(observer.pod_ready) < n and time.monotonic() - started < timeout:
+            time.sleep(0.1)
+        observer.stopped = True
+        ready = len(observer.pod_ready)
+        wall = max(observer.pod_ready.values()) - started if ready == n else None
+        return {"set": "+".join(kinds), "n": n, "threads": threads, "created_s": created, "all_ready_s": wall,
+                "ready": ready, "load_before": load}  # fmt: skip
+    finally:
+        cluster.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--sizes", default="500,1000", help="instance counts, comma-separated")
+    parser.add_argument("--sets", default="five,four", help=f"object sets, comma-separated: {', '.join(SETS)}")
+    parser.add_argument("--threads", default="16,48", help="client threads to try, comma-separated")
+    parser.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for every Deployment")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args()
+    base = Path(tempfile.mkdtemp(prefix="cxg-bench-floor-"))
+    results = []
+    for n in (int(s) for s in args.sizes.split(",")):
+        for name in args.sets.split(","):
+            for threads in (int(t) for t in args.threads.split(",")):
+                result = run_one(SETS[name], n, threads, base / f"{name}-{n}-{threads}", args.timeout)
+                results.append(result)
+                wall = "unfinished" if result["all_ready_s"] is None else f"{result['all_ready_s']:.1f} s"
+                print(f"{name} N={n} threads={threads}: every Deployment ready {wall} (created in "
+                      f"{result['created_s']:.1f} s); load before {result['load_before']:.2f}", flush=True)  # fmt: skip
+    for n in sorted({r["n"] for r in results}):
+        for name in args.sets.split(","):
+            done = [r for r in results if r["n"] == n and r["set"] == "+".join(SETS[name]) and r["all_ready_s"]]
+            if done:
+                best = min(done, key=lambda r: r["all_ready_s"])
+                print(f"floor {name} N={n}: {best['all_ready_s']:.1f} s ({best['threads']} threads)")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1))
+    shutil.rmtree(base, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -30,6 +30,7 @@ from cxg_devcluster.cluster import DevCluster
 from cxg_devcluster.node import NODE_IP, RealNode
 
 from cxg_on_k8s.api import model
+from cxg_on_k8s.culling.decision import ACTIVITY_WRITE_FRACTION
 from cxg_on_k8s.k8s.client import K8ApiHandler, load_client
 from cxg_on_k8s.render import samples, signin, viewer
 from cxg_on_k8s.settings import Settings
@@ -327,7 +328,9 @@ def test_requests_through_the_gateway_keep_a_viewer_alive_and_an_unreadable_one_
     for name in (idle, blind):
         wait_for(lambda n=name: last_activity(gateway_edge, n) is not None, 30, f"{name}'s lastActivity")
     before = last_activity(gateway_edge, idle)
-    time.sleep(TICK + 1.5)  # lastActivity has whole seconds: let the clock move on
+    # lastActivity is written again once the stored value lags by a part of the idle timeout
+    # (decision.ACTIVITY_WRITE_FRACTION): the request comes after that, and moves it
+    time.sleep(IDLE * ACTIVITY_WRITE_FRACTION + 1.5)
     assert owner.get(f"{first}api/v0.2/config").status_code == 200
     wait_for(lambda: last_activity(gateway_edge, idle) != before, 30, f"{idle}'s lastActivity to move")
     undo = block_metrics(pod_ip(gateway_edge, blind))

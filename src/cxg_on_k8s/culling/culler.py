@@ -270,7 +270,9 @@ class Culler:
             times = dataclasses.replace(times, last_activity=latest)
             decision = decide(times, reliable and key not in unknown, now)
             why = f" ({unknown[key]})" if key in unknown else ""
-            log.info("%s/%s %s%s", key[0], key[1], decision.message, why)
+            # Each decision with its ages at debug (--verbose): a thousand lines a tick at info
+            # would bury the rest; a deletion is logged at info by _cull, the pass's sums below.
+            log.debug("%s/%s %s%s", key[0], key[1], decision.message, why)
             if decision.delete:
                 # The cache says it at once, as the status write will: the same dict for both.
                 terminating = {
@@ -281,8 +283,17 @@ class Culler:
                 status.update(terminating)
                 deleted.append((f"{key[0]}/{key[1]}", decision))
                 jobs.append(self._cull(key, body, decision, terminating))
+        writes = len(jobs) - len(deleted)
         await asyncio.gather(*jobs)
         self.last_pass = rfc3339(now)
+        log.info(
+            "culling pass: %d instances, %d active, %d with activity unknown, %d lastActivity writes, %d to delete",
+            len(instances),
+            len(active),
+            len(unknown) if reliable else len(instances),
+            writes,
+            len(deleted),
+        )
         return deleted
 
     async def _patch(self, key: tuple[str, str], status: dict[str, Any]) -> None:

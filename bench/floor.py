@@ -10,7 +10,10 @@ by the controller-manager's ReplicaSet and turned Ready by kwok). Object sets:
 
 * ``five``: what the operator created per instance until 2026-12: the instance, NetworkPolicy,
   Deployment, Service, Ingress;
-* ``four``: what it creates now for the portal form: the instance, Service, Ingress, Deployment.
+* ``four``: what it creates now for the portal form: the instance, Service, Ingress, Deployment;
+* ``pod``: the instance, Service, Ingress and a Pod from the Deployment's template, as KubeSpawner
+  does it (no Deployment, so no ReplicaSet: the pod is the client's own object; ready is the
+  pod's Ready condition).
 
 Nothing else is written (no ownerReferences, no status, no Events): that is what makes it a floor.
 The load average before each run is printed, since absolute seconds differ between machines
@@ -55,10 +58,12 @@ PATHS = {
     "Deployment": "/apis/apps/v1/namespaces/{ns}/deployments",
     "Service": "/api/v1/namespaces/{ns}/services",
     "Ingress": "/apis/networking.k8s.io/v1/namespaces/{ns}/ingresses",
+    "Pod": "/api/v1/namespaces/{ns}/pods",
 }
 SETS = {
     "five": ("SingleUserInstance", "NetworkPolicy", "Deployment", "Service", "Ingress"),
     "four": ("SingleUserInstance", "Service", "Ingress", "Deployment"),
+    "pod": ("SingleUserInstance", "Service", "Ingress", "Pod"),
 }
 
 
@@ -67,10 +72,10 @@ def objects(name: str, kinds: tuple[str, ...]) -> list[dict[str, Any]]:
     body = ours_instance(name, NAMESPACE)
     spec = model.SingleUserInstanceSpec.model_validate(body["spec"])
     plan = plan_instance(name, NAMESPACE, {}, spec, Settings(namespace=NAMESPACE, host_name="cxg.localtest"))
-    by_kind = {c["kind"]: c for c in plan.children} | {
-        "SingleUserInstance": body,
-        "NetworkPolicy": viewer.network_policy(name, NAMESPACE),
-    }
+    by_kind = {c["kind"]: c for c in plan.children}
+    template = by_kind["Deployment"]["spec"]["template"]
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {**template["metadata"], "name": name}, "spec": template["spec"]}
+    by_kind |= {"SingleUserInstance": body, "NetworkPolicy": viewer.network_policy(name, NAMESPACE), "Pod": pod}
     return [by_kind[kind] for kind in kinds]
 
 
@@ -86,7 +91,7 @@ def run_one(kinds: tuple[str, ...], n: int, threads: int, workdir: Path, timeout
         session.cert = (str(cluster.pki / "admin.crt"), str(cluster.pki / "admin.key"))
         session.verify = str(cluster.pki / "ca.crt")
         session.mount("https://", requests.adapters.HTTPAdapter(pool_connections=8, pool_maxsize=threads + 8))
-        observer = Observer(session, cluster.server, NAMESPACE, ("Deployment",))
+        observer = Observer(session, cluster.server, NAMESPACE, ("Pod",) if "Pod" in kinds else ("Deployment",))
         observer.start()
         names = [viewer.new_instance_name() for _ in range(n)]
         bodies = {name: objects(name, kinds) for name in names}

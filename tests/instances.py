@@ -18,7 +18,8 @@ from tests.conftest import wait_for
 
 OWNER = "alice@example.org"
 DATASET = "s3://omics-data/projects/p1/pbmc3k.h5ad"
-CHILD_KINDS = ("Deployment", "Service", "Ingress", "NetworkPolicy")
+CHILD_KINDS = ("Deployment", "Service", "Ingress", "NetworkPolicy")  # what either form may own
+PORTAL_CHILD_KINDS = ("Service", "Ingress", "Deployment")  # what a portal-form instance owns
 
 
 def dataset_of(name: str) -> str:

@@ -35,7 +35,16 @@ from cxg_on_k8s.render import install, viewer
 from cxg_on_k8s.settings import Settings
 from tests import client_shapes, service_accounts
 from tests.conftest import REPO, StartOperator, wait_for
-from tests.instances import CHILD_KINDS, DATASET, OWNER, create, get_or_none, instance_body, list_children, wait_phase
+from tests.instances import (
+    DATASET,
+    OWNER,
+    PORTAL_CHILD_KINDS,
+    create,
+    get_or_none,
+    instance_body,
+    list_children,
+    wait_phase,
+)
 from tests.poc_form import POC_AUTH_ENDPOINT, POC_AUTH_URL, poc_manifests, set_path
 from tests.service_accounts import can_i
 
@@ -165,7 +174,7 @@ def test_portal_form_becomes_ready_with_owned_children_status_and_event(
     body = wait_phase(k8s, name, model.Phase.READY)
     uid = body["metadata"]["uid"]
 
-    for kind in ("Service", "Ingress", "Deployment"):
+    for kind in PORTAL_CHILD_KINDS:
         child = read_child(k8s, kind, name)
         assert child is not None, f"{kind} {name} was not created"
         assert child.metadata.labels == {"app": "cellxgene", "instance": name}
@@ -316,7 +325,7 @@ def test_operator_restarted_after_ready_keeps_the_instance_ready(
     assert status["phase"] == model.Phase.READY.value
     assert status["readyAt"] == ready_at
     counts = {kind: len(items) for kind, items in list_children(k8s, f"instance={name}").items()}
-    assert set(counts.values()) == {1}, counts
+    assert counts == {"Deployment": 1, "Service": 1, "Ingress": 1, "NetworkPolicy": 0, "ReplicaSet": 1, "Pod": 1}
 
 
 def test_two_instances_never_share_pods(k8s: K8ApiHandler, start_operator: StartOperator) -> None:
@@ -529,7 +538,7 @@ def test_operator_runs_with_its_own_rbac(
     operator = start_operator(kubeconfig=kubeconfig, activity="ingress-nginx", metrics_service=rbac.metrics_service, tick=1)
     name = create(k8s, instance_body(k8s.namespace))
     body = wait_phase(k8s, name, model.Phase.READY)
-    for kind in CHILD_KINDS:
+    for kind in PORTAL_CHILD_KINDS:
         assert read_child(k8s, kind, name) is not None, kind
     event = wait_event(k8s, name, "Ready", "Normal")
     assert event.source.component == install.OPERATOR_NAME

@@ -137,7 +137,7 @@ def main() -> None:
                 result = run_one(SETS[name], n, threads, base / f"{name}-{n}-{threads}", args.timeout)
                 results.append(result)
                 wall = "unfinished" if result["all_ready_s"] is None else f"{result['all_ready_s']:.1f} s"
-                print(f"{name} N={n} threads={threads}: every Deployment ready {wall} (created in "
+                print(f"{name} N={n} threads={threads}: every viewer pod ready {wall} (created in "
                       f"{result['created_s']:.1f} s); load before {result['load_before']:.2f}", flush=True)  # fmt: skip
     for n in sorted({r["n"] for r in results}):
         for name in args.sets.split(","):

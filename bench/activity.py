@@ -24,7 +24,9 @@ listening on N loopback addresses, 127.77.x.y:44180, one per pod: each pod has a
 connection of its own, as in a cluster (same port, own IP). It answers as oauth2-proxy v7.15.6
 does (HTTP/1.1, keep-alive, its headers, Content-Length) the page it serves for
 ``?name[]=oauth2_proxy_requests_total`` after some use: eight status codes, ~480 bytes, every
-counter growing at every answer.
+counter growing at every answer: every viewer in use at every tick, the worst case (the reader
+skips a page that is the same as the last one). ``--active 0.1``: a tenth of them in use, the
+others' counters standing still.
 
 CPU is ``getrusage`` user + system of this process around the pass (threads included), so it
 also holds the kernel's TCP work on loopback, which in a cluster partly falls elsewhere. Wall
@@ -32,7 +34,7 @@ time and the load average are printed too: the server shares the machine's cores
 
 Usage::
 
-    .venv/bin/python bench/activity.py [--sizes 1000,5000] [--passes 5] [--compare] [--json out.json]
+    .venv/bin/python bench/activity.py [--sizes 1000,5000] [--passes 5] [--compare] [--active 1] [--json out.json]
 """
 
 from __future__ import annotations
@@ -77,7 +79,12 @@ def pod_address(i: int) -> str:
 # --- the server process -----------------------------------------------------------------------------
 
 
-def serve(pods: int, ingress_sizes: list[int]) -> None:
+def is_active(pod: int, active: float) -> bool:
+    """Whether the pod-th simulated viewer is in use: ``active`` of them, spread evenly."""
+    return int((pod + 1) * active) > int(pod * active)
+
+
+def serve(pods: int, ingress_sizes: list[int], active: float) -> None:
     """Listen for ``pods`` sidecars and one ingress-nginx page per size; say "ready <port>"."""
     pages = {f"/ingress-nginx/{n}": metrics_page(NAMESPACE, [f"cellxgene-{i}" for i in range(n)]).encode()
              for n in ingress_sizes}  # fmt: skip
@@ -86,7 +93,7 @@ def serve(pods: int, ingress_sizes: list[int]) -> None:
         """One pod's metrics port: every request answered on the same connection, counts growing."""
 
         def __init__(self, pod: int) -> None:
-            self.pod, self.answers, self.buffer = pod, 0, b""
+            self.pod, self.answers, self.buffer, self.grows = pod, 0, b"", is_active(pod, active)
 
         def connection_made(self, transport: asyncio.BaseTransport) -> None:
             self.transport = transport
@@ -95,7 +102,7 @@ def serve(pods: int, ingress_sizes: list[int]) -> None:
             self.buffer += data
             while b"\r\n\r\n" in self.buffer:
                 _, self.buffer = self.buffer.split(b"\r\n\r\n", 1)
-                self.answers += 1
+                self.answers += self.grows
                 body = (
                     "# HELP oauth2_proxy_requests_total Total number of requests by HTTP status code.\n"
                     "# TYPE oauth2_proxy_requests_total counter\n"
@@ -139,9 +146,10 @@ def serve(pods: int, ingress_sizes: list[int]) -> None:
 
 
 @contextmanager
-def server(pods: int, ingress_sizes: list[int]) -> Iterator[int]:
+def server(pods: int, ingress_sizes: list[int], active: float = 1.0) -> Iterator[int]:
     """The server process; yields the port of its ingress-nginx pages."""
-    command = [sys.executable, __file__, "--serve", str(pods), "--pages", ",".join(map(str, ingress_sizes))]
+    command = [sys.executable, __file__, "--serve", str(pods), "--pages", ",".join(map(str, ingress_sizes)),
+               "--active", str(active)]  # fmt: skip
     process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
     try:
         line = process.stdout.readline() if process.stdout else ""
@@ -325,10 +333,10 @@ def ingress_nginx_pass(page_port: int, n: int) -> dict[str, Any]:
     return {"cpu_s": took_cpu, "wall_s": took_wall}
 
 
-def run(sizes: list[int], passes: int, compare: bool) -> list[dict[str, Any]]:
+def run(sizes: list[int], passes: int, compare: bool, active: float) -> list[dict[str, Any]]:
     results = []
     loop = asyncio.new_event_loop()
-    with server(max(sizes), sizes) as page_port:
+    with server(max(sizes), sizes, active) as page_port:
         for n in sizes:
             load = os.getloadavg()[0]
             source = PodActivitySource(lambda n=n: targets(n), timeout=5, concurrency=CONCURRENCY)
@@ -342,6 +350,7 @@ def run(sizes: list[int], passes: int, compare: bool) -> list[dict[str, Any]]:
             size = sum(map(len, pages))
             row: dict[str, Any] = {
                 "n": n,
+                "active": active,
                 "load_before": load,
                 "pods": pods,
                 "pod_list": {"cpu_s": list_cpu, "bytes": size, "bytes_per_pod": size / n},
@@ -379,15 +388,17 @@ def main() -> None:
     parser.add_argument("--sizes", default="1000,5000", help="numbers of viewers, comma-separated")
     parser.add_argument("--passes", type=int, default=5, help="steady passes after the first (median)")
     parser.add_argument("--compare", action="store_true", help="also aiohttp and a new connection per read")
+    parser.add_argument("--active", type=float, default=1.0,
+                        help="share of the pods whose counters grow between reads (default 1: all, the worst case)")
     parser.add_argument("--json", type=Path, help="write the results here")
     parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)  # the server process
     parser.add_argument("--pages", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve is not None:
-        serve(args.serve, [int(n) for n in args.pages.split(",") if n])
+        serve(args.serve, [int(n) for n in args.pages.split(",") if n], args.active)
         return
     sizes = [int(n) for n in args.sizes.split(",")]
-    results = run(sizes, args.passes, args.compare)
+    results = run(sizes, args.passes, args.compare, args.active)
     if len(results) > 1:
         small, big = results[0], results[-1]
         scale = big["n"] / small["n"]

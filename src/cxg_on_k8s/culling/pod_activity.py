@@ -74,6 +74,7 @@ Target = tuple[IngressKey, str]
 """An instance and the URL of one of its pods' request counters."""
 
 REQUESTS_PREFIX = "oauth2_proxy_requests_total{"
+STATUS_LINE = re.compile(rb"HTTP/(\d\.\d) (\d{3})")
 # The only headers read (HTTP framing, the page's type): one scan of the head, not a dict of all.
 # Anchored on the line break, not on ^ with re.MULTILINE, which costs four times as much here.
 HEAD_FIELDS = re.compile(
@@ -93,31 +94,41 @@ def requests_by_code(text: str) -> dict[str, float]:
     """``oauth2_proxy_requests_total`` per status code from a sidecar's metrics page.
 
     Other lines (``# HELP``, other families when the page is not filtered) are skipped; a page
-    without the family is a sidecar that has answered nothing yet. The series are matched as
-    oauth2-proxy writes them, ``{code="200"} 12``, by one regular expression over the page (the
-    scan runs in C: a loop over the lines cost more than the request itself): a line of the
-    family in another shape means another oauth2-proxy (or not one), which must be looked at
-    rather than read as silence.
+    without the family is a sidecar that has answered nothing yet.
     """
     counts: dict[str, float] = {}
-    series = SERIES.findall(text)
-    if len(series) != text.count(REQUESTS_PREFIX):
-        odd = next(line for line in text.splitlines() if line.startswith(REQUESTS_PREFIX) and not SERIES.match(line))
-        raise MetricsError(f"unexpected series {odd!r}: oauth2_proxy_requests_total should have one label, code")
-    for code, value in series:
-        try:
-            count = float(value)
-        except ValueError:
-            raise MetricsError(f"not a Prometheus sample value: {value!r} (code {code})") from None
-        if not math.isfinite(count) or count < 0:
-            raise MetricsError(f"impossible counter value {value} (code {code})")
-        counts[code] = counts.get(code, 0.0) + count
+    for code, value in _series(text):
+        counts[code] = counts.get(code, 0.0) + _sample(code, value)
     return counts
 
 
 def owner_answers(text: str) -> float:
-    """The page's answers that only a user let in gets (module docstring): 2xx and 304."""
-    return sum(count for code, count in requests_by_code(text).items() if _is_owner_code(code))
+    """The page's answers that only a user let in gets (module docstring): 2xx and 304. Only
+    their values are read (and checked): the culler reads every pod's page every tick."""
+    return sum(_sample(code, value) for code, value in _series(text) if _is_owner_code(code))
+
+
+def _series(text: str) -> list[tuple[str, str]]:
+    """(code, value) of each series of the family, matched as oauth2-proxy writes them,
+    ``{code="200"} 12``, by one regular expression over the page (the scan runs in C: a loop
+    over the lines cost more than the request itself): a line of the family in another shape
+    means another oauth2-proxy (or not one), which must be looked at rather than read as silence.
+    """
+    series: list[tuple[str, str]] = SERIES.findall(text)
+    if len(series) != text.count(REQUESTS_PREFIX):
+        odd = next(line for line in text.splitlines() if line.startswith(REQUESTS_PREFIX) and not SERIES.match(line))
+        raise MetricsError(f"unexpected series {odd!r}: oauth2_proxy_requests_total should have one label, code")
+    return series
+
+
+def _sample(code: str, value: str) -> float:
+    try:
+        count = float(value)
+    except ValueError:
+        raise MetricsError(f"not a Prometheus sample value: {value!r} (code {code})") from None
+    if not math.isfinite(count) or count < 0:
+        raise MetricsError(f"impossible counter value {value} (code {code})")
+    return count
 
 
 # The few codes a sidecar answers with, decided once each rather than on every page.
@@ -261,12 +272,15 @@ class _Connection(asyncio.Protocol):
 
 @dataclass
 class _Endpoint:
-    """One pod's counters: where, the request's bytes, and the connection kept between ticks."""
+    """One pod's counters: where, the request's bytes, the connection kept between ticks, and
+    the last page read with its owner answers (a viewer nobody used since answers the same
+    bytes, which need no reading again)."""
 
     host: str
     port: int
     request: bytes
     kept: _Connection | None = None
+    last: tuple[bytes, float] | None = None
 
 
 class PodActivitySource:
@@ -439,15 +453,21 @@ class PodActivitySource:
         if isinstance(outcome, BaseException):
             return self._why(url, outcome)
         status, headers, body, _ = outcome
+        endpoint = self._endpoints[url]
         if not connection.lost and self._kept < self._budget:
-            self._endpoints[url].kept = connection
+            endpoint.kept = connection
             self._kept += 1
         else:
             connection.close()
         try:
-            return owner_answers(_page(status, headers, body))
+            _check_page(status, headers)
+            if endpoint.last is not None and endpoint.last[0] == body:
+                return endpoint.last[1]
+            answers = owner_answers(_text(body))
         except MetricsError as exc:
             return f"{url}: {exc}"
+        endpoint.last = (body, answers)
+        return answers
 
     def _why(self, url: str, exc: BaseException) -> str:
         if isinstance(exc, TimeoutError):
@@ -457,8 +477,8 @@ class PodActivitySource:
         return f"{url}: {exc}"
 
 
-def _page(status: int, headers: Mapping[str, str], body: bytes) -> str:
-    """The text of an answer that is the sidecar's counters page; else why it is not."""
+def _check_page(status: int, headers: Mapping[str, str]) -> None:
+    """Why an answer is not the sidecar's counters page, if it is not."""
     if status != 200:
         raise MetricsError(
             f"answered HTTP {status}: not the sidecar's metrics port ({SIGNIN_METRICS_PORT}, --metrics-address)"
@@ -468,6 +488,9 @@ def _page(status: int, headers: Mapping[str, str], body: bytes) -> str:
             f"answered {headers.get('content-type') or 'no content type'}, not Prometheus text: "
             f"not the sidecar's metrics port ({SIGNIN_METRICS_PORT})"
         )
+
+
+def _text(body: bytes) -> str:
     try:
         return body.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -486,8 +509,8 @@ def _answer(received: bytearray, ended: bool) -> Answer | None:
         if ended:
             raise ConnectionError("the connection closed before the answer's headers")
         return None
-    version, status, headers = _head(bytes(received[:end]))
-    persistent = version == "HTTP/1.1" and headers.get("connection", "").lower() != "close"
+    version, status, headers = _head(received, end)
+    persistent = version == b"1.1" and headers.get("connection", "").lower() != "close"
     start = end + 4
     if "content-length" in headers:
         stop = start + _number(headers["content-length"], 10)
@@ -501,14 +524,18 @@ def _answer(received: bytearray, ended: bool) -> Answer | None:
     return None if body is None else (status, headers, body, persistent)
 
 
-def _head(raw: bytes) -> tuple[str, int, dict[str, str]]:
-    """(version, status, the headers read here by lower-case name) of an answer's head."""
-    first = raw.split(b"\r\n", 1)[0].decode("latin-1")
-    version, _, rest = first.partition(" ")
-    if not version.startswith("HTTP/"):
-        raise MetricsError(f"not an HTTP answer: {first[:80]!r}")
-    headers = {name.decode().lower(): value.decode("latin-1").rstrip(" \t") for name, value in HEAD_FIELDS.findall(raw)}
-    return version, _number(rest[:3], 10), headers
+def _head(received: bytearray, end: int) -> tuple[bytes, int, dict[str, str]]:
+    """(HTTP version, status, the headers read here by lower-case name) of the head that ends at
+    ``end``, read in place (the regular expressions take the buffer and its bounds: no copies)."""
+    first = STATUS_LINE.match(received, 0, end)
+    if first is None:
+        line = bytes(received[:end]).split(b"\r\n", 1)[0][:80].decode("latin-1")
+        raise MetricsError(f"not an HTTP answer: {line!r}")
+    headers = {
+        name.decode().lower(): value.decode("latin-1").rstrip(" \t")
+        for name, value in HEAD_FIELDS.findall(received, first.end(), end)
+    }
+    return first[1], int(first[2]), headers
 
 
 def _unchunk(data: bytes) -> bytes:

@@ -47,6 +47,7 @@ settings:
   host_name: cellxgene.example.org
   url_scheme: http
   edge: gateway
+  viewer_workload: pod
   gateway: edge/public
   activity: ingress-nginx
   metrics_service: monitoring/nginx-metrics
@@ -154,7 +155,7 @@ ok = compare(
 image = "registry.example.org/cxg-on-k8s:1.2.3"
 s = Settings(
     namespace="viewers", host_name="cellxgene.example.org", url_scheme="http", edge="gateway",
-    gateway="edge/public", activity="ingress-nginx", metrics_service="monitoring/nginx-metrics",
+    viewer_workload="pod", gateway="edge/public", activity="ingress-nginx", metrics_service="monitoring/nginx-metrics",
     oidc_insecure_skip_verify=True,
     keycloak_endpoint="https://keycloak.example.org//", keycloak_realm="omics", ingress_class="public",
     tick=15.5, max_lifespan=1209600, s3_endpoint_url="http://127.0.0.1:5000", userdata_image=image,

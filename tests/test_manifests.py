@@ -294,6 +294,28 @@ def test_portal_form_children_end_with_the_deployment_and_need_no_networkpolicy(
         assert child["metadata"]["labels"] == LABELS
 
 
+def test_with_viewer_workload_pod_the_instance_owns_the_pod_of_the_deployments_template() -> None:
+    settings = SETTINGS.model_copy(update={"viewer_workload": "pod"})
+    spec = portal_spec()
+    children = viewer.children(NAME, NS, spec, access.resolve(spec, {}), settings)
+    assert [c["kind"] for c in children] == ["Service", "Ingress", "Pod"]
+    pod = children[2]
+    template = viewer.deployment(NAME, NS, spec, settings, access.resolve(spec, {}))["spec"]["template"]
+    assert pod["metadata"] == {"name": NAME, "namespace": NS, "labels": LABELS}
+    assert pod["metadata"]["labels"] == template["metadata"]["labels"]
+    assert pod["spec"] == {**template["spec"], "restartPolicy": "Always"}
+
+
+def test_the_operator_may_make_and_delete_pods_only_when_it_owns_them() -> None:
+    def pod_verbs(settings: Settings) -> list[str]:
+        role = next(o for o in install.operator_rbac(settings) if o["kind"] == "Role")
+        (rule,) = [r for r in role["rules"] if r["resources"] == ["pods"]]
+        return sorted(rule["verbs"])
+
+    assert pod_verbs(SETTINGS) == ["list", "watch"]
+    assert pod_verbs(SETTINGS.model_copy(update={"viewer_workload": "pod"})) == ["create", "delete", "get", "list", "watch"]
+
+
 # --- embedded form: the PoC's client-rendered manifests, relabelled -----------------------------
 
 

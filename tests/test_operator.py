@@ -328,6 +328,47 @@ def test_operator_restarted_after_ready_keeps_the_instance_ready(
     assert counts == {"Deployment": 1, "Service": 1, "Ingress": 1, "NetworkPolicy": 0, "ReplicaSet": 1, "Pod": 1}
 
 
+def test_a_viewer_pod_of_its_own_is_made_again_when_deleted_or_evicted(
+    k8s: K8ApiHandler, start_operator: StartOperator
+) -> None:
+    """viewer_workload pod: the instance owns its viewer pod (no Deployment, no ReplicaSet); a pod
+    deleted or evicted is made again, with an Event that says so; an operator restart makes none."""
+    operator = start_operator(viewer_workload="pod")
+    name = create(k8s, instance_body(k8s.namespace))
+    uid = wait_phase(k8s, name, model.Phase.READY)["metadata"]["uid"]
+    counts = {kind: len(items) for kind, items in list_children(k8s, f"instance={name}").items()}
+    assert counts == {"Deployment": 0, "Service": 1, "Ingress": 1, "NetworkPolicy": 0, "ReplicaSet": 0, "Pod": 1}
+    (first,) = k8s.list_pods(f"instance={name}").items
+    assert first.metadata.name == name
+    (owner,) = first.metadata.owner_references
+    assert (owner.kind, owner.uid, owner.controller) == (model.KIND, uid, True)
+
+    def replaced(old: str) -> Any:
+        pods = [p for p in k8s.list_pods(f"instance={name}").items if p.metadata.uid != old]
+        ready = [p for p in pods if any(c.type == "Ready" and c.status == "True" for c in p.status.conditions or [])]
+        return ready[0] if ready else None
+
+    k8s.core.delete_namespaced_pod(name, k8s.namespace, grace_period_seconds=0)
+    second = wait_for(lambda: replaced(first.metadata.uid), 60, "a new viewer pod, ready")
+    assert second.metadata.name == name
+    assert wait_event(k8s, name, "PodReplaced", "Normal").message.startswith("the viewer pod was gone")
+
+    # Evicted: the kubelet leaves the pod Failed; the operator deletes it and makes a new one.
+    k8s.core.patch_namespaced_pod_status(
+        name, k8s.namespace, {"status": {"phase": "Failed", "reason": "Evicted", "message": "low on memory"}}
+    )
+    third = wait_for(lambda: replaced(second.metadata.uid), 60, "a pod in place of the evicted one")
+    assert k8s.get_instance(name)["status"]["phase"] == model.Phase.READY.value
+    assert len(k8s.list_pods(f"instance={name}").items) == 1
+    assert sorted(e.reason for e in events_of(k8s, name)) == ["PodReplaced", "PodReplaced", "Ready"]
+    assert third.metadata.name == name
+
+    operator.stop(signal.SIGKILL)
+    again = start_operator(viewer_workload="pod")
+    wait_for(lambda: "Handler 'spawn' succeeded" in again.text(), 30, "the resume handler")
+    assert [p.metadata.uid for p in k8s.list_pods(f"instance={name}").items] == [third.metadata.uid]
+
+
 def test_two_instances_never_share_pods(k8s: K8ApiHandler, start_operator: StartOperator) -> None:
     start_operator()
     names = [create(k8s, instance_body(k8s.namespace)) for _ in range(2)]

@@ -16,7 +16,7 @@ import datetime as dt
 import logging
 import os
 from collections.abc import Callable
-from typing import Any, NoReturn
+from typing import Any, NoReturn, cast
 
 import kopf
 import prometheus_client
@@ -335,6 +335,54 @@ def _expires_at(meta: kopf.Meta, lifespan: int | None, config: Settings) -> str:
     return rfc3339(created + dt.timedelta(seconds=lifespan or config.default_lifespan))
 
 
+def _owner_uid(pod: kopf.Body) -> str | None:
+    """The uid of the instance that owns the pod itself (viewer_workload pod), else None (a
+    Deployment's pod belongs to its ReplicaSet)."""
+    refs = pod["metadata"].get("ownerReferences") or []
+    return next((ref.get("uid") for ref in refs if ref.get("kind") == model.KIND and ref.get("controller")), None)
+
+
+# Tries (1, 2, 4 s apart) to make a viewer pod again before giving up until the next operator start.
+REMAKE_TRIES = 4
+
+
+async def _make_pod_again(pod: kopf.Body, key: tuple[str, str], memo: kopf.Memo, logger: kopf.Logger) -> None:
+    """A viewer pod its instance owns is gone (deleted, evicted, its node lost): make it again,
+    unless the instance is going as well. Its Event tells the user why the viewer restarted."""
+    owner = _owner_uid(pod)
+    instance = memo.instances.get(key)
+    if owner is None or instance is None or instance["metadata"].get("uid") != owner:
+        return
+    if instance["metadata"].get("deletionTimestamp") or already_shown(instance.get("status", {}), model.Phase.FAILED):
+        return
+    config: Settings = memo.config
+    meta = instance["metadata"]
+    spec = model.SingleUserInstanceSpec.model_validate(instance["spec"])
+    plan = plan_instance(key[1], key[0], dict(meta.get("labels") or {}), spec, config)
+    (child,) = [c for c in plan.children if c["kind"] == "Pod"]
+    owner_body = {"apiVersion": model.API_VERSION, "kind": model.KIND, "metadata": meta}
+    kopf.adopt(child, owner=kopf.Body(cast(kopf.RawBody, owner_body)))
+    for attempt in range(REMAKE_TRIES):
+        try:
+            await asyncio.to_thread(memo.api.create_if_absent, child)
+            break
+        except ApiError as exc:
+            if attempt == REMAKE_TRIES - 1:
+                message = (
+                    f"the viewer pod is gone and could not be made again ({exc}); the operator's next start makes it"
+                )
+                logger.warning("%s/%s: %s", key[0], key[1], message)
+                await asyncio.to_thread(memo.api.post_event, owner_body, "Warning", "PodLost", message)
+                return
+            await asyncio.sleep(2**attempt)
+    message = "the viewer pod was gone (deleted or evicted); a new one is starting, with the user's saved data"
+    logger.info("%s/%s: %s", key[0], key[1], message)
+    try:
+        await asyncio.to_thread(memo.api.post_event, owner_body, "Normal", "PodReplaced", message)
+    except ApiError as exc:  # best effort: the new pod is there
+        logger.warning("could not post the PodReplaced event: %s", exc)
+
+
 @kopf.on.event("", "v1", "pods", labels={"app": viewer.APP_LABEL})
 async def pod_changed(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
     """Carry the viewer pod's state to its instance: Ready, or Failed with the cause; and keep
@@ -349,6 +397,19 @@ async def pod_changed(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, lo
             memo.pod_records.pop(key, None)
         elif key in memo.pod_records:
             memo.pod_records[key].latest = None
+        await _make_pod_again(body, key, memo, logger)
+        return
+    if (body.get("status") or {}).get("phase") == "Failed" and _owner_uid(body):
+        # An evicted pod (or one whose node went) stays, failed, until someone deletes it: the
+        # operator does, and the DELETED event that follows makes a new one.
+        meta = body["metadata"]
+        logger.info(
+            "viewer pod %s/%s failed (%s); replacing it", meta["namespace"], meta["name"], body["status"].get("reason")
+        )
+        try:
+            await asyncio.to_thread(memo.api.delete_pod, meta["name"], meta["namespace"], meta["uid"])
+        except ApiError as exc:  # the next event of the pod tries again
+            logger.warning("could not delete the failed viewer pod %s/%s: %s", meta["namespace"], meta["name"], exc)
         return
     phase, message = pod_phase(body)
     if phase is None:

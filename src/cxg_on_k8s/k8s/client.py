@@ -329,6 +329,18 @@ class K8ApiHandler:
             raise
         return True
 
+    def delete_pod(self, name: str, namespace: str, uid: str) -> bool:
+        """Delete the pod ``name`` if it is still the one with ``uid`` (a precondition: never a
+        newer pod of the same name); False when it was gone already."""
+        body = k8s.V1DeleteOptions(preconditions=k8s.V1Preconditions(uid=uid))
+        try:
+            call(f"deleting Pod {namespace}/{name}", self.core.delete_namespaced_pod, name, namespace, body=body)
+        except ApiError as exc:
+            if exc.status in (404, 409):
+                return False
+            raise
+        return True
+
     def patch_instance_status(self, name: str, status: dict[str, Any], namespace: str | None = None) -> dict[str, Any]:
         namespace = namespace or self.namespace
         what = f"updating the status of SingleUserInstance {namespace}/{name}"
@@ -373,6 +385,7 @@ class K8ApiHandler:
         """Create one object; True if created, False if it already existed (idempotent retries)."""
         creators = {
             "Deployment": self.apps.create_namespaced_deployment,
+            "Pod": self.core.create_namespaced_pod,
             "Service": self.core.create_namespaced_service,
             "Ingress": self.networking.create_namespaced_ingress,
             "NetworkPolicy": self.networking.create_namespaced_network_policy,
@@ -403,6 +416,7 @@ class K8ApiHandler:
         None when it does not exist. The operator takes over nothing it does not own."""
         readers = {
             "Deployment": self.apps.read_namespaced_deployment,
+            "Pod": self.core.read_namespaced_pod,
             "Service": self.core.read_namespaced_service,
             "Ingress": self.networking.read_namespaced_ingress,
             "NetworkPolicy": self.networking.read_namespaced_network_policy,

@@ -73,7 +73,15 @@ def operator_rbac(settings: Settings) -> list[Manifest]:
         {"apiGroups": [model.GROUP], "resources": [f"{model.PLURAL}/status"], "verbs": ["patch"]},
         {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": ["get", "create"]},
         {"apiGroups": [""], "resources": ["services"], "verbs": ["get", "create"]},
-        {"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch"]},
+        # viewer_workload pod: the viewer pods are the instances' own children, made again (and
+        # an evicted one deleted first) by the operator
+        {
+            "apiGroups": [""],
+            "resources": ["pods"],
+            "verbs": ["get", "list", "watch", "create", "delete"]
+            if settings.viewer_workload == "pod"
+            else ["list", "watch"],
+        },
         {"apiGroups": ["networking.k8s.io"], "resources": ["networkpolicies"], "verbs": ["get", "create"]},
         # the instance's route: an HTTPRoute with edge gateway, else an Ingress
         (

@@ -180,6 +180,33 @@ def viewer_probes() -> dict[str, Any]:
 def deployment(
     name: str, namespace: str, spec: model.SingleUserInstanceSpec, settings: Settings, access: Access
 ) -> Manifest:
+    """The Deployment of one viewer pod (setting viewer_workload deployment)."""
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": _metadata(name, namespace),
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": {"instance": name}},
+            # Recreate: two viewers saving to one prefix at once would race each other.
+            "strategy": {"type": "Recreate"},
+            "template": {"metadata": {"labels": labels(name)}, "spec": pod_spec(name, spec, settings, access)},
+        },
+    }
+
+
+def pod(name: str, namespace: str, spec: model.SingleUserInstanceSpec, settings: Settings, access: Access) -> Manifest:
+    """The viewer pod as the instance's own child (setting viewer_workload pod), named after it;
+    the operator makes it again when it goes (``controller.handlers.pod_changed``)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": _metadata(name, namespace),
+        "spec": {**pod_spec(name, spec, settings, access), "restartPolicy": "Always"},
+    }
+
+
+def pod_spec(name: str, spec: model.SingleUserInstanceSpec, settings: Settings, access: Access) -> Manifest:
     """One viewer pod: fetch (init), save (native sidecar, outlives the viewer), cellxgene, and
     the sign-in in front of it (:mod:`cxg_on_k8s.render.signin`)."""
     user_data = user_data_url(spec, settings)
@@ -224,7 +251,7 @@ def deployment(
         # cellxgene's last log lines become the status message of a viewer that keeps exiting
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
-    pod: dict[str, Any] = {
+    body: dict[str, Any] = {
         # A viewer never talks to the API server: no token to steal.
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
@@ -243,19 +270,8 @@ def deployment(
             {"name": "tmp", "emptyDir": {"sizeLimit": settings.data_volume_limit}},
         ],
     }
-    signin.add_to_pod(pod, name, VIEWER_PORT, access, settings)
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": _metadata(name, namespace),
-        "spec": {
-            "replicas": 1,
-            "selector": {"matchLabels": {"instance": name}},
-            # Recreate: two viewers saving to one prefix at once would race each other.
-            "strategy": {"type": "Recreate"},
-            "template": {"metadata": {"labels": labels(name)}, "spec": pod},
-        },
-    }
+    signin.add_to_pod(body, name, VIEWER_PORT, access, settings)
+    return body
 
 
 def service(name: str, namespace: str, port: int = 80) -> Manifest:
@@ -367,10 +383,11 @@ def children(
     nothing running. No NetworkPolicy: its pod listens on the sidecar's two ports only (cellxgene
     on 127.0.0.1), which one would open to everyone anyway; the embedded form's own container
     port is what needs one (:func:`cxg_on_k8s.render.plan.plan_instance`)."""
+    workload = pod if settings.viewer_workload == "pod" else deployment
     return [
         service(name, namespace),
         route(name, namespace, settings),
-        deployment(name, namespace, spec, settings, access),
+        workload(name, namespace, spec, settings, access),
     ]
 
 

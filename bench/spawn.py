@@ -5,7 +5,7 @@ For each size N (``--sizes 1,100,500``) and each operator, on a fresh local cont
 Ready without images, so this measures the control path, not image pulls or cellxgene):
 
 * ``ours``: ``python -m cxg_on_k8s operator`` (portal-form instances: owner + dataset; three
-  children: Service, Ingress, Deployment; ``status.phase`` Ready from pod events;
+  children: Service, Ingress, Deployment, or with ``--viewer-workload pod`` a Pod of its own; ``status.phase`` Ready from pod events;
   one culling loop per tick, reading activity from the ingress-nginx page below, since kwok's
   pods run no sign-in sidecar to read);
 * ``poc``: the proof of concept's operator as ``bench/poc_operator.py`` rebuilds it
@@ -118,13 +118,14 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
-def start_operator(kind: str, workdir: Path, kubeconfig: Path, namespace: str, metrics_url: str, tick: float) -> subprocess.Popen[bytes]:
+def start_operator(kind: str, workdir: Path, kubeconfig: Path, namespace: str, metrics_url: str, tick: float,
+                   viewer_workload: str = "deployment") -> subprocess.Popen[bytes]:  # fmt: skip
     port = free_port()
     env = {**os.environ, "KUBECONFIG": str(kubeconfig), "CXG_METRICS_URL": metrics_url, "PYTHONUNBUFFERED": "1"}
     if kind == "ours":
         # Activity from the ingress-nginx page: kwok's pods run no sidecar to read.
         env.update(CXG_NAMESPACE=namespace, CXG_ACTIVITY="ingress-nginx", CXG_METRICS_SERVICE="", CXG_TICK=str(tick),
-                   CXG_URL_SCHEME="http",
+                   CXG_URL_SCHEME="http", CXG_VIEWER_WORKLOAD=viewer_workload,
                    CXG_HOST_NAME="cxg.localtest")  # fmt: skip
         args = [sys.executable, "-m", "cxg_on_k8s", "operator"]
     else:
@@ -388,11 +389,10 @@ class Observer:
             if isinstance(status.get("startupSeconds"), (int, float)):
                 self.startup_seconds.setdefault(name, float(status["startupSeconds"]))
             return
-        if kind == "Pod":  # a pod of its own (bench/floor.py), named after its instance
+        self.children.setdefault(name, {}).setdefault(kind, now)
+        if kind == "Pod":  # a pod of its own (viewer_workload pod, bench/floor.py), named after its instance
             if any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or []):
                 self.pod_ready.setdefault(name, now)
-            return
-        self.children.setdefault(name, {}).setdefault(kind, now)
         if kind == "Deployment" and (status.get("readyReplicas") or 0) >= 1:
             self.pod_ready.setdefault(name, now)
 
@@ -440,9 +440,11 @@ def run_one(kind: str, n: int, args: argparse.Namespace, base: Path) -> dict[str
         session.verify = str(cluster.pki / "ca.crt")
         adapter = requests.adapters.HTTPAdapter(pool_connections=8, pool_maxsize=CLIENT_THREADS + 8)
         session.mount("https://", adapter)
-        observer = Observer(session, cluster.server, namespace, CHILD_KINDS[kind])
+        child_kinds = ("Service", "Ingress", "Pod") if kind == "ours" and args.viewer_workload == "pod" else CHILD_KINDS[kind]
+        observer = Observer(session, cluster.server, namespace, child_kinds)
         observer.start()
-        operator = start_operator(kind, workdir, operator_kubeconfig(cluster), namespace, page.url, args.tick)
+        operator = start_operator(kind, workdir, operator_kubeconfig(cluster), namespace, page.url, args.tick,
+                                  args.viewer_workload)  # fmt: skip
         time.sleep(2)  # the operator's first list/watch and first culling pass settle
         server_pids = [cluster.processes[name].popen.pid for name in ("kube-apiserver", "etcd")]
         cpu0, requests0 = cpu_seconds(operator.pid), audited_requests(audit_log)
@@ -487,7 +489,8 @@ def run_one(kind: str, n: int, args: argparse.Namespace, base: Path) -> dict[str
         if args.restart and kind == "ours":
             stop_process(operator, timeout=20)
             before, restarted_at = audited_requests(audit_log), time.monotonic()
-            operator = start_operator(kind, workdir, operator_kubeconfig(cluster), namespace, page.url, args.tick)
+            operator = start_operator(kind, workdir, operator_kubeconfig(cluster), namespace, page.url, args.tick,
+                                      args.viewer_workload)  # fmt: skip
             restart = resumed(operator, audit_log, observer, before, restarted_at)
         observer.stopped = True
 
@@ -575,7 +578,8 @@ def table(results: list[dict[str, Any]]) -> str:
             return f"{fmt(d['p50'])} / {fmt(d['p95'])} / {fmt(d['max'])}{missing}"
 
         rows.append(
-            f"| {r['operator']} | {r['n']} | {fmt(r['client_create_s'])} | {ppm('children')} | {ppm('pod_ready')} "
+            f"| {r['operator']}{' (pod)' if r.get('viewer_workload') == 'pod' else ''} | {r['n']} "
+            f"| {fmt(r['client_create_s'])} | {ppm('children')} | {ppm('pod_ready')} "
             f"| {ppm('ready')} | {fmt(r['all_ready_wall_s'])} | {fmt(r['operator_cpu_s'])} "
             f"| {fmt(r['operator_peak_rss_mib'], 0)} | {fmt(r['api_requests_per_instance'])}"
             f"{'' if r['ready']['count'] == r['n'] else ' (unfinished)'} "
@@ -621,6 +625,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for all Ready (default 180)")
     parser.add_argument("--unlimited-apiserver", action="store_true",
                         help="start the API server with " + " ".join(UNLIMITED_APISERVER))
+    parser.add_argument("--viewer-workload", default="deployment", choices=("deployment", "pod"),
+                        help="ours: the setting viewer_workload (default deployment)")
     parser.add_argument("--restart", action="store_true",
                         help="ours: after the steady state, restart the operator and measure its resumption")
     parser.add_argument("--json", type=Path, help="also write the results as JSON here")
@@ -639,6 +645,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             result = run_one(kind, n, args, base)
             result["load_before"] = load
             result["unlimited_apiserver"] = args.unlimited_apiserver
+            result["viewer_workload"] = args.viewer_workload if kind == "ours" else "deployment"
             results.append(result)
             print(json.dumps(result), flush=True)
     print(table(results))

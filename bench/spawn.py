@@ -334,6 +334,7 @@ class Observer:
         self.ready: dict[str, float] = {}
         self.startup_seconds: dict[str, float] = {}
         self.regressed: set[str] = set()
+        self.visited: set[str] = set()  # instances whose first visit is in their status
         self.stopped = False
         self._versions: dict[str, str] = {}
         self._threads = [
@@ -386,6 +387,8 @@ class Observer:
                 self.ready.setdefault(name, now)
             elif name in self.ready:
                 self.regressed.add(name)  # Ready before, something else now
+            if status.get("lastActivity"):
+                self.visited.add(name)
             if isinstance(status.get("startupSeconds"), (int, float)):
                 self.startup_seconds.setdefault(name, float(status["startupSeconds"]))
             return
@@ -474,8 +477,13 @@ def run_one(kind: str, n: int, args: argparse.Namespace, base: Path) -> dict[str
         time.sleep(1)  # let the audit log catch up with the last responses
         spawn_requests = audited_requests(audit_log) - requests0
         # Steady state: N instances up, nobody new, every owner at work: the culling cost per tick.
-        # One tick first, in which our culler records each instance's first visit.
+        # First our culler writes each instance's first visit (a thousand writes take more than
+        # a tick): the steady ticks start one tick after the last of them.
         page.visit()
+        if kind == "ours":
+            deadline = time.monotonic() + 300
+            while len(observer.visited) < n and time.monotonic() < deadline:
+                time.sleep(0.5)
         time.sleep(args.tick)
         steady_cpu0, steady_req0, steady_t0 = cpu_seconds(operator.pid), audited_requests(audit_log), time.monotonic()
         time.sleep(args.steady_ticks * args.tick)

@@ -34,7 +34,10 @@ Cost: one connection per pod, kept open between ticks (oauth2-proxy's server has
 timeout), so a steady tick is one small request and answer per pod. bench/activity.py measured
 the choices at 5000 pods, in operator CPU per tick: aiohttp with its kept connections ~1.7 s, a
 new connection per read ~1.5 s (the TCP handshake and teardown are most of it), kept
-connections on the loop's own sockets ~0.6 s. The counter's page is asked for alone
+connections read with ``loop.sock_*`` calls in a task each ~0.6 s, kept transports with
+callbacks (:class:`_Connection`) 0.57 s on a machine ~1.4x slower, 0.34 s when a tenth of the
+viewers was used since the last tick (a page equal to the last one is not read again). The
+counter's page is asked for alone
 (``name[]``: client_golang ≥ 1.24, oauth2-proxy v7.15.6 has 1.25; an older one sends the whole
 page, ~10 kB, which reads the same), a few hundred bytes that one regular expression reads in
 ~10 µs: prometheus_client's parser takes ~170 µs a page, more than the request itself, for one

@@ -42,8 +42,9 @@ def test_the_portals_shape_renders_as_the_operator_would_create_it(tmp_path: Pat
     result = render(tmp_path, body)
     assert result.returncode == 0, result.stderr
     docs = list(yaml.safe_load_all(result.stdout))  # a narrow pipe does not wrap machine output
-    assert [d["kind"] for d in docs] == ["SingleUserInstance", "Service", "Ingress", "Deployment"]
-    service, ingress, deployment = docs[1], docs[2], docs[3]
+    # the portal sends the embedded form: its NetworkPolicy first, its Deployment last
+    assert [d["kind"] for d in docs] == ["SingleUserInstance", "NetworkPolicy", "Service", "Ingress", "Deployment"]
+    service, ingress, deployment = docs[2], docs[3], docs[4]
     assert deployment["metadata"]["name"] == NAME and deployment["spec"]["selector"] == {"matchLabels": {"instance": NAME}}
     # the portal's user label is who gets in, told to the viewer's own sign-in sidecar
     pod = deployment["spec"]["template"]["spec"]
@@ -96,7 +97,8 @@ def test_a_narrow_pipe_gets_every_value_on_one_line(tmp_path: Path) -> None:
     assert f"title: {title}" in lines
     # the sign-in sidecar's files: one value of hundreds of characters, with spaces
     docs = list(yaml.safe_load_all(result.stdout))
-    (setup_env,) = docs[2]["spec"]["template"]["spec"]["initContainers"][0]["env"]
+    deployment = next(d for d in docs if d["kind"] == "Deployment")
+    (setup_env,) = deployment["spec"]["template"]["spec"]["initContainers"][0]["env"]
     assert len(setup_env["value"]) > 400 and " " in setup_env["value"]
     value_line = lines[lines.index(f"- name: {signin.FILES_ENV}") + 1]
     assert yaml.safe_load(value_line) == {"value": setup_env["value"]}

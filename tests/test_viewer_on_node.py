@@ -272,11 +272,12 @@ def saved_gene_sets_for(viewers: Viewers, owner: str, dataset: str) -> str:
 def test_a_viewer_culled_for_its_lifespan_saves_first(viewers: Viewers) -> None:
     owner = "grace@example.org"  # a place of its own
     name = create(viewers.k8s, viewer.instance(viewer.new_instance_name(), viewers.k8s.namespace, owner,
-                                                 viewers.dataset, lifespan=60))  # fmt: skip
+                                                 viewers.dataset, lifespan=READY_TIMEOUT))  # fmt: skip
     wait_phase(viewers.k8s, name, model.Phase.READY, timeout=READY_TIMEOUT)
     gene_set = f"made-before-the-cull-{uuid.uuid4().hex[:6]}"
     add_gene_set(cellxgene_url(viewers, name), gene_set)
-    wait_for(lambda: get_or_none(viewers.k8s, name) is None, 120, f"{name} to be culled at the end of its lifespan")
+    # a lifespan of READY_TIMEOUT: Ready comes before it ends (on a slow machine 60 s did not)
+    wait_for(lambda: get_or_none(viewers.k8s, name) is None, READY_TIMEOUT + 60, f"{name} to be culled at the end of its lifespan")
     wait_for(lambda: not viewers.k8s.list_pods(f"instance={name}").items, GRACE + 30, "the viewer pod to go")
     assert gene_set in saved_gene_sets_for(viewers, owner, viewers.dataset)
 

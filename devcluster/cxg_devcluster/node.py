@@ -481,8 +481,9 @@ class RealNode:
         self._start_containerd()
         import_image(self.socket, archive)  # the sandbox image: before any pod
         for image in self.imported:
-            if image.is_file():
-                import_image(self.socket, image)
+            if not image.is_file():  # else its pods would fail later, with ErrImageNeverPull
+                raise FileNotFoundError(f"{image} was imported before this restart and is gone: build it again")
+            import_image(self.socket, image)
         _run("iptables", "-w", "-t", "mangle", "-I", "FORWARD", *FORWARD_GUARD)
         self._start_kubelet(kubelet)
         self._start_kube_proxy(kube_proxy)

@@ -6,7 +6,9 @@ for each object set and each N (``--sizes``, default 500,1000), on a fresh local
 as bench/spawn.py), a client with T threads (``--threads``, several tried: the best is the floor)
 creates every instance's objects, one request each, and the time is taken from the first create
 to the moment the watch shows every Deployment with a ready replica (the pod behind it is made
-by the controller-manager's ReplicaSet and turned Ready by kwok). Object sets:
+by the controller-manager's ReplicaSet and turned Ready by kwok). The API server's and etcd's CPU
+seconds over that time are printed too: what the objects alone cost the control plane, to set
+against bench/spawn.py's same figure for the operator. Object sets:
 
 * ``five``: what the operator created per instance until 2026-12: the instance, NetworkPolicy,
   Deployment, Service, Ingress;
@@ -44,7 +46,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "src"))
 
-from bench.spawn import Observer, ours_instance
+from bench.spawn import Observer, cpu_seconds, ours_instance
 from cxg_devcluster.cluster import DevCluster
 from cxg_on_k8s.api import crd, model
 from cxg_on_k8s.render import viewer
@@ -105,6 +107,8 @@ def run_one(kinds: tuple[str, ...], n: int, threads: int, workdir: Path, timeout
                     raise RuntimeError(f"creating {body['kind']} {name}: {resp.status_code} {resp.text[:300]}")
 
         load = os.getloadavg()[0]
+        server_pids = [cluster.processes[name].popen.pid for name in ("kube-apiserver", "etcd")]
+        server_cpu0 = sum(cpu_seconds(pid) for pid in server_pids)
         started = time.monotonic()
         with concurrent.futures.ThreadPoolExecutor(threads) as pool:
             list(pool.map(create, names))
@@ -112,10 +116,11 @@ def run_one(kinds: tuple[str, ...], n: int, threads: int, workdir: Path, timeout
         while len(observer.pod_ready) < n and time.monotonic() - started < timeout:
             time.sleep(0.1)
         observer.stopped = True
+        server_cpu = sum(cpu_seconds(pid) for pid in server_pids) - server_cpu0
         ready = len(observer.pod_ready)
         wall = max(observer.pod_ready.values()) - started if ready == n else None
         return {"set": "+".join(kinds), "n": n, "threads": threads, "created_s": created, "all_ready_s": wall,
-                "ready": ready, "load_before": load}  # fmt: skip
+                "ready": ready, "load_before": load, "server_cpu_s": server_cpu}  # fmt: skip
     finally:
         cluster.stop()
         shutil.rmtree(workdir, ignore_errors=True)
@@ -138,7 +143,8 @@ def main() -> None:
                 results.append(result)
                 wall = "unfinished" if result["all_ready_s"] is None else f"{result['all_ready_s']:.1f} s"
                 print(f"{name} N={n} threads={threads}: every viewer pod ready {wall} (created in "
-                      f"{result['created_s']:.1f} s); load before {result['load_before']:.2f}", flush=True)  # fmt: skip
+                      f"{result['created_s']:.1f} s); API server + etcd CPU {result['server_cpu_s']:.1f} s; "
+                      f"load before {result['load_before']:.2f}", flush=True)  # fmt: skip
     for n in sorted({r["n"] for r in results}):
         for name in args.sets.split(","):
             done = [r for r in results if r["n"] == n and r["set"] == "+".join(SETS[name]) and r["all_ready_s"]]

@@ -124,8 +124,10 @@ def operator(
     import kopf
 
     import cxg_on_k8s.controller.handlers  # noqa: F401  (registers the handlers)
+    from cxg_on_k8s.controller.malloc import limit_arenas
 
     settings = settings_or_exit()
+    limit_arenas()  # before the operator starts its threads
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO)
     asyncio.run(kopf.operator(namespaces=[settings.namespace], standalone=standalone, liveness_endpoint=liveness))
 

@@ -117,8 +117,10 @@ def culler_alive(memo: kopf.Memo, **_: Any) -> str:
 
 
 @kopf.on.event(*RESOURCE)
-def remember(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
-    """Keep every instance's latest body for the culling loop (one watch, no per-tick listing)."""
+async def remember(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
+    """Keep every instance's latest body for the culling loop (one watch, no per-tick listing).
+    On the loop, not in kopf's threads: every instance event comes here, and only a pod state
+    still to write (an API call) is worth a thread."""
     key = (body["metadata"]["namespace"], body["metadata"]["name"])
     if event.get("type") == "DELETED":
         memo.instances.pop(key, None)
@@ -126,14 +128,15 @@ def remember(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, logger: kop
         for url in [url for url, holder in memo.user_data.items() if holder == key]:
             del memo.user_data[url]
     else:
+        status = dict(body.get("status", {}))
         memo.instances[key] = {
             "metadata": dict(body["metadata"]),
             "spec": dict(body.get("spec", {})),
-            "status": dict(body.get("status", {})),
+            "status": status,
         }
         record = memo.pod_records.get(key)
-        if record is not None and record.latest is not None:
-            carry_pod_state(memo, key, logger)
+        if record is not None and record.latest is not None and not already_shown(status, record.latest[0]):
+            await asyncio.to_thread(carry_pod_state, memo, key, logger)
 
 
 @kopf.on.resume(*RESOURCE)

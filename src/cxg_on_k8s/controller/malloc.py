@@ -4,7 +4,7 @@ glibc gives each thread that allocates its own arena, up to eight per core, and 
 one arena serves only that arena: the operator's threads (kopf's executor, the loop's, the
 culler's API calls) each keep a share of what a burst of a thousand new viewers needed. Two
 arenas cut the operator's peak RSS at 1000 instances from 323 to 304 MiB and left the time to all
-Ready as it was (bench/spawn.py, bench/RESULTS.md), the effect of ``MALLOC_ARENA_MAX=2``. Set
+Ready as it was (bench/spawn.py; bench/RESULTS.md, 2026-12-02 evening), as ``MALLOC_ARENA_MAX=2``. Set
 here, not in the environment, so that the operator gets it however it is started (its
 Deployment, ``cxg-k8s operator`` on a laptop, the tests and benches). Python's own small
 objects come from its own allocator and are not affected.

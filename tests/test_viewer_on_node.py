@@ -18,7 +18,8 @@ import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
 from http.client import HTTPConnection
 from pathlib import Path
 from typing import Any
@@ -62,6 +63,37 @@ class Viewers:
     forwards: list[subprocess.Popen[bytes]] = field(default_factory=list)  # stopped by the fixture
 
 
+@contextmanager
+def namespace_with_operator(
+    cluster: DevCluster, s3: MotoS3, bucket: str, workdir: Path, **settings: Any
+) -> Iterator[tuple[K8ApiHandler, OperatorProcess]]:
+    """A namespace on the real node with the AWS and sign-in Secrets, and its operator
+    (``settings`` as CXG_* overrides); both go at the end."""
+    namespace = create_real_namespace(cluster)
+    cluster.kubectl("label", "namespace", namespace, "pod-security.kubernetes.io/enforce=restricted")
+    secret = {
+        "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "aws-cred-secret", "namespace": namespace},
+        "stringData": {"AWS_ACCESS_KEY_ID": s3.access_key, "AWS_SECRET_ACCESS_KEY": s3.secret_key,
+                       "AWS_DEFAULT_REGION": "us-east-1"},
+    }  # fmt: skip
+    # The sign-in sidecars mount the OIDC client's Secret; nobody signs in here (no Keycloak:
+    # tests/test_signin_on_node.py does that), so its secret is a placeholder.
+    client = signin.client_secret(Settings(namespace=namespace), "cellxgene", "not-used-here")
+    cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump_all([secret, client]))
+    env = operator_env(
+        cluster.kubeconfig, namespace, s3_endpoint_url=s3.endpoint, s3_bucket=bucket, image_pull_policy="Never",
+        default_cpu="250m", default_memory="1Gi", termination_grace_period=GRACE, save_interval=10, tick=2, **settings,
+    )  # fmt: skip
+    started: list[OperatorProcess] = []
+    try:
+        operator = launch_operator(env, workdir / f"operator-{namespace}.log", started=started)
+        yield K8ApiHandler(client=load_client(str(cluster.kubeconfig)), namespace=namespace), operator
+    finally:
+        for proc in started:
+            proc.stop()
+        cluster.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
+
+
 @pytest.fixture(scope="module")
 def viewers(
     cluster: DevCluster,
@@ -76,34 +108,14 @@ def viewers(
         client = s3.client()
         client.create_bucket(Bucket=bucket)
         client.put_object(Bucket=bucket, Key="datasets/pbmc-small.h5ad", Body=small_h5ad.read_bytes())
-        namespace = create_real_namespace(cluster)
-        cluster.kubectl("label", "namespace", namespace, "pod-security.kubernetes.io/enforce=restricted")
-        secret = {
-            "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "aws-cred-secret", "namespace": namespace},
-            "stringData": {"AWS_ACCESS_KEY_ID": s3.access_key, "AWS_SECRET_ACCESS_KEY": s3.secret_key,
-                           "AWS_DEFAULT_REGION": "us-east-1"},
-        }  # fmt: skip
-        # The sign-in sidecars mount the OIDC client's Secret; nobody signs in here (no Keycloak:
-        # tests/test_signin_on_node.py does that), so its secret is a placeholder.
-        client = signin.client_secret(Settings(namespace=namespace), "cellxgene", "not-used-here")
-        cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump_all([secret, client]))
-        env = operator_env(
-            cluster.kubeconfig, namespace, s3_endpoint_url=s3.endpoint, s3_bucket=bucket, image_pull_policy="Never",
-            default_cpu="250m", default_memory="1Gi", termination_grace_period=GRACE, save_interval=10, tick=2,
-        )  # fmt: skip
-        started: list[OperatorProcess] = []
         forwards: list[subprocess.Popen[bytes]] = []
         try:
-            operator = launch_operator(env, workdir / "operator.log", started=started)
-            k8s = K8ApiHandler(client=load_client(str(cluster.kubeconfig)), namespace=namespace)
-            yield Viewers(k8s, cluster, s3, bucket, f"s3://{bucket}/datasets/pbmc-small.h5ad", operator, forwards)
+            with namespace_with_operator(cluster, s3, bucket, workdir) as (k8s, operator):
+                yield Viewers(k8s, cluster, s3, bucket, f"s3://{bucket}/datasets/pbmc-small.h5ad", operator, forwards)
         finally:
             for forward in forwards:
                 forward.terminate()
                 forward.wait(timeout=10)
-            for proc in started:
-                proc.stop()
-            cluster.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
 
 
 def cluster_ip_url(viewers: Viewers, name: str) -> str:
@@ -347,3 +359,39 @@ def test_pods_hold_only_the_aws_secret(viewers: Viewers) -> None:
                                   "env").stdout  # fmt: skip
     assert "AWS_SECRET_ACCESS_KEY" not in env  # the viewer itself holds no S3 key either
     viewers.k8s.delete_instance(name)
+
+
+def test_a_viewer_pod_of_its_own_runs_and_comes_back_with_the_work_saved(
+    viewers: Viewers, tmp_path: Path
+) -> None:
+    """viewer_workload pod on the real node: the instance owns its pod (no Deployment); a pod
+    deleted by hand stops as a viewer does (its save sidecar writes the last change), and the
+    operator's new pod of the same name starts with that change."""
+    with namespace_with_operator(viewers.cluster, viewers.s3, viewers.bucket, tmp_path, viewer_workload="pod") as made:
+        k8s, operator = made
+        pods = replace(viewers, k8s=k8s, operator=operator)
+        owner = "katherine@example.org"  # a place of its own
+        name = create(k8s, viewer.instance(viewer.new_instance_name(), k8s.namespace, owner, viewers.dataset))
+        uid = wait_phase(k8s, name, model.Phase.READY, timeout=READY_TIMEOUT)["metadata"]["uid"]
+        first = viewer_pod(pods, name)
+        assert first.metadata.name == name and first.spec.node_name == NODE_NAME
+        (ref,) = first.metadata.owner_references
+        assert (ref.kind, ref.uid, ref.controller) == (model.KIND, uid, True)
+        assert not k8s.apps.list_namespaced_deployment(k8s.namespace).items
+        gene_set = f"made-before-the-pod-went-{uuid.uuid4().hex[:6]}"
+        add_gene_set(cellxgene_url(pods, name), gene_set)
+        k8s.core.delete_namespaced_pod(name, k8s.namespace)  # graceful: the save sidecar runs
+
+        def replaced() -> Any:
+            found = [p for p in k8s.list_pods(f"instance={name}").items if p.metadata.uid != first.metadata.uid]
+            ready = [p for p in found if any(c.type == "Ready" and c.status == "True" for c in p.status.conditions or [])]
+            return ready[0] if ready else None
+
+        second = wait_for(replaced, GRACE + READY_TIMEOUT, "a new viewer pod, ready")
+        assert second.metadata.name == name
+        assert gene_set in saved_gene_sets_for(viewers, owner, viewers.dataset)
+        assert gene_set in gene_sets_of(cellxgene_url(pods, name))
+        assert "PodReplaced" in [e.reason for e in k8s.list_events(name)]
+        assert k8s.get_instance(name)["status"]["phase"] == model.Phase.READY.value
+        k8s.delete_instance(name)
+        wait_for(lambda: not k8s.list_pods(f"instance={name}").items, GRACE + 30, "the viewer pod to go")

@@ -249,7 +249,7 @@ async def _tell_the_client(body: kopf.Body, plan: Plan, memo: kopf.Memo, logger:
     for reason, message in notices:
         try:
             await asyncio.to_thread(memo.api.post_event, body, "Warning", reason, message)
-        except ApiError as exc:  # best effort, as the Starting Event
+        except ApiError as exc:  # best effort: the instance's status carries what matters
             logger.warning("could not post the %s event: %s", reason, exc)
 
 

@@ -48,14 +48,14 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from cxg_devcluster.cluster import DevCluster, free_port  # noqa: E402
+from cxg_devcluster.cluster import DevCluster, free_port
 
-from cxg_on_k8s.api import crd, model  # noqa: E402
-from cxg_on_k8s.k8s.client import K8ApiHandler, load_client, parse_time  # noqa: E402
-from tests.conftest import OperatorProcess, install_crd, launch_operator, operator_env, wait_for  # noqa: E402
-from tests.instances import create, create_all, instance_body, wait_phase  # noqa: E402
-from tests.metrics_server import MetricsServer, Mode, metrics_server  # noqa: E402
-from tests.watches import DeletionWatch, InstanceWatch  # noqa: E402
+from cxg_on_k8s.api import crd, model
+from cxg_on_k8s.k8s.client import K8ApiHandler, load_client, parse_time
+from tests.conftest import OperatorProcess, install_crd, launch_operator, operator_env, wait_for
+from tests.instances import create, create_all, instance_body, wait_phase
+from tests.metrics_server import MetricsServer, Mode, metrics_server
+from tests.watches import DeletionWatch, InstanceWatch
 
 WINDOW_TIMEOUT = 3  # idleTimeout and unvisitedTimeout of the window runs, seconds
 MIN_LIFESPAN = 60  # the CRD's minimum

@@ -53,8 +53,9 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "src"))
 
-from bench.spawn import Observer, cpu_seconds, ours_instance
 from cxg_devcluster.cluster import DevCluster
+
+from bench.spawn import Observer, cpu_seconds, ours_instance
 from cxg_on_k8s.api import crd, model
 from cxg_on_k8s.render import viewer
 from cxg_on_k8s.render.plan import plan_instance

@@ -62,7 +62,7 @@ def create_fn(spec: kopf.Spec, namespace: str, logger: Any, **_: Any) -> None:
 
 
 def age_of(meta: kopf.Meta) -> float:
-    created = dt.datetime.fromisoformat(meta["creationTimestamp"].replace("Z", "+00:00"))
+    created = dt.datetime.fromisoformat(meta["creationTimestamp"])
     return (dt.datetime.now(dt.UTC) - created).total_seconds()
 
 

@@ -29,15 +29,15 @@ import requests
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from cxg_devcluster.cluster import free_port  # noqa: E402
+from cxg_devcluster.cluster import free_port
 
-from cxg_on_k8s.api import access, model  # noqa: E402
-from cxg_on_k8s.cli.keycloak_setup import setup_keycloak  # noqa: E402
-from cxg_on_k8s.render import signin  # noqa: E402
-from cxg_on_k8s.settings import Settings  # noqa: E402
-from tests.fixtures_s3 import make_h5ad, run_cellxgene  # noqa: E402
-from tests.fixtures_signin import OAUTH2_PROXY, create_realm, keycloak_dist, launch_keycloak, start  # noqa: E402
-from tests.signin_browser import Browser  # noqa: E402
+from cxg_on_k8s.api import access, model
+from cxg_on_k8s.cli.keycloak_setup import setup_keycloak
+from cxg_on_k8s.render import signin
+from cxg_on_k8s.settings import Settings
+from tests.fixtures_s3 import make_h5ad, run_cellxgene
+from tests.fixtures_signin import OAUTH2_PROXY, create_realm, keycloak_dist, launch_keycloak, start
+from tests.signin_browser import Browser
 
 NAME = "cellxgene-bench"
 API_CALL = "api/v0.2/config"  # what the client asks first; answered from memory, so the proxy shows

@@ -59,6 +59,7 @@ import argparse
 import concurrent.futures
 import http.server
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -82,10 +83,10 @@ sys.path.insert(0, str(REPO / "src"))
 from cxg_devcluster.cluster import DevCluster, _cert, _key, _name, _pem_key, free_port, peak_rss_mib, stop_process
 
 from cxg_on_k8s.api import (
-    crd,  # noqa: E402
+    crd,
     model,
 )
-from cxg_on_k8s.render import viewer  # noqa: E402  (after the path is set)
+from cxg_on_k8s.render import viewer
 
 OPERATOR_USER = "bench-operator"
 UNLIMITED_APISERVER = ["--max-requests-inflight=0", "--max-mutating-requests-inflight=0",
@@ -393,9 +394,11 @@ class Observer:
                 self.startup_seconds.setdefault(name, float(status["startupSeconds"]))
             return
         self.children.setdefault(name, {}).setdefault(kind, now)
-        if kind == "Pod":  # a pod of its own (viewer_workload pod, bench/floor.py), named after its instance
-            if any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or []):
-                self.pod_ready.setdefault(name, now)
+        # a pod of its own (viewer_workload pod, bench/floor.py), named after its instance
+        if kind == "Pod" and any(
+            c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or []
+        ):
+            self.pod_ready.setdefault(name, now)
         if kind == "Deployment" and (status.get("readyReplicas") or 0) >= 1:
             self.pod_ready.setdefault(name, now)
 
@@ -517,8 +520,10 @@ def run_one(kind: str, n: int, args: argparse.Namespace, base: Path) -> dict[str
             "children": durations(None, observer.children_done),
             "pod_ready": durations(observer.pod_ready),
             "ready": durations(done),
-            "startup_seconds": {**percentiles(list(observer.startup_seconds.values())),
-                                "count": len(observer.startup_seconds)},  # fmt: skip
+            "startup_seconds": {
+                **percentiles(list(observer.startup_seconds.values())),
+                "count": len(observer.startup_seconds),
+            },
             "all_ready_wall_s": all_ready,
             "operator_cpu_s": cpu_spawn,
             "server_cpu_s": server_cpu,
@@ -571,7 +576,7 @@ def resumed(
 
 
 def fmt(value: float | None, digits: int = 1) -> str:
-    return "—" if value is None or value != value else f"{value:.{digits}f}"
+    return "—" if value is None or math.isnan(value) else f"{value:.{digits}f}"
 
 
 def table(results: list[dict[str, Any]]) -> str:
@@ -580,7 +585,7 @@ def table(results: list[dict[str, Any]]) -> str:
             "| steady CPU s/tick | steady req/tick | steady status writes/tick | load before |")
     rows = [head, "|" + " --- |" * 15]
     for r in results:
-        def ppm(key: str) -> str:
+        def ppm(key: str, r: dict[str, Any] = r) -> str:
             d = r[key]
             missing = f" ({r['n'] - d['count']} missing)" if d["count"] < r["n"] else ""
             return f"{fmt(d['p50'])} / {fmt(d['p95'])} / {fmt(d['max'])}{missing}"

@@ -34,7 +34,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from cxg_devcluster.cluster import peak_rss_mib  # noqa: E402
+from cxg_devcluster.cluster import peak_rss_mib
 
 from tests.fixtures_s3 import (  # after the path is set
     MotoS3,

@@ -32,16 +32,16 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO))
 
-from cxg_devcluster.cluster import DevCluster  # noqa: E402
-from cxg_devcluster.node import CGROUP_ROOT, NODE_IP, namespace_annotations  # noqa: E402
+from cxg_devcluster.cluster import DevCluster
+from cxg_devcluster.node import CGROUP_ROOT, NODE_IP, namespace_annotations
 
 from cxg_on_k8s.api import (
-    crd,  # noqa: E402
+    crd,
     model,
 )
-from cxg_on_k8s.k8s.client import K8ApiHandler, load_client  # noqa: E402
-from cxg_on_k8s.render import viewer  # noqa: E402  (after the path is set)
-from tests.fixtures_s3 import ensure_cellxgene_venv, make_h5ad, moto_with_keys  # noqa: E402
+from cxg_on_k8s.k8s.client import K8ApiHandler, load_client
+from cxg_on_k8s.render import viewer
+from tests.fixtures_s3 import ensure_cellxgene_venv, make_h5ad, moto_with_keys
 
 
 def first_200(url: str, timeout: float) -> float:

@@ -23,7 +23,6 @@ import prometheus_client
 
 from cxg_on_k8s.api import model, policy
 from cxg_on_k8s.controller import ownership
-from cxg_on_k8s.controller.diffbase import LeanAnnotationsDiffBaseStorage
 from cxg_on_k8s.controller.peering import ensure_peering_object, standby_check
 from cxg_on_k8s.controller.pod_record import PodRecord, already_shown, carry_pod_state
 from cxg_on_k8s.controller.pod_status import pod_phase
@@ -48,7 +47,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: ko
     # Progress and diff-base in annotations: the CRD's structural status schema would prune
     # kopf's own status fields, and annotations survive operator restarts.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=model.GROUP)
-    settings.persistence.diffbase_storage = LeanAnnotationsDiffBaseStorage(
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=model.GROUP, key="last-handled-configuration"
     )
     # Reconnect watches before load balancers silently drop them; back off on API errors.

@@ -46,6 +46,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import kopf
 import requests
 import yaml
 
@@ -57,6 +58,7 @@ from cxg_devcluster.cluster import DevCluster
 
 from bench.spawn import Observer, cpu_seconds, ours_instance
 from cxg_on_k8s.api import crd, model
+from cxg_on_k8s.k8s.client import event_body
 from cxg_on_k8s.render import viewer
 from cxg_on_k8s.render.plan import plan_instance
 from cxg_on_k8s.settings import Settings
@@ -102,7 +104,7 @@ class Writer:
 
     def __init__(self, session: requests.Session, server: str) -> None:
         self.session, self.server = session, server
-        self.uids: dict[str, str] = {}
+        self.instances: dict[str, dict[str, Any]] = {}  # as the API server returned them (uid)
 
     def _send(self, method: str, path: str, body: dict[str, Any], what: str) -> dict[str, Any]:
         headers = {"Content-Type": "application/merge-patch+json"} if method == "PATCH" else {}
@@ -115,7 +117,7 @@ class Writer:
         return PATHS["SingleUserInstance"].format(ns=NAMESPACE) + f"/{name}"
 
     def starting(self, name: str, created: dict[str, Any]) -> None:
-        self.uids[name] = created["metadata"]["uid"]
+        self.instances[name] = created
         status = {"phase": "Starting", "message": "creating the viewer; waiting for it to become ready",
                   "url": f"https://cxg.localtest/{name}/", "expiresAt": "2099-01-01T00:00:00Z",
                   "observedGeneration": 1, "conditions": [{"type": "Restricted", "status": "True",
@@ -123,10 +125,8 @@ class Writer:
                   "lastTransitionTime": "2026-12-01T00:00:00Z"}]}  # fmt: skip
         self._send("PATCH", self.instance_path(name) + "/status", {"status": status}, f"Starting of {name}")
 
-    def owned(self, name: str, body: dict[str, Any]) -> dict[str, Any]:
-        owner = {"apiVersion": model.API_VERSION, "kind": model.KIND, "name": name, "uid": self.uids[name],
-                 "controller": True, "blockOwnerDeletion": True}  # fmt: skip
-        return {**body, "metadata": {**body["metadata"], "ownerReferences": [owner]}}
+    def adopt(self, name: str, children: list[dict[str, Any]]) -> None:
+        kopf.adopt(children, owner=kopf.Body(self.instances[name]))  # as the operator does
 
     def handled(self, name: str, spec: dict[str, Any]) -> None:
         essence = json.dumps({"spec": spec, "metadata": {"labels": {}}}, separators=(",", ":"))
@@ -137,12 +137,7 @@ class Writer:
         status = {"phase": "Ready", "message": "the viewer is ready", "startupSeconds": 1.0,
                   "podStartedAt": "2026-12-01T00:00:00Z"}  # fmt: skip
         self._send("PATCH", self.instance_path(name) + "/status", {"status": status}, f"Ready of {name}")
-        event = {"apiVersion": "v1", "kind": "Event",
-                 "metadata": {"name": f"{name}.{os.urandom(6).hex()}", "namespace": NAMESPACE},
-                 "involvedObject": {"apiVersion": model.API_VERSION, "kind": model.KIND, "name": name,
-                                    "namespace": NAMESPACE, "uid": self.uids[name]},
-                 "type": "Normal", "reason": "Ready", "message": "the viewer is ready",
-                 "source": {"component": "sui-operator"}, "count": 1}  # fmt: skip
+        event = event_body(self.instances[name], "Normal", "Ready", "the viewer is ready")
         self._send("POST", f"/api/v1/namespaces/{NAMESPACE}/events", event, f"the Ready Event of {name}")
 
 
@@ -179,8 +174,9 @@ def run_one(set_name: str, n: int, threads: int, workdir: Path, timeout: float) 
             made = post(instance, name)
             if written:
                 writer.starting(name, made)
+                writer.adopt(name, children)
             for body in children:
-                post(writer.owned(name, body) if written else body, name)
+                post(body, name)
             if written:
                 writer.handled(name, instance["spec"])
             finished[name] = time.monotonic()
@@ -194,14 +190,16 @@ def run_one(set_name: str, n: int, threads: int, workdir: Path, timeout: float) 
             concurrent.futures.ThreadPoolExecutor(threads) as pool,
             concurrent.futures.ThreadPoolExecutor(threads) as readies,
         ):
-            creates = [pool.submit(create, name) for name in names]
-            told: set[str] = set()
+            futures = [pool.submit(create, name) for name in names]
+            told: set[str] = set()  # the instances whose pod was seen Ready, and written Ready
             while len(done) < n and time.monotonic() - started < timeout:
-                for name in [name for name in list(observer.pod_ready) if name not in told] if written else []:
-                    told.add(name)
-                    creates.append(readies.submit(writer.ready, name))
-                for future in [f for f in creates if f.done() and f.exception()][:1]:
-                    future.result()  # a refused write ends the run, naming the object
+                if written:
+                    for name in set(observer.pod_ready) - told:
+                        told.add(name)
+                        futures.append(readies.submit(writer.ready, name))
+                for future in futures:
+                    if future.done() and future.exception():
+                        future.result()  # a refused write ends the run, naming the object
                 time.sleep(0.05)
         created = max(finished.values()) - started
         observer.stopped = True

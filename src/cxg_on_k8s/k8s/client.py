@@ -156,6 +156,32 @@ def parse_time(value: str | None) -> dt.datetime | None:
     return dt.datetime.fromisoformat(value)
 
 
+def event_body(obj: Mapping[str, Any], event_type: str, reason: str, message: str) -> dict[str, Any]:
+    """A core/v1 Event on ``obj`` (an instance as the API server returned it: its uid ties the
+    Event to this object, not to a later one of the same name)."""
+    meta = obj["metadata"]
+    now = utcnow()
+    return {
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {"name": f"{meta['name']}.{uuid.uuid4().hex[:12]}", "namespace": meta["namespace"]},
+        "involvedObject": {
+            "apiVersion": obj.get("apiVersion", model.API_VERSION),
+            "kind": obj.get("kind", model.KIND),
+            "name": meta["name"],
+            "namespace": meta["namespace"],
+            "uid": meta.get("uid"),
+        },
+        "type": event_type,
+        "reason": reason,
+        "message": message[:1024],
+        "source": {"component": "sui-operator"},
+        "firstTimestamp": rfc3339(now),
+        "lastTimestamp": rfc3339(now),
+        "count": 1,
+    }
+
+
 class K8ApiHandler:
     """Thin, typed wrapper over the official client with the PoC's method names."""
 
@@ -357,28 +383,8 @@ class K8ApiHandler:
     def post_event(self, obj: Mapping[str, Any], event_type: str, reason: str, message: str) -> None:
         """A core/v1 Event on an object, as ``kubectl describe`` shows them."""
         meta = obj["metadata"]
-        now = utcnow()
-        event = {
-            "apiVersion": "v1",
-            "kind": "Event",
-            "metadata": {"name": f"{meta['name']}.{uuid.uuid4().hex[:12]}", "namespace": meta["namespace"]},
-            "involvedObject": {
-                "apiVersion": obj.get("apiVersion", model.API_VERSION),
-                "kind": obj.get("kind", model.KIND),
-                "name": meta["name"],
-                "namespace": meta["namespace"],
-                "uid": meta.get("uid"),
-            },
-            "type": event_type,
-            "reason": reason,
-            "message": message[:1024],
-            "source": {"component": "sui-operator"},
-            "firstTimestamp": rfc3339(now),
-            "lastTimestamp": rfc3339(now),
-            "count": 1,
-        }
         what = f"posting a {reason} Event on {meta['namespace']}/{meta['name']}"
-        call(what, self.core.create_namespaced_event, meta["namespace"], event)
+        call(what, self.core.create_namespaced_event, meta["namespace"], event_body(obj, event_type, reason, message))
 
     # --- generic create-if-absent ----------------------------------------------------------------
 
